@@ -1,0 +1,269 @@
+"""The ``diffcache`` command."""
+
+from __future__ import annotations
+
+import argparse
+import html
+import inspect
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+EXAMPLES = {
+    "generate": """examples:
+  diffcache generate --prompt "a red circle moving left" --out clip.gif
+  diffcache generate --prompt "a blue square moving up" --steps 30 --guidance 5 --seed 3 --cfg-mode batched --out clip.mp4
+  diffcache generate --model ./my-wan-pipeline --prompt "a cat surfing" --out cat.mp4""",
+    "train": """examples:
+  diffcache train tiny-shapes-t2v --out runs/t2v            # resumes from runs/t2v/checkpoint if present
+  diffcache train tiny-shapes-t2v --out runs/smoke --steps 20 --batch-size 4""",
+    "evaluate": """examples:
+  diffcache evaluate                                # the shipped model: 64 prompts, 30 steps, CFG 5
+  diffcache evaluate --model runs/t2v/model --prompts 64 --json gate.json""",
+    "demo": """examples:
+  diffcache demo --out out/demo
+  diffcache demo --out out/demo --force             # replace an earlier demo""",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="diffcache",
+        description="Faster diffusion video generation by caching, with embedded tiny models to try it offline.",
+        epilog="Run 'diffcache COMMAND --help' for a command's options and examples.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    fmt = argparse.RawDescriptionHelpFormatter
+
+    g = sub.add_parser("generate", help="generate one clip (GIF or MP4) from a prompt", epilog=EXAMPLES["generate"],
+                       formatter_class=fmt)
+    g.add_argument("--prompt", required=True, help="text prompt; the embedded model takes "
+                   "'a {colour} {shape} moving {direction}'")
+    g.add_argument("--negative-prompt", default=None, help="negative prompt for guidance (default: empty)")
+    g.add_argument("--model", default="tiny-shapes-t2v",
+                   help="embedded model name, local pipeline folder, or diffusers hub id (default: tiny-shapes-t2v)")
+    g.add_argument("--steps", type=int, default=30, help="number of denoising steps (default: 30)")
+    g.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale (default: 5)")
+    g.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    g.add_argument("--cfg-mode", choices=("split", "batched"), default="split",
+                   help="guidance as two calls per step (split, as WanPipeline) or one batched call (embedded "
+                   "models only; default: split)")
+    g.add_argument("--fps", type=int, default=8, help="frames per second of the written clip (default: 8)")
+    g.add_argument("--upscale", type=int, default=None,
+                   help="enlarge frames this many times (nearest); default: enough for a 256-pixel short side")
+    g.add_argument("--out", required=True, help="output file: .gif or .mp4 (.png for image models)")
+    g.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+
+    t = sub.add_parser("train", help="train an embedded model from scratch (resumable)", epilog=EXAMPLES["train"],
+                       formatter_class=fmt)
+    t.add_argument("model", choices=("tiny-shapes-t2v",), help="which embedded model to train")
+    t.add_argument("--out", required=True, help="run folder: checkpoint/ while training, model/ when done")
+    t.add_argument("--steps", type=int, default=None, help="optimiser steps (default: the shipped recipe, 6000)")
+    t.add_argument("--batch-size", type=int, default=None, help="clips per step (default: 24)")
+    t.add_argument("--seed", type=int, default=None, help="training seed (default: 0)")
+    t.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints (default: 250)")
+    t.add_argument("--force", action="store_true", help="start over, discarding a checkpoint or model in --out")
+
+    e = sub.add_parser("evaluate", help="adherence gate of an embedded text-to-video model (analytic checker)",
+                       epilog=EXAMPLES["evaluate"], formatter_class=fmt)
+    e.add_argument("--model", default="tiny-shapes-t2v", help="embedded model name or pipeline folder")
+    e.add_argument("--prompts", type=int, default=64, help="number of prompts, cycling over the grammar (default: 64)")
+    e.add_argument("--steps", type=int, default=30, help="denoising steps (default: 30)")
+    e.add_argument("--guidance", type=float, default=5.0, help="guidance scale (default: 5)")
+    e.add_argument("--json", default=None, help="also write the per-prompt results to this JSON file")
+    e.add_argument("--force", action="store_true", help="overwrite --json if it exists")
+
+    d = sub.add_parser("demo", help="the main job: generate clips with the embedded model and write an index page",
+                       epilog=EXAMPLES["demo"], formatter_class=fmt)
+    d.add_argument("--out", default="out/demo", help="output folder (default: out/demo)")
+    d.add_argument("--steps", type=int, default=30, help="denoising steps (default: 30)")
+    d.add_argument("--force", action="store_true", help="replace an existing demo folder's files")
+    return parser
+
+
+def _generate_one(pipe, prompt: str, steps: int, guidance: float, seed: int, cfg_mode: str,
+                  negative_prompt: str | None):
+    """Run any supported pipeline; return (array, kind) with kind 'video' (F,H,W,3) or 'image' (H,W,3)."""
+    import torch
+
+    kwargs = dict(num_inference_steps=steps, guidance_scale=guidance, output_type="np",
+                  generator=torch.Generator().manual_seed(seed))
+    params = inspect.signature(pipe.__call__).parameters
+    if "cfg_mode" in params:
+        kwargs["cfg_mode"] = cfg_mode
+    elif cfg_mode != "split":
+        raise ValueError(f"--cfg-mode {cfg_mode} is only available for the embedded models; "
+                         f"{type(pipe).__name__} chooses its own guidance batching.")
+    if negative_prompt is not None:
+        kwargs["negative_prompt"] = negative_prompt
+    out = pipe(prompt, **kwargs)
+    if hasattr(out, "frames"):
+        return out.frames[0], "video"
+    return out.images[0], "image"
+
+
+def cmd_generate(args) -> int:
+    from .io import IMAGE_SUFFIXES, VIDEO_SUFFIXES, check_writable, write_image, write_video
+    from .models.registry import load_pipeline
+
+    out = Path(args.out)
+    if out.suffix.lower() not in VIDEO_SUFFIXES + IMAGE_SUFFIXES:
+        raise ValueError(f"--out {out.name!r}: use a file name ending in .gif or .mp4 (or .png for image models).")
+    check_writable(out, args.force)
+    pipe = load_pipeline(args.model)
+    _validate_prompt(pipe, args.prompt)
+    start = time.perf_counter()
+    result, kind = _generate_one(pipe, args.prompt, args.steps, args.guidance, args.seed, args.cfg_mode,
+                                 args.negative_prompt)
+    took = time.perf_counter() - start
+    if kind == "video":
+        if out.suffix.lower() not in VIDEO_SUFFIXES:
+            raise ValueError(f"this model makes video; --out must end in .gif or .mp4, not {out.suffix!r}.")
+        write_video(out, result, fps=args.fps, upscale=args.upscale, force=args.force)
+    else:
+        if out.suffix.lower() not in IMAGE_SUFFIXES:
+            raise ValueError(f"this model makes images; --out must end in .png, not {out.suffix!r}.")
+        write_image(out, result, upscale=args.upscale, force=args.force)
+    print(f"generated in {took:.2f} s ({args.steps} steps): {out}")
+    return 0
+
+
+def _validate_prompt(pipe, prompt: str) -> None:
+    """Embedded models know their grammar: reject an unknown word before any work is done."""
+    from .models.pipeline import TinyShapesT2VPipeline
+    from .models.shapes import tokenize
+
+    if isinstance(pipe, TinyShapesT2VPipeline):
+        tokenize(prompt)
+
+
+def cmd_train(args) -> int:
+    import shutil
+    from dataclasses import replace
+
+    from .io import OutputExistsError
+    from .models.train import Trainer, TrainConfig
+
+    out = Path(args.out)
+    model_dir = out / "model"
+    if args.force and out.exists():
+        shutil.rmtree(out / "checkpoint", ignore_errors=True)
+        shutil.rmtree(model_dir, ignore_errors=True)
+    elif model_dir.exists():
+        raise OutputExistsError(f"{model_dir} already holds a trained model; pass --force to train again.")
+    overrides = {k: v for k, v in {"steps": args.steps, "batch_size": args.batch_size, "seed": args.seed,
+                                   "checkpoint_every": args.checkpoint_every}.items() if v is not None}
+    for key, value in overrides.items():
+        if value < (0 if key == "seed" else 1):
+            raise ValueError(f"--{key.replace('_', '-')} must be a positive integer, got {value}.")
+    config = replace(TrainConfig(), **overrides)
+    trainer = Trainer(config, out)
+    if trainer.load_checkpoint():
+        print(f"resuming from {trainer.checkpoint_dir} at step {trainer.step}/{config.steps}")
+    trainer.run(progress=True)
+    trainer.export(model_dir)
+    last = trainer.history[-1]["loss"] if trainer.history else float("nan")
+    print(f"trained {config.steps} steps (final loss {last:.4f}); pipeline saved to {model_dir}")
+    print(f"measure it: diffcache evaluate --model {model_dir}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .io import check_writable, write_text
+    from .models.evaluate import evaluate_adherence
+    from .models.registry import load_pipeline
+
+    if args.json:
+        check_writable(args.json, args.force)
+    if args.prompts < 1:
+        raise ValueError(f"--prompts must be at least 1, got {args.prompts}.")
+    pipe = load_pipeline(args.model)
+    start = time.perf_counter()
+    report = evaluate_adherence(pipe, num_prompts=args.prompts, num_inference_steps=args.steps,
+                                guidance_scale=args.guidance)
+    print(f"{args.model}: {report.summary()} [{args.steps} steps, guidance {args.guidance:g}, "
+          f"{time.perf_counter() - start:.0f} s]")
+    if args.json:
+        write_text(args.json, json.dumps(report.__dict__, indent=1), force=args.force)
+        print(f"per-prompt results: {args.json}")
+    return 0
+
+
+DEMO_PROMPTS = (
+    "a red circle moving right",
+    "a green square moving up",
+    "a blue triangle moving left",
+    "a yellow circle moving down",
+    "a white square moving left",
+    "a red triangle moving up",
+)
+
+
+def cmd_demo(args) -> int:
+    from .io import check_writable, write_text, write_video
+    from .models.checker import check
+    from .models.registry import load_pipeline
+
+    out = Path(args.out)
+    index = out / "index.html"
+    check_writable(index, args.force)
+    pipe = load_pipeline("tiny-shapes-t2v")
+    rows = []
+    for i, prompt in enumerate(DEMO_PROMPTS):
+        start = time.perf_counter()
+        clip, _ = _generate_one(pipe, prompt, args.steps, 5.0, i, "split", None)
+        took = time.perf_counter() - start
+        name = f"clip-{i:02d}.gif"
+        write_video(out / name, clip, force=args.force)
+        result = check(clip, prompt)
+        rows.append({"prompt": prompt, "file": name, "seconds": took, "adherence": result.adherence,
+                     "seen": f"{result.colour} {result.shape} {result.direction}",
+                     "stability": result.temporal_stability})
+        print(f"[{i + 1}/{len(DEMO_PROMPTS)}] {prompt!r}: {took:.2f} s, checker sees '{rows[-1]['seen']}' "
+              f"(adherence {100 * result.adherence:.0f}%) -> {out / name}")
+    mean = sum(r["adherence"] for r in rows) / len(rows)
+    body = "\n".join(
+        f"<tr><td><img src='{html.escape(r['file'])}' width=192 height=192></td><td>{html.escape(r['prompt'])}</td>"
+        f"<td>{html.escape(r['seen'])}</td><td>{100 * r['adherence']:.0f}%</td><td>{r['stability']:.3f}</td>"
+        f"<td>{r['seconds']:.2f}</td></tr>" for r in rows
+    )
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>diffcache demo</title>
+<style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:4px 10px;text-align:left}}
+img{{image-rendering:pixelated;background:#000}}</style></head><body>
+<h1>diffcache demo — tiny-shapes-t2v</h1>
+<p>{len(rows)} clips, {args.steps} steps, guidance 5, split CFG. Mean checker adherence {100 * mean:.0f}%.</p>
+<table><tr><th>clip</th><th>prompt</th><th>checker sees</th><th>adherence</th><th>temporal stability</th>
+<th>seconds</th></tr>
+{body}
+</table></body></html>
+"""
+    write_text(index, page, force=args.force)
+    print(f"mean adherence {100 * mean:.0f}%; index page: {index}")
+    return 0
+
+
+COMMANDS = {"generate": cmd_generate, "train": cmd_train, "evaluate": cmd_evaluate, "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .io import OutputExistsError
+    from .models.registry import ModelLoadError
+    from .models.shapes import PromptError
+
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (PromptError, ModelLoadError, OutputExistsError, ValueError) as error:
+        if os.environ.get("DIFFCACHE_DEBUG"):
+            raise
+        print(f"diffcache {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"diffcache {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""Analytic checker: decide colour, shape and direction from a clip's pixels, and score prompt adherence.
+
+This is the reference-free quality metric for the embedded models (what VBench is for real ones):
+
+1. Background = per-frame median of the border pixels; foreground = pixels whose largest channel difference
+   from it exceeds ``FOREGROUND_THRESHOLD``; only the largest connected component counts (specks are noise).
+2. Colour = nearest palette colour to the mean foreground colour (pixels well inside the shape).
+3. Shape = from the *extent* (area ÷ bounding-box area, median over frames): a square fills its box (≈ 1),
+   a circle fills π/4 ≈ 0.79, an apex-up triangle ½.
+4. Direction = sign of the dominant axis of the least-squares slope of the centroid track; slopes under
+   ``MIN_SPEED`` pixels per frame count as "still".
+5. Temporal stability = 1 − coefficient of variation of the foreground area over frames (1 = constant size).
+
+``adherence`` is the fraction of the prompt's attributes (colour, shape, direction) that match.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+from .shapes import COLOURS, DIRECTIONS, parse_prompt
+
+FOREGROUND_THRESHOLD = 0.3
+MIN_SPEED = 0.3  # pixels per frame
+SQUARE_MIN_EXTENT = 0.89
+CIRCLE_MIN_EXTENT = 0.645
+
+
+@dataclass
+class CheckResult:
+    """What the checker saw in one clip, and how well it matches the prompt."""
+
+    prompt: str
+    colour: str | None
+    shape: str | None
+    direction: str | None
+    adherence: float
+    temporal_stability: float
+    matches: dict[str, bool] = field(default_factory=dict)
+    detail: dict[str, float] = field(default_factory=dict)
+
+
+def _as_frames(clip) -> np.ndarray:
+    """Accept (frames, H, W, 3) or (H, W, 3) floats in [0, 1] or uint8; return float32 (frames, H, W, 3)."""
+    arr = np.asarray(clip)
+    if arr.dtype == np.uint8:
+        arr = arr.astype(np.float32) / 255.0
+    arr = arr.astype(np.float32)
+    if arr.ndim == 3:
+        arr = arr[None]
+    if arr.ndim != 4 or arr.shape[-1] != 3:
+        raise ValueError(f"expected a clip of shape (frames, height, width, 3) or an image (height, width, 3), "
+                         f"got shape {tuple(arr.shape)}")
+    return arr
+
+
+def foreground_masks(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Largest connected foreground component per frame, and the per-frame background colour."""
+    border = np.concatenate(
+        [frames[:, 0], frames[:, -1], frames[:, 1:-1, 0], frames[:, 1:-1, -1]], axis=1
+    )  # (F, n_border, 3)
+    background = np.median(border, axis=1)  # (F, 3)
+    diff = np.abs(frames - background[:, None, None, :]).max(-1)
+    masks = np.zeros(diff.shape, dtype=bool)
+    for i, m in enumerate(diff > FOREGROUND_THRESHOLD):
+        labels, n = ndimage.label(m)
+        if n:
+            sizes = ndimage.sum(m, labels, index=np.arange(1, n + 1))
+            masks[i] = labels == (1 + int(np.argmax(sizes)))
+    return masks, background
+
+
+def classify_shape(extent: float) -> str:
+    if extent >= SQUARE_MIN_EXTENT:
+        return "square"
+    if extent >= CIRCLE_MIN_EXTENT:
+        return "circle"
+    return "triangle"
+
+
+def analyse(clip) -> dict:
+    """Colour, shape, direction and the features behind them, without reference to a prompt."""
+    frames = _as_frames(clip)
+    masks, _ = foreground_masks(frames)
+    areas = masks.sum(axis=(1, 2)).astype(np.float64)
+    present = areas >= 4
+    out = {"colour": None, "shape": None, "direction": None, "temporal_stability": 0.0,
+           "extent": float("nan"), "speed": float("nan"), "present_fraction": float(present.mean())}
+    if not present.any():
+        return out
+    # colour: mean over shape pixels that are not on the boundary (erode once when the shape is big enough)
+    pixels = []
+    for f, m in zip(frames[present], masks[present]):
+        inner = ndimage.binary_erosion(m)
+        pixels.append(f[inner if inner.sum() >= 4 else m])
+    mean_colour = np.concatenate(pixels).mean(0)
+    names = list(COLOURS)
+    dists = [np.linalg.norm(mean_colour - np.array(COLOURS[c])) for c in names]
+    out["colour"] = names[int(np.argmin(dists))]
+    # shape: median extent over frames
+    extents = []
+    centroids = []
+    for m in masks[present]:
+        ys, xs = np.nonzero(m)
+        box = (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)
+        extents.append(m.sum() / box)
+        centroids.append((xs.mean(), ys.mean()))
+    out["extent"] = float(np.median(extents))
+    out["shape"] = classify_shape(out["extent"])
+    # direction: least-squares slope of the centroid track over the frames where the shape is present
+    t = np.nonzero(present)[0].astype(np.float64)
+    if len(t) >= 2:
+        c = np.array(centroids)
+        vx = np.polyfit(t, c[:, 0], 1)[0]
+        vy = np.polyfit(t, c[:, 1], 1)[0]
+        speed = max(abs(vx), abs(vy))
+        out["speed"] = float(speed)
+        if speed >= MIN_SPEED:
+            step = (int(np.sign(vx)), 0) if abs(vx) >= abs(vy) else (0, int(np.sign(vy)))
+            out["direction"] = next(d for d, v in DIRECTIONS.items() if v == step)
+        else:
+            out["direction"] = "still"
+    # temporal stability: 1 - coefficient of variation of the area (missing frames count as area 0)
+    if len(areas) > 1:
+        out["temporal_stability"] = float(max(0.0, 1.0 - areas.std() / max(areas.mean(), 1e-8)))
+    else:
+        out["temporal_stability"] = 1.0
+    return out
+
+
+def check(clip, prompt: str) -> CheckResult:
+    """Score how well ``clip`` (frames, H, W, 3) — or an image (H, W, 3) — follows ``prompt``.
+
+    For an image, or a prompt without a direction, only colour and shape are scored.
+    """
+    frames = _as_frames(clip)
+    spec = parse_prompt(prompt, require_direction=False)
+    seen = analyse(frames)
+    matches = {"colour": seen["colour"] == spec.colour, "shape": seen["shape"] == spec.shape}
+    if spec.direction is not None and frames.shape[0] > 1:
+        matches["direction"] = seen["direction"] == spec.direction
+    detail = {k: seen[k] for k in ("extent", "speed", "present_fraction")}
+    return CheckResult(
+        prompt=prompt,
+        colour=seen["colour"],
+        shape=seen["shape"],
+        direction=seen["direction"],
+        adherence=float(np.mean(list(matches.values()))),
+        temporal_stability=seen["temporal_stability"],
+        matches=matches,
+        detail=detail,
+    )

@@ -1,0 +1,93 @@
+"""Finding and loading pipelines: the embedded models by name, or any diffusers pipeline by hub id or folder."""
+
+from __future__ import annotations
+
+import json
+import os
+from importlib import resources
+from pathlib import Path
+
+EMBEDDED_MODELS: dict[str, str] = {
+    "tiny-shapes-t2v": "text-to-video, a tiny Wan transformer trained on procedural shape clips (8×32×32)",
+}
+
+# Real video pipelines diffcache is built for (class names from diffusers).
+SUPPORTED_VIDEO_PIPELINES = (
+    "WanPipeline",
+    "CogVideoXPipeline",
+    "LTXPipeline",
+    "HunyuanVideoPipeline",
+    "TinyShapesT2VPipeline",
+)
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded; the message says why and what is accepted."""
+
+
+def embedded_model_path(name: str) -> Path:
+    """Folder of an embedded model's shipped weights inside the installed package."""
+    if name not in EMBEDDED_MODELS:
+        raise ModelLoadError(f"unknown embedded model {name!r}; embedded models: {', '.join(EMBEDDED_MODELS)}.")
+    path = Path(str(resources.files("diffcache.models").joinpath("weights", name)))
+    if not (path / "model_index.json").exists():
+        raise ModelLoadError(
+            f"the weights of {name!r} are missing from the package (looked in {path}); "
+            f"reinstall diffcache or rebuild them with `diffcache train {name} --out DIR`."
+        )
+    return path
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
+
+
+def load_pipeline(name_or_path: str | os.PathLike = "tiny-shapes-t2v", **kwargs):
+    """Load a pipeline: an embedded model by name (``"tiny-shapes-t2v"``), a local folder written by
+    ``save_pretrained``, or a diffusers hub id (``"Wan-AI/Wan2.1-T2V-1.3B-Diffusers"``).
+
+    Keyword arguments go to ``DiffusionPipeline.from_pretrained`` (``torch_dtype=...`` for example).
+    Raises :class:`ModelLoadError` with a one-line reason when the model cannot be had — for example a hub id
+    on a machine with no network.
+    """
+    from diffusers import DiffusionPipeline
+
+    from .pipeline import TinyShapesT2VPipeline
+
+    name = str(name_or_path)
+    if name in EMBEDDED_MODELS:
+        path = embedded_model_path(name)
+    elif Path(name).expanduser().exists():
+        path = Path(name).expanduser()
+        if not (path / "model_index.json").exists():
+            raise ModelLoadError(
+                f"{path} is not a diffusers pipeline folder (it has no model_index.json); pass a folder written "
+                f"by save_pretrained, a hub id, or one of the embedded models: {', '.join(EMBEDDED_MODELS)}."
+            )
+    elif _looks_like_hub_id(name):
+        path = name
+    else:
+        raise ModelLoadError(
+            f"{name!r} is neither an embedded model ({', '.join(EMBEDDED_MODELS)}), an existing folder, "
+            "nor a hub id of the form 'organisation/name'."
+        )
+    loader = DiffusionPipeline
+    if isinstance(path, Path):
+        index = json.loads((path / "model_index.json").read_text())
+        if index.get("_class_name") == TinyShapesT2VPipeline.__name__:
+            loader = TinyShapesT2VPipeline
+    try:
+        return loader.from_pretrained(str(path), **kwargs)
+    except ModelLoadError:
+        raise
+    except Exception as error:  # noqa: BLE001 - translated into one line for the user
+        if isinstance(path, str):
+            offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+            reason = " (HF_HUB_OFFLINE is set)" if offline else ""
+            raise ModelLoadError(
+                f"could not load {name!r} from the Hugging Face hub{reason}: {type(error).__name__}: "
+                f"{str(error).splitlines()[0] if str(error) else 'no detail'}. Without network access, download "
+                "the model elsewhere and pass its local folder."
+            ) from error
+        raise ModelLoadError(f"could not load the pipeline in {path}: {type(error).__name__}: {error}") from error

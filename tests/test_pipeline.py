@@ -1,0 +1,129 @@
+import numpy as np
+import pytest
+import torch
+
+from diffcache.models.pipeline import TinyShapesT2VPipeline, pack, unpack
+from diffcache.models.shapes import ClipSpec, PromptError, render_clips
+
+
+def _run(pipe, prompt="a red circle moving left", **kw):
+    kw.setdefault("num_inference_steps", 3)
+    kw.setdefault("generator", torch.Generator().manual_seed(0))
+    return pipe(prompt, **kw).frames
+
+
+def test_pack_unpack_roundtrip():
+    clips, _ = render_clips([ClipSpec("blue", "triangle", "up")] * 2, torch.Generator().manual_seed(0))
+    latents = pack(clips)
+    assert latents.shape == (2, 12, 8, 16, 16)
+    assert latents.min() >= -1 and latents.max() <= 1
+    torch.testing.assert_close(unpack(latents), clips)
+
+
+def test_output_shape_dtype_range(random_pipe):
+    frames = _run(random_pipe, ["a red circle moving left", "a blue square moving up"], num_videos_per_prompt=2)
+    assert isinstance(frames, np.ndarray) and frames.dtype == np.float32
+    assert frames.shape == (4, 8, 32, 32, 3)
+    assert frames.min() >= 0 and frames.max() <= 1
+
+
+def test_output_types(random_pipe):
+    pt = _run(random_pipe, output_type="pt")
+    assert pt.shape == (1, 8, 3, 32, 32)
+    pil = _run(random_pipe, output_type="pil")
+    assert len(pil) == 1 and len(pil[0]) == 8 and pil[0][0].size == (32, 32)
+    latent = _run(random_pipe, output_type="latent")
+    assert latent.shape == (1, 12, 8, 16, 16)
+
+
+def test_deterministic_given_seed(random_pipe):
+    a, b = _run(random_pipe), _run(random_pipe)
+    c = _run(random_pipe, generator=torch.Generator().manual_seed(1))
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_split_and_batched_cfg_agree(random_pipe):
+    split = _run(random_pipe, guidance_scale=5.0, cfg_mode="split")
+    batched = _run(random_pipe, guidance_scale=5.0, cfg_mode="batched")
+    np.testing.assert_allclose(split, batched, atol=2e-5)
+    assert not np.allclose(split, _run(random_pipe, guidance_scale=1.0), atol=1e-4)
+
+
+def test_split_cfg_calls_cond_then_uncond_in_cache_contexts(random_pipe):
+    from diffusers.hooks import HookRegistry, ModelHook
+
+    seen = []
+
+    class Spy(ModelHook):
+        _is_stateful = False
+
+        def pre_forward(self, module, *args, **kwargs):
+            seen.append(kwargs["encoder_hidden_states"].shape[0])
+            return args, kwargs
+
+    names = []
+    transformer = random_pipe.transformer
+    original = transformer.cache_context
+
+    def recording(name, **kw):
+        names.append((name, kw.get("step_index")))
+        return original(name, **kw)
+
+    registry = HookRegistry.check_if_exists_or_initialize(transformer)
+    registry.register_hook(Spy(), "spy")
+    transformer.cache_context = recording
+    try:
+        _run(random_pipe, num_inference_steps=2, guidance_scale=5.0, cfg_mode="split")
+        assert names == [("cond", 0), ("uncond", 0), ("cond", 1), ("uncond", 1)]
+        names.clear()
+        _run(random_pipe, num_inference_steps=2, guidance_scale=5.0, cfg_mode="batched")
+        assert names == [("cond_uncond", 0), ("cond_uncond", 1)]
+        assert seen == [1, 1, 1, 1, 2, 2]
+    finally:
+        del transformer.cache_context
+        registry.remove_hook("spy")
+
+
+def test_bad_inputs_are_explained(random_pipe):
+    with pytest.raises(ValueError, match="cfg_mode"):
+        _run(random_pipe, cfg_mode="interleaved")
+    with pytest.raises(ValueError, match="num_inference_steps"):
+        _run(random_pipe, num_inference_steps=0)
+    with pytest.raises(PromptError, match="Accepted words"):
+        _run(random_pipe, "a red dragon moving left")
+    with pytest.raises(ValueError, match="output_type"):
+        _run(random_pipe, output_type="gif")
+
+
+def test_save_load_roundtrip(random_pipe, tmp_path):
+    import diffcache
+
+    random_pipe.save_pretrained(tmp_path / "pipe")
+    files = {p.name for p in (tmp_path / "pipe").rglob("*")}
+    assert "diffusion_pytorch_model.safetensors" in files and not any(f.endswith(".bin") for f in files)
+    loaded = diffcache.load_pipeline(tmp_path / "pipe")
+    loaded.set_progress_bar_config(disable=True)
+    assert isinstance(loaded, TinyShapesT2VPipeline)
+    np.testing.assert_array_equal(_run(random_pipe), _run(loaded))
+
+
+def test_shipped_model_loads_offline(shipped_pipe, monkeypatch):
+    from diffusers import WanTransformer3DModel
+
+    assert isinstance(shipped_pipe.transformer, WanTransformer3DModel)
+    frames = _run(shipped_pipe, num_inference_steps=2)
+    assert frames.shape == (1, 8, 32, 32, 3)
+
+
+def test_load_pipeline_errors(tmp_path, monkeypatch):
+    import diffcache
+
+    with pytest.raises(diffcache.ModelLoadError, match="tiny-shapes-t2v"):
+        diffcache.load_pipeline("no-such-model")
+    with pytest.raises(diffcache.ModelLoadError, match="model_index.json"):
+        diffcache.load_pipeline(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(diffcache.ModelLoadError, match="could not load 'Wan-AI/Wan2.1-T2V-1.3B-Diffusers'") as info:
+        diffcache.load_pipeline("Wan-AI/Wan2.1-T2V-1.3B-Diffusers")
+    assert "\n" not in str(info.value)
