@@ -77,17 +77,23 @@ def load_pipeline(name_or_path: str | os.PathLike = "tiny-shapes-t2v", **kwargs)
         index = json.loads((path / "model_index.json").read_text())
         if index.get("_class_name") == TinyShapesT2VPipeline.__name__:
             loader = TinyShapesT2VPipeline
+    from diffusers.utils import logging as diffusers_logging
+
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()  # hub connection warnings would bury the one-line reason
     try:
         return loader.from_pretrained(str(path), **kwargs)
-    except ModelLoadError:
-        raise
     except Exception as error:  # noqa: BLE001 - translated into one line for the user
+        detail = " ".join(str(error).split())
+        detail = detail if len(detail) <= 240 else detail[:237] + "..."
         if isinstance(path, str):
             offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-            reason = " (HF_HUB_OFFLINE is set)" if offline else ""
+            reason = "HF_HUB_OFFLINE is set and " if offline else ""
             raise ModelLoadError(
-                f"could not load {name!r} from the Hugging Face hub{reason}: {type(error).__name__}: "
-                f"{str(error).splitlines()[0] if str(error) else 'no detail'}. Without network access, download "
-                "the model elsewhere and pass its local folder."
+                f"could not load {name!r} from the Hugging Face hub ({reason}it is not in the local cache, or the "
+                f"hub cannot be reached from here): {type(error).__name__}: {detail} — without network access, "
+                "download the model elsewhere and pass its local folder."
             ) from error
-        raise ModelLoadError(f"could not load the pipeline in {path}: {type(error).__name__}: {error}") from error
+        raise ModelLoadError(f"could not load the pipeline in {path}: {type(error).__name__}: {detail}") from error
+    finally:
+        diffusers_logging.set_verbosity(verbosity)

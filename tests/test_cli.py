@@ -1,0 +1,75 @@
+import subprocess
+import sys
+
+import imageio.v3 as iio
+import pytest
+
+from diffcache.cli import main
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, random_pipe):
+    path = tmp_path_factory.mktemp("model") / "pipe"
+    random_pipe.save_pretrained(path)
+    return path
+
+
+def test_generate_gif_and_mp4(model_dir, tmp_path, capsys):
+    gif = tmp_path / "clip.gif"
+    assert main(["generate", "--model", str(model_dir), "--prompt", "a red circle moving left", "--steps", "2",
+                 "--out", str(gif)]) == 0
+    assert "generated in" in capsys.readouterr().out
+    frames = iio.imread(gif, index=None)
+    assert frames.shape[0] == 8 and frames.shape[1] >= 256  # enlarged for viewing
+    mp4 = tmp_path / "clip.mp4"
+    assert main(["generate", "--model", str(model_dir), "--prompt", "a red circle moving left", "--steps", "2",
+                 "--cfg-mode", "batched", "--out", str(mp4)]) == 0
+    assert mp4.stat().st_size > 0
+
+
+def test_generate_refuses_to_overwrite(model_dir, tmp_path, capsys):
+    out = tmp_path / "clip.gif"
+    out.write_bytes(b"precious")
+    code = main(["generate", "--model", str(model_dir), "--prompt", "a red circle moving left", "--out", str(out)])
+    assert code == 2 and "--force" in capsys.readouterr().err
+    assert out.read_bytes() == b"precious"
+
+
+def test_generate_explains_bad_prompt_and_suffix(model_dir, tmp_path, capsys):
+    assert main(["generate", "--model", str(model_dir), "--prompt", "a red dragon", "--out",
+                 str(tmp_path / "x.gif")]) == 2
+    err = capsys.readouterr().err
+    assert "'dragon'" in err and "Accepted words" in err and "Traceback" not in err
+    assert main(["generate", "--model", str(model_dir), "--prompt", "a red circle moving up", "--out",
+                 str(tmp_path / "x.avi")]) == 2
+    assert ".gif or .mp4" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_generate_hub_id_offline_is_one_line(tmp_path):
+    env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run([sys.executable, "-m", "diffcache.cli", "generate", "--model", "someone/some-video-model",
+                           "--prompt", "a cat", "--out", str(tmp_path / "cat.mp4")],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and "Warning" not in line]
+    assert len(lines) == 1 and "could not load 'someone/some-video-model'" in lines[0], proc.stderr
+
+
+def test_train_and_evaluate_commands(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "tiny-shapes-t2v", "--out", str(run), "--steps", "3", "--batch-size", "2"]) == 0
+    assert (run / "model" / "model_index.json").exists()
+    assert main(["train", "tiny-shapes-t2v", "--out", str(run), "--steps", "3", "--batch-size", "2"]) == 2
+    assert "--force" in capsys.readouterr().err
+    report = tmp_path / "gate.json"
+    assert main(["evaluate", "--model", str(run / "model"), "--prompts", "2", "--steps", "2",
+                 "--json", str(report)]) == 0
+    assert "adherence" in capsys.readouterr().out and report.exists()
+
+
+def test_help_has_examples(capsys):
+    for command in ("generate", "train", "evaluate", "demo"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert "examples:" in capsys.readouterr().out
