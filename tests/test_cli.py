@@ -73,3 +73,14 @@ def test_help_has_examples(capsys):
         with pytest.raises(SystemExit):
             main([command, "--help"])
         assert "examples:" in capsys.readouterr().out
+
+
+def test_generate_with_a_real_diffusers_pipeline_folder(tmp_path):
+    """`--model DIR` loads any supported diffusers video pipeline: a tiny random WanPipeline built offline."""
+    from tiny_diffusers import tiny_wan_pipeline
+
+    tiny_wan_pipeline().save_pretrained(tmp_path / "wan")
+    out = tmp_path / "wan.gif"
+    assert main(["generate", "--model", str(tmp_path / "wan"), "--prompt", "a cat surfing", "--steps", "2",
+                 "--height", "16", "--width", "16", "--frames", "9", "--out", str(out)]) == 0
+    assert iio.imread(out, index=None).shape[0] == 9

@@ -50,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--cfg-mode", choices=("split", "batched"), default="split",
                    help="guidance as two calls per step (split, as WanPipeline) or one batched call (embedded "
                    "models only; default: split)")
+    g.add_argument("--height", type=int, default=None, help="frame height in pixels (default: the model's)")
+    g.add_argument("--width", type=int, default=None, help="frame width in pixels (default: the model's)")
+    g.add_argument("--frames", type=int, default=None, help="number of frames (default: the model's)")
     g.add_argument("--fps", type=int, default=8, help="frames per second of the written clip (default: 8)")
     g.add_argument("--upscale", type=int, default=None,
                    help="enlarge frames this many times (nearest); default: enough for a 256-pixel short side")
@@ -84,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _generate_one(pipe, prompt: str, steps: int, guidance: float, seed: int, cfg_mode: str,
-                  negative_prompt: str | None):
+                  negative_prompt: str | None, **size):
     """Run any supported pipeline; return (array, kind) with kind 'video' (F,H,W,3) or 'image' (H,W,3)."""
     import torch
 
@@ -98,6 +101,12 @@ def _generate_one(pipe, prompt: str, steps: int, guidance: float, seed: int, cfg
                          f"{type(pipe).__name__} chooses its own guidance batching.")
     if negative_prompt is not None:
         kwargs["negative_prompt"] = negative_prompt
+    for key, value in size.items():
+        if value is None:
+            continue
+        if key not in params:
+            raise ValueError(f"{type(pipe).__name__} takes no {key!r} argument; leave that option out.")
+        kwargs[key] = value
     out = pipe(prompt, **kwargs)
     if hasattr(out, "frames"):
         return out.frames[0], "video"
@@ -116,7 +125,8 @@ def cmd_generate(args) -> int:
     _validate_prompt(pipe, args.prompt)
     start = time.perf_counter()
     result, kind = _generate_one(pipe, args.prompt, args.steps, args.guidance, args.seed, args.cfg_mode,
-                                 args.negative_prompt)
+                                 args.negative_prompt, height=args.height, width=args.width,
+                                 num_frames=args.frames)
     took = time.perf_counter() - start
     if kind == "video":
         if out.suffix.lower() not in VIDEO_SUFFIXES:
