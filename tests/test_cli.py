@@ -24,7 +24,9 @@ def test_generate_gif_and_mp4(model_dir, tmp_path, capsys):
     mp4 = tmp_path / "clip.mp4"
     assert main(["generate", "--model", str(model_dir), "--prompt", "a red circle moving left", "--steps", "2",
                  "--cfg-mode", "batched", "--out", str(mp4)]) == 0
-    assert mp4.stat().st_size > 0
+    import imageio_ffmpeg
+
+    assert imageio_ffmpeg.count_frames_and_secs(str(mp4))[0] == 8
 
 
 def test_generate_refuses_to_overwrite(model_dir, tmp_path, capsys):

@@ -44,9 +44,13 @@ def test_deterministic_given_seed(random_pipe):
 
 
 def test_split_and_batched_cfg_agree(random_pipe):
-    split = _run(random_pipe, guidance_scale=5.0, cfg_mode="split")
-    batched = _run(random_pipe, guidance_scale=5.0, cfg_mode="batched")
+    prompts = ["a red circle moving left", "a blue square moving up"]
+    split = _run(random_pipe, prompts, guidance_scale=5.0, cfg_mode="split", num_videos_per_prompt=2,
+                 negative_prompt=["a green triangle moving down", ""])
+    batched = _run(random_pipe, prompts, guidance_scale=5.0, cfg_mode="batched", num_videos_per_prompt=2,
+                   negative_prompt=["a green triangle moving down", ""])
     np.testing.assert_allclose(split, batched, atol=2e-5)
+    assert not np.allclose(split[0], split[2], atol=1e-4)  # the prompts matter
     assert not np.allclose(split, _run(random_pipe, guidance_scale=1.0), atol=1e-4)
 
 
@@ -108,12 +112,42 @@ def test_save_load_roundtrip(random_pipe, tmp_path):
     np.testing.assert_array_equal(_run(random_pipe), _run(loaded))
 
 
-def test_shipped_model_loads_offline(shipped_pipe, monkeypatch):
+def test_shipped_model_loads_offline(monkeypatch):
+    import diffcache
+    from diffcache.models.registry import embedded_model_path
     from diffusers import WanTransformer3DModel
 
-    assert isinstance(shipped_pipe.transformer, WanTransformer3DModel)
-    frames = _run(shipped_pipe, num_inference_steps=2)
-    assert frames.shape == (1, 8, 32, 32, 3)
+    folder = embedded_model_path("tiny-shapes-t2v")
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) <= 30 * 2**20
+    assert {p.suffix for p in files} == {".json", ".safetensors"}
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    pipe = diffcache.load_pipeline("tiny-shapes-t2v")
+    pipe.set_progress_bar_config(disable=True)
+    assert isinstance(pipe.transformer, WanTransformer3DModel)
+    assert _run(pipe, num_inference_steps=2).shape == (1, 8, 32, 32, 3)
+
+
+def test_wan_pipeline_state_is_exposed_during_a_call(random_pipe):
+    seen = []
+
+    def callback(pipe, i, t, tensors):
+        seen.append((i, float(pipe.current_timestep), pipe.num_timesteps, pipe.do_classifier_free_guidance,
+                     tuple(tensors["latents"].shape)))
+        return {}
+
+    _run(random_pipe, num_inference_steps=3, callback_on_step_end=callback)
+    timesteps = random_pipe.scheduler.timesteps.tolist()
+    assert [s[:2] for s in seen] == [(i, t) for i, t in enumerate(timesteps)]
+    assert all(s[2:] == (3, True, (1, 12, 8, 16, 16)) for s in seen)
+    assert random_pipe.current_timestep is None
+    with pytest.raises(ValueError, match="not available"):
+        _run(random_pipe, callback_on_step_end=callback, callback_on_step_end_tensor_inputs=["prompt_embeds"])
+
+
+def test_prompt_embeds_instead_of_prompts(random_pipe):
+    embeds = random_pipe.encode_prompt(["a red circle moving left"])
+    np.testing.assert_array_equal(_run(random_pipe, None, prompt_embeds=embeds), _run(random_pipe))
 
 
 def test_load_pipeline_errors(tmp_path, monkeypatch):

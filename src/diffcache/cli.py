@@ -56,7 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--fps", type=int, default=8, help="frames per second of the written clip (default: 8)")
     g.add_argument("--upscale", type=int, default=None,
                    help="enlarge frames this many times (nearest); default: enough for a 256-pixel short side")
-    g.add_argument("--out", required=True, help="output file: .gif or .mp4 (.png for image models)")
+    g.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    g.add_argument("--out", required=True, help="output file: .gif or .mp4")
     g.add_argument("--force", action="store_true", help="overwrite --out if it exists")
 
     t = sub.add_parser("train", help="train an embedded model from scratch (resumable)", epilog=EXAMPLES["train"],
@@ -88,7 +89,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _generate_one(pipe, prompt: str, steps: int, guidance: float, seed: int, cfg_mode: str,
                   negative_prompt: str | None, **size):
-    """Run any supported pipeline; return (array, kind) with kind 'video' (F,H,W,3) or 'image' (H,W,3)."""
+    """Run a supported video pipeline; return the first clip as floats in [0, 1], shape (F, H, W, 3)."""
     import torch
 
     kwargs = dict(num_inference_steps=steps, guidance_scale=guidance, output_type="np",
@@ -107,46 +108,45 @@ def _generate_one(pipe, prompt: str, steps: int, guidance: float, seed: int, cfg
         if key not in params:
             raise ValueError(f"{type(pipe).__name__} takes no {key!r} argument; leave that option out.")
         kwargs[key] = value
-    out = pipe(prompt, **kwargs)
-    if hasattr(out, "frames"):
-        return out.frames[0], "video"
-    return out.images[0], "image"
+    return pipe(prompt, **kwargs).frames[0]
+
+
+def _positive(**values) -> None:
+    for name, value in values.items():
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}.")
 
 
 def cmd_generate(args) -> int:
-    from .io import IMAGE_SUFFIXES, VIDEO_SUFFIXES, check_writable, write_image, write_video
-    from .models.registry import load_pipeline
+    import torch
+
+    from .io import VIDEO_SUFFIXES, check_writable, write_video
+    from .models.pipeline import TinyShapesT2VPipeline
+    from .models.registry import SUPPORTED_VIDEO_PIPELINES, ModelLoadError, load_pipeline
+    from .models.shapes import parse_prompt
 
     out = Path(args.out)
-    if out.suffix.lower() not in VIDEO_SUFFIXES + IMAGE_SUFFIXES:
-        raise ValueError(f"--out {out.name!r}: use a file name ending in .gif or .mp4 (or .png for image models).")
+    if out.suffix.lower() not in VIDEO_SUFFIXES:
+        raise ValueError(f"--out {out.name!r}: use a file name ending in .gif or .mp4.")
+    _positive(steps=args.steps, fps=args.fps, upscale=args.upscale, height=args.height, width=args.width,
+              frames=args.frames)
+    if args.seed < 0:
+        raise ValueError(f"--seed must be a non-negative integer, got {args.seed}.")
     check_writable(out, args.force)
     pipe = load_pipeline(args.model)
-    _validate_prompt(pipe, args.prompt)
+    if type(pipe).__name__ not in SUPPORTED_VIDEO_PIPELINES:
+        raise ModelLoadError(f"{args.model!r} is a {type(pipe).__name__}; `generate` supports text-to-video "
+                             f"pipelines: {', '.join(SUPPORTED_VIDEO_PIPELINES)}.")
+    if isinstance(pipe, TinyShapesT2VPipeline):
+        parse_prompt(args.prompt)  # the embedded model knows its grammar: reject a bad prompt before any work
+    pipe.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     start = time.perf_counter()
-    result, kind = _generate_one(pipe, args.prompt, args.steps, args.guidance, args.seed, args.cfg_mode,
-                                 args.negative_prompt, height=args.height, width=args.width,
-                                 num_frames=args.frames)
+    clip = _generate_one(pipe, args.prompt, args.steps, args.guidance, args.seed, args.cfg_mode,
+                         args.negative_prompt, height=args.height, width=args.width, num_frames=args.frames)
     took = time.perf_counter() - start
-    if kind == "video":
-        if out.suffix.lower() not in VIDEO_SUFFIXES:
-            raise ValueError(f"this model makes video; --out must end in .gif or .mp4, not {out.suffix!r}.")
-        write_video(out, result, fps=args.fps, upscale=args.upscale, force=args.force)
-    else:
-        if out.suffix.lower() not in IMAGE_SUFFIXES:
-            raise ValueError(f"this model makes images; --out must end in .png, not {out.suffix!r}.")
-        write_image(out, result, upscale=args.upscale, force=args.force)
+    write_video(out, clip, fps=args.fps, upscale=args.upscale, force=args.force)
     print(f"generated in {took:.2f} s ({args.steps} steps): {out}")
     return 0
-
-
-def _validate_prompt(pipe, prompt: str) -> None:
-    """Embedded models know their grammar: reject an unknown word before any work is done."""
-    from .models.pipeline import TinyShapesT2VPipeline
-    from .models.shapes import tokenize
-
-    if isinstance(pipe, TinyShapesT2VPipeline):
-        tokenize(prompt)
 
 
 def cmd_train(args) -> int:
@@ -167,7 +167,8 @@ def cmd_train(args) -> int:
                                    "checkpoint_every": args.checkpoint_every}.items() if v is not None}
     for key, value in overrides.items():
         if value < (0 if key == "seed" else 1):
-            raise ValueError(f"--{key.replace('_', '-')} must be a positive integer, got {value}.")
+            kind = "a non-negative" if key == "seed" else "a positive"
+            raise ValueError(f"--{key.replace('_', '-')} must be {kind} integer, got {value}.")
     config = replace(TrainConfig(), **overrides)
     trainer = Trainer(config, out)
     if trainer.load_checkpoint():
@@ -218,14 +219,15 @@ def cmd_demo(args) -> int:
 
     out = Path(args.out)
     index = out / "index.html"
-    check_writable(index, args.force)
+    names = [f"clip-{i:02d}.gif" for i in range(len(DEMO_PROMPTS))]
+    for path in [index, *(out / n for n in names)]:  # refuse before any work, not half-way through
+        check_writable(path, args.force)
     pipe = load_pipeline("tiny-shapes-t2v")
     rows = []
-    for i, prompt in enumerate(DEMO_PROMPTS):
+    for i, (prompt, name) in enumerate(zip(DEMO_PROMPTS, names)):
         start = time.perf_counter()
-        clip, _ = _generate_one(pipe, prompt, args.steps, 5.0, i, "split", None)
+        clip = _generate_one(pipe, prompt, args.steps, 5.0, i, "split", None)
         took = time.perf_counter() - start
-        name = f"clip-{i:02d}.gif"
         write_video(out / name, clip, force=args.force)
         result = check(clip, prompt)
         rows.append({"prompt": prompt, "file": name, "seconds": took, "adherence": result.adherence,

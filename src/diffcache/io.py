@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 
 VIDEO_SUFFIXES = (".gif", ".mp4")
-IMAGE_SUFFIXES = (".png",)
 
 
 class OutputExistsError(FileExistsError):
@@ -31,8 +30,11 @@ def atomic_path(path: str | os.PathLike, force: bool = False):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=path.suffix, dir=path.parent)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -67,6 +69,10 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 8, upsca
     import imageio.v3 as iio
 
     path = Path(path)
+    if fps < 1:
+        raise ValueError(f"fps must be at least 1, got {fps}.")
+    if upscale is not None and upscale < 1:
+        raise ValueError(f"upscale must be at least 1, got {upscale}.")
     if path.suffix.lower() not in VIDEO_SUFFIXES:
         raise ValueError(f"cannot write a clip to {path.name!r}: use a file name ending in "
                          f"{' or '.join(VIDEO_SUFFIXES)}.")
@@ -83,17 +89,6 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 8, upsca
                 data = data[:, : data.shape[1] // 2 * 2, : data.shape[2] // 2 * 2]
             _write_mp4(tmp, data, fps)
     return path
-
-
-def write_image(path: str | os.PathLike, image: np.ndarray, upscale: int | None = None, force: bool = False) -> Path:
-    """Write one image ``(H, W, 3)`` floats in [0, 1] as PNG, atomically."""
-    import imageio.v3 as iio
-
-    image = np.asarray(image)
-    scale = auto_upscale(*image.shape[:2]) if upscale is None else upscale
-    with atomic_path(path, force) as tmp:
-        iio.imwrite(tmp, to_uint8(image, scale), extension=".png")
-    return Path(path)
 
 
 def _write_mp4(path: Path, data: np.ndarray, fps: int) -> None:

@@ -61,8 +61,8 @@ def evaluate_adherence(
     (and the clips, with ``return_clips=True``)."""
     pairs = gate_prompts(num_prompts)
     clips = []
-    was_disabled = getattr(pipe, "_progress_bar_config", {}).get("disable", False)
-    pipe.set_progress_bar_config(disable=True)
+    saved = dict(getattr(pipe, "_progress_bar_config", {}))
+    pipe.set_progress_bar_config(**{**saved, "disable": True})
     try:
         for start in tqdm(range(0, len(pairs), batch_size), desc="adherence", disable=not progress):
             chunk = pairs[start : start + batch_size]
@@ -75,7 +75,7 @@ def evaluate_adherence(
             )
             clips.append(out.frames)
     finally:
-        pipe.set_progress_bar_config(disable=was_disabled)
+        pipe.set_progress_bar_config(**saved)
     clips = np.concatenate(clips)
     report = score_clips(clips, [p for p, _ in pairs])
     return (report, clips) if return_clips else report

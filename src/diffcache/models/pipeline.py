@@ -43,7 +43,7 @@ def unpack(latents: torch.Tensor) -> torch.Tensor:
 
 
 def tiny_transformer_config() -> dict:
-    """The config of the embedded denoiser (about 2.7 M parameters, 256 tokens per 8×32×32 clip)."""
+    """The config of the embedded denoiser (3.3 M parameters, 256 tokens per 8×32×32 clip)."""
     return dict(
         patch_size=(2, 2, 2),
         num_attention_heads=3,
@@ -90,9 +90,10 @@ class TinyShapesT2VPipeline(DiffusionPipeline):
     @classmethod
     def from_scratch(cls, seed: int = 0, shift: float = 1.0) -> "TinyShapesT2VPipeline":
         """A randomly initialised pipeline with the embedded model's architecture (what training starts from)."""
-        torch.manual_seed(seed)
-        transformer = WanTransformer3DModel(**tiny_transformer_config())
-        text_encoder = ShapesTextEncoder(embed_dim=transformer.config.text_dim)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            transformer = WanTransformer3DModel(**tiny_transformer_config())
+            text_encoder = ShapesTextEncoder(embed_dim=transformer.config.text_dim)
         return cls(transformer, text_encoder, FlowMatchEulerDiscreteScheduler(shift=shift))
 
     def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
@@ -114,40 +115,87 @@ class TinyShapesT2VPipeline(DiffusionPipeline):
                 f"got {num_frames} frames of {height}×{width}."
             )
 
+    # Read-only state while a call runs, named as in WanPipeline (diffusers' cache configs read these).
+    @property
+    def guidance_scale(self) -> float:
+        return self._guidance_scale
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        return self._guidance_scale > 1.0
+
+    @property
+    def num_timesteps(self) -> int:
+        return self._num_timesteps
+
+    @property
+    def current_timestep(self):
+        return self._current_timestep
+
+    @property
+    def interrupt(self) -> bool:
+        return self._interrupt
+
+    @property
+    def attention_kwargs(self):
+        return self._attention_kwargs
+
     @torch.no_grad()
     def __call__(
         self,
-        prompt: str | list[str],
+        prompt: str | list[str] | None = None,
         negative_prompt: str | list[str] | None = None,
+        height: int = shapes.HEIGHT,
+        width: int = shapes.WIDTH,
+        num_frames: int = shapes.NUM_FRAMES,
         num_inference_steps: int = 30,
         guidance_scale: float = 5.0,
         num_videos_per_prompt: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
-        num_frames: int = shapes.NUM_FRAMES,
-        height: int = shapes.HEIGHT,
-        width: int = shapes.WIDTH,
-        cfg_mode: str = "split",
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
         output_type: str = "np",
         return_dict: bool = True,
         attention_kwargs: dict | None = None,
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ("latents",),
+        cfg_mode: str = "split",
     ):
         """Generate clips. Returns ``WanPipelineOutput(frames=...)``; ``output_type="np"`` gives floats in
         [0, 1] of shape ``(batch, frames, height, width, 3)``, ``"pt"`` a tensor ``(batch, frames, 3, H, W)``,
         ``"pil"`` a list of lists of images, ``"latent"`` the packed latents."""
         self.check_inputs(num_inference_steps, guidance_scale, cfg_mode, output_type, num_frames, height, width)
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        negatives = negative_prompt if negative_prompt is not None else ""
-        negatives = [negatives] * len(prompts) if isinstance(negatives, str) else list(negatives)
-        if len(negatives) != len(prompts):
-            raise ValueError(f"got {len(prompts)} prompts but {len(negatives)} negative prompts.")
-        do_cfg = guidance_scale > 1.0
+        unknown = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
+        if unknown:
+            raise ValueError(f"callback_on_step_end_tensor_inputs {unknown} are not available; "
+                             f"choose from {self._callback_tensor_inputs}.")
+        self._guidance_scale = guidance_scale
+        self._attention_kwargs = attention_kwargs
+        self._current_timestep = None
+        self._interrupt = False
+        do_cfg = self.do_classifier_free_guidance
         device = self._execution_device
-        cond = self.encode_prompt(prompts).repeat_interleave(num_videos_per_prompt, 0)
-        uncond = self.encode_prompt(negatives).repeat_interleave(num_videos_per_prompt, 0) if do_cfg else None
-        batch = len(prompts) * num_videos_per_prompt
+        if prompt_embeds is None:
+            if prompt is None:
+                raise ValueError("pass a prompt (or prompt_embeds).")
+            prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+            prompt_embeds = self.encode_prompt(prompts)
+        elif prompt is not None:
+            raise ValueError("pass either prompt or prompt_embeds, not both.")
+        num_prompts = prompt_embeds.shape[0]
+        cond = prompt_embeds.to(device, self.transformer.dtype).repeat_interleave(num_videos_per_prompt, 0)
+        uncond = None
+        if do_cfg:
+            if negative_prompt_embeds is None:
+                negatives = negative_prompt if negative_prompt is not None else ""
+                negatives = [negatives] * num_prompts if isinstance(negatives, str) else list(negatives)
+                if len(negatives) != num_prompts:
+                    raise ValueError(f"got {num_prompts} prompts but {len(negatives)} negative prompts.")
+                negative_prompt_embeds = self.encode_prompt(negatives)
+            uncond = negative_prompt_embeds.to(device, self.transformer.dtype).repeat_interleave(
+                num_videos_per_prompt, 0)
+        batch = num_prompts * num_videos_per_prompt
 
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         self.scheduler.set_begin_index(0)
@@ -162,6 +210,9 @@ class TinyShapesT2VPipeline(DiffusionPipeline):
 
         with self.progress_bar(total=len(timesteps)) as progress_bar:
             for i, t in enumerate(timesteps):
+                if self.interrupt:
+                    continue
+                self._current_timestep = t
                 context = {"step_index": i, "sigma": float(self.scheduler.sigmas[i]),
                            "num_inference_steps": len(timesteps), "timestep": t}
                 x = latents.to(dtype)
@@ -198,6 +249,7 @@ class TinyShapesT2VPipeline(DiffusionPipeline):
                     latents = outputs.pop("latents", latents)
                 progress_bar.update()
 
+        self._current_timestep = None
         if output_type == "latent":
             video = latents
         else:

@@ -32,8 +32,8 @@ def embedded_model_path(name: str) -> Path:
     path = Path(str(resources.files("diffcache.models").joinpath("weights", name)))
     if not (path / "model_index.json").exists():
         raise ModelLoadError(
-            f"the weights of {name!r} are missing from the package (looked in {path}); "
-            f"reinstall diffcache or rebuild them with `diffcache train {name} --out DIR`."
+            f"the weights of {name!r} are missing from the package (looked in {path}); reinstall diffcache, or "
+            f"train them with `diffcache train {name} --out DIR` and pass `--model DIR/model`."
         )
     return path
 
@@ -90,9 +90,9 @@ def load_pipeline(name_or_path: str | os.PathLike = "tiny-shapes-t2v", **kwargs)
             offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
             reason = "HF_HUB_OFFLINE is set and " if offline else ""
             raise ModelLoadError(
-                f"could not load {name!r} from the Hugging Face hub ({reason}it is not in the local cache, or the "
-                f"hub cannot be reached from here): {type(error).__name__}: {detail} — without network access, "
-                "download the model elsewhere and pass its local folder."
+                f"could not load {name!r} from the Hugging Face hub, and no local folder of that name exists "
+                f"({reason}{type(error).__name__}: {detail}). Check the id; without network access, download "
+                "the model elsewhere and pass its local folder."
             ) from error
         raise ModelLoadError(f"could not load the pipeline in {path}: {type(error).__name__}: {detail}") from error
     finally:
