@@ -223,6 +223,7 @@ def cmd_demo(args) -> int:
     for path in [index, *(out / n for n in names)]:  # refuse before any work, not half-way through
         check_writable(path, args.force)
     pipe = load_pipeline("tiny-shapes-t2v")
+    pipe.set_progress_bar_config(disable=True)  # one line per clip instead
     rows = []
     for i, (prompt, name) in enumerate(zip(DEMO_PROMPTS, names)):
         start = time.perf_counter()
