@@ -77,12 +77,15 @@ def test_help_has_examples(capsys):
         assert "examples:" in capsys.readouterr().out
 
 
-def test_generate_with_a_real_diffusers_pipeline_folder(tmp_path):
-    """`--model DIR` loads any supported diffusers video pipeline: a tiny random WanPipeline built offline."""
-    from tiny_diffusers import tiny_wan_pipeline
+@pytest.mark.parametrize("family, size", [("wan", ("16", "16", "9")), ("cogvideox", ("16", "16", "9")),
+                                          ("ltx", ("32", "32", "9"))])
+def test_generate_with_a_real_diffusers_pipeline_folder(tmp_path, family, size):
+    """`--model DIR` loads a supported diffusers video pipeline: tiny random-weight ones built offline."""
+    import tiny_diffusers
 
-    tiny_wan_pipeline().save_pretrained(tmp_path / "wan")
-    out = tmp_path / "wan.gif"
-    assert main(["generate", "--model", str(tmp_path / "wan"), "--prompt", "a cat surfing", "--steps", "2",
-                 "--height", "16", "--width", "16", "--frames", "9", "--out", str(out)]) == 0
-    assert iio.imread(out, index=None).shape[0] == 9
+    getattr(tiny_diffusers, f"tiny_{family}_pipeline")().save_pretrained(tmp_path / family)
+    out = tmp_path / f"{family}.gif"
+    height, width, frames = size
+    assert main(["generate", "--model", str(tmp_path / family), "--prompt", "a cat surfing", "--steps", "2",
+                 "--height", height, "--width", width, "--frames", frames, "--out", str(out)]) == 0
+    assert iio.imread(out, index=None).shape[0] == int(frames)

@@ -35,3 +35,52 @@ def tiny_wan_pipeline(seed: int = 0):
                                         rope_max_seq_len=32)
     return WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
                        scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0))
+
+
+def _tiny_t5(vocab_size: int):
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(T5Config(vocab_size=vocab_size, d_model=32, d_kv=8, d_ff=37, num_layers=1, num_heads=4,
+                                   relative_attention_num_buckets=8))
+
+
+def tiny_cogvideox_pipeline(seed: int = 0):
+    """A ``CogVideoXPipeline`` (batched CFG) with a 1-block transformer, tiny T5 and tiny CogVideoX VAE."""
+    from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXPipeline
+    from diffusers import CogVideoXTransformer3DModel
+
+    torch.manual_seed(seed)
+    tokenizer = word_tokenizer()
+    transformer = CogVideoXTransformer3DModel(
+        num_attention_heads=4, attention_head_dim=8, in_channels=4, out_channels=4, time_embed_dim=2,
+        text_embed_dim=32, num_layers=1, sample_width=2, sample_height=2, sample_frames=9, patch_size=2,
+        temporal_compression_ratio=4, max_text_seq_length=226)  # the pipeline default
+    vae = AutoencoderKLCogVideoX(
+        in_channels=3, out_channels=3, down_block_types=("CogVideoXDownBlock3D",) * 4,
+        up_block_types=("CogVideoXUpBlock3D",) * 4, block_out_channels=(8, 8, 8, 8), latent_channels=4,
+        layers_per_block=1, norm_num_groups=2, temporal_compression_ratio=4)
+    return CogVideoXPipeline(tokenizer=tokenizer, text_encoder=_tiny_t5(len(tokenizer)), vae=vae,
+                             transformer=transformer, scheduler=CogVideoXDDIMScheduler())
+
+
+def tiny_ltx_pipeline(seed: int = 0):
+    """An ``LTXPipeline`` (batched CFG, packed tokens) with a 1-block transformer, tiny T5 and tiny LTX VAE."""
+    from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXPipeline
+    from diffusers import LTXVideoTransformer3DModel
+
+    torch.manual_seed(seed)
+    tokenizer = word_tokenizer()
+    transformer = LTXVideoTransformer3DModel(
+        in_channels=8, out_channels=8, patch_size=1, patch_size_t=1, num_attention_heads=4, attention_head_dim=8,
+        cross_attention_dim=32, num_layers=1, caption_channels=32)
+    vae = AutoencoderKLLTXVideo(
+        in_channels=3, out_channels=3, latent_channels=8, block_out_channels=(8, 8, 8, 8),
+        decoder_block_out_channels=(8, 8, 8, 8), layers_per_block=(1, 1, 1, 1, 1),
+        decoder_layers_per_block=(1, 1, 1, 1, 1), spatio_temporal_scaling=(True, True, False, False),
+        decoder_spatio_temporal_scaling=(True, True, False, False), decoder_inject_noise=(False,) * 5,
+        upsample_residual=(False,) * 4, upsample_factor=(1, 1, 1, 1), timestep_conditioning=False,
+        patch_size=1, patch_size_t=1, encoder_causal=True, decoder_causal=False)
+    vae.use_framewise_encoding = False
+    vae.use_framewise_decoding = False
+    return LTXPipeline(tokenizer=tokenizer, text_encoder=_tiny_t5(len(tokenizer)), vae=vae,
+                       transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler())
