@@ -89,3 +89,12 @@ def test_generate_with_a_real_diffusers_pipeline_folder(tmp_path, family, size):
     assert main(["generate", "--model", str(tmp_path / family), "--prompt", "a cat surfing", "--steps", "2",
                  "--height", height, "--width", width, "--frames", frames, "--out", str(out)]) == 0
     assert iio.imread(out, index=None).shape[0] == int(frames)
+
+
+def test_bad_numbers_are_refused_before_any_work(tmp_path, capsys):
+    assert main(["generate", "--prompt", "a red circle moving left", "--fps", "0", "--out",
+                 str(tmp_path / "a.gif")]) == 2
+    assert "--fps must be at least 1" in capsys.readouterr().err
+    assert main(["train", "tiny-shapes-t2v", "--out", str(tmp_path / "run"), "--steps", "0"]) == 2
+    assert "--steps must be at least 1" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

@@ -112,9 +112,11 @@ def _generate_one(pipe, prompt: str, steps: int, guidance: float, seed: int, cfg
 
 
 def _positive(**values) -> None:
+    """Validate integer options: each must be at least 1 (``seed``: at least 0); ``None`` means unset."""
     for name, value in values.items():
-        if value is not None and value < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}.")
+        low = 0 if name == "seed" else 1
+        if value is not None and value < low:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least {low}, got {value}.")
 
 
 def cmd_generate(args) -> int:
@@ -129,9 +131,7 @@ def cmd_generate(args) -> int:
     if out.suffix.lower() not in VIDEO_SUFFIXES:
         raise ValueError(f"--out {out.name!r}: use a file name ending in .gif or .mp4.")
     _positive(steps=args.steps, fps=args.fps, upscale=args.upscale, height=args.height, width=args.width,
-              frames=args.frames)
-    if args.seed < 0:
-        raise ValueError(f"--seed must be a non-negative integer, got {args.seed}.")
+              frames=args.frames, seed=args.seed)
     check_writable(out, args.force)
     pipe = load_pipeline(args.model)
     if type(pipe).__name__ not in SUPPORTED_VIDEO_PIPELINES:
@@ -156,6 +156,9 @@ def cmd_train(args) -> int:
     from .io import OutputExistsError
     from .models.train import Trainer, TrainConfig
 
+    overrides = {k: v for k, v in {"steps": args.steps, "batch_size": args.batch_size, "seed": args.seed,
+                                   "checkpoint_every": args.checkpoint_every}.items() if v is not None}
+    _positive(**overrides)  # before anything in --out is touched
     out = Path(args.out)
     model_dir = out / "model"
     if args.force and out.exists():
@@ -163,12 +166,6 @@ def cmd_train(args) -> int:
         shutil.rmtree(model_dir, ignore_errors=True)
     elif model_dir.exists():
         raise OutputExistsError(f"{model_dir} already holds a trained model; pass --force to train again.")
-    overrides = {k: v for k, v in {"steps": args.steps, "batch_size": args.batch_size, "seed": args.seed,
-                                   "checkpoint_every": args.checkpoint_every}.items() if v is not None}
-    for key, value in overrides.items():
-        if value < (0 if key == "seed" else 1):
-            kind = "a non-negative" if key == "seed" else "a positive"
-            raise ValueError(f"--{key.replace('_', '-')} must be {kind} integer, got {value}.")
     config = replace(TrainConfig(), **overrides)
     trainer = Trainer(config, out)
     if trainer.load_checkpoint():
@@ -188,8 +185,7 @@ def cmd_evaluate(args) -> int:
 
     if args.json:
         check_writable(args.json, args.force)
-    if args.prompts < 1:
-        raise ValueError(f"--prompts must be at least 1, got {args.prompts}.")
+    _positive(prompts=args.prompts, steps=args.steps)
     pipe = load_pipeline(args.model)
     start = time.perf_counter()
     report = evaluate_adherence(pipe, num_prompts=args.prompts, num_inference_steps=args.steps,

@@ -86,6 +86,11 @@ class TinyShapesT2VPipeline(DiffusionPipeline):
     ):
         super().__init__()
         self.register_modules(transformer=transformer, text_encoder=text_encoder, scheduler=scheduler)
+        self._guidance_scale = 1.0
+        self._num_timesteps = 0
+        self._current_timestep = None
+        self._interrupt = False
+        self._attention_kwargs = None
 
     @classmethod
     def from_scratch(cls, seed: int = 0, shift: float = 1.0) -> "TinyShapesT2VPipeline":
@@ -226,7 +231,6 @@ class TinyShapesT2VPipeline(DiffusionPipeline):
                             return_dict=False,
                         )[0]
                     noise_uncond, noise_pred = both.chunk(2)
-                    noise_pred = noise_uncond + guidance_scale * (noise_pred - noise_uncond)
                 else:
                     with self.transformer.cache_context("cond", **context):
                         noise_pred = self.transformer(
@@ -239,7 +243,8 @@ class TinyShapesT2VPipeline(DiffusionPipeline):
                                 hidden_states=x, timestep=t.expand(batch), encoder_hidden_states=uncond,
                                 attention_kwargs=attention_kwargs, return_dict=False,
                             )[0]
-                        noise_pred = noise_uncond + guidance_scale * (noise_pred - noise_uncond)
+                if do_cfg:
+                    noise_pred = noise_uncond + guidance_scale * (noise_pred - noise_uncond)
                 latents = self.scheduler.step(noise_pred.float(), t, latents, return_dict=False)[0]
                 if callback_on_step_end is not None:
                     local = {"latents": latents}

@@ -52,8 +52,12 @@ def load_pipeline(name_or_path: str | os.PathLike = "tiny-shapes-t2v", **kwargs)
     on a machine with no network.
     """
     from diffusers import DiffusionPipeline
+    from diffusers.utils import logging as diffusers_logging
 
     from .pipeline import TinyShapesT2VPipeline
+
+    # diffusers resolves a model_index.json's class only among its own pipelines; ours are looked up here
+    own_pipelines = {cls.__name__: cls for cls in (TinyShapesT2VPipeline,)}
 
     name = str(name_or_path)
     if name in EMBEDDED_MODELS:
@@ -74,11 +78,8 @@ def load_pipeline(name_or_path: str | os.PathLike = "tiny-shapes-t2v", **kwargs)
         )
     loader = DiffusionPipeline
     if isinstance(path, Path):
-        index = json.loads((path / "model_index.json").read_text())
-        if index.get("_class_name") == TinyShapesT2VPipeline.__name__:
-            loader = TinyShapesT2VPipeline
-    from diffusers.utils import logging as diffusers_logging
-
+        class_name = json.loads((path / "model_index.json").read_text()).get("_class_name")
+        loader = own_pipelines.get(class_name, DiffusionPipeline)
     verbosity = diffusers_logging.get_verbosity()
     diffusers_logging.set_verbosity_error()  # hub connection warnings would bury the one-line reason
     try:
@@ -88,7 +89,7 @@ def load_pipeline(name_or_path: str | os.PathLike = "tiny-shapes-t2v", **kwargs)
         detail = detail if len(detail) <= 240 else detail[:237] + "..."
         if isinstance(path, str):
             offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-            reason = "HF_HUB_OFFLINE is set and " if offline else ""
+            reason = "HF_HUB_OFFLINE is set; " if offline else ""
             raise ModelLoadError(
                 f"could not load {name!r} from the Hugging Face hub, and no local folder of that name exists "
                 f"({reason}{type(error).__name__}: {detail}). Check the id; without network access, download "
