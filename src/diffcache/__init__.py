@@ -4,9 +4,17 @@ Public API::
 
     import diffcache
     pipe = diffcache.load_pipeline("tiny-shapes-t2v")   # embedded model, a local folder or a hub id
-    video = pipe("a red circle moving left", num_inference_steps=30).frames
+    with diffcache.enable(pipe, "adacache", preset="fast") as handle:
+        video = pipe("a red circle moving left", num_inference_steps=30).frames
+        print(handle.report())
+    diffcache.list_methods()
 """
 
+from .adapters import UnsupportedModelError
+from .context import StepContext, StepTrackingError
+from .methods import (Handle, MethodAlreadyEnabledError, MethodSilentWarning, Report, UnknownMethodError, enable,
+                      list_methods)
+from .methods.adacache import AdaCacheConfig
 from .models.pipeline import TinyShapesT2VPipeline
 from .models.registry import EMBEDDED_MODELS, ModelLoadError, load_pipeline
 from .models.shapes import PromptError
@@ -14,11 +22,34 @@ from .models.text import ShapesTextEncoder
 
 __version__ = "0.1.0"
 
+
+def disable(target) -> None:
+    """Disable whatever diffcache method is enabled on a pipeline or denoiser (no-op when none is)."""
+    from .methods.base import denoiser_of
+
+    model, _ = denoiser_of(target)
+    handle = getattr(model, "_diffcache_handle", None)
+    if handle is not None:
+        handle.disable()
+
+
 __all__ = [
     "EMBEDDED_MODELS",
+    "AdaCacheConfig",
+    "Handle",
+    "MethodAlreadyEnabledError",
+    "MethodSilentWarning",
     "ModelLoadError",
     "PromptError",
+    "Report",
     "ShapesTextEncoder",
+    "StepContext",
+    "StepTrackingError",
     "TinyShapesT2VPipeline",
+    "UnknownMethodError",
+    "UnsupportedModelError",
+    "disable",
+    "enable",
+    "list_methods",
     "load_pipeline",
 ]

@@ -1,0 +1,217 @@
+"""Where generation stands: the :class:`StepContext` of every denoiser call, and the hook that works it out.
+
+A method never counts calls itself. :class:`StepTracker` sits on the denoiser as the outermost diffusers hook and,
+before each forward, decides
+
+* the **step** (0-based) and the number of steps ``T``, from the first source that knows them:
+  1. the pipeline's ``cache_context(name, step_index=i, num_inference_steps=T)`` (WanPipeline and the embedded
+     pipeline pass these; so can a hand-written loop);
+  2. the position of the forward's ``timestep`` in ``pipeline.scheduler.timesteps`` (CogVideoX, LTX-Video and
+     any scheduler: flow-match Euler, UniPC, DPM++, DDIM …);
+  3. for a bare denoiser with no scheduler: a new step whenever the timestep changes, with ``T`` given to
+     :func:`diffcache.enable` as ``num_inference_steps``;
+* the **branch**: the ``cache_context`` name (``"cond"``, ``"uncond"``, ``"cond_uncond"`` for batched CFG or no
+  CFG); without one, ``"call0"``, ``"call1"`` … by position within the step;
+* whether a **new pipeline call** has begun: the step went backwards, or this (step, branch) was already seen in
+  the current call, or ``T`` changed. This needs no cooperation from the pipeline, so a call that died of an
+  exception half way leaves the next call correct: its first forward starts a fresh call.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from diffusers.hooks.hooks import HookRegistry, ModelHook, StateManager
+
+TRACKER_HOOK = "diffcache_step_tracker"
+
+
+class StepTrackingError(RuntimeError):
+    """diffcache could not tell which denoising step a denoiser call belongs to."""
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """Where one denoiser forward stands.
+
+    ``step`` is 0-based (``0 … num_steps-1``); ``branch`` names the call within the step (``"cond"``,
+    ``"uncond"``, ``"cond_uncond"`` …); ``call_index`` counts pipeline calls since the method was enabled;
+    ``first_in_step`` is true for the first forward of a step (where a method takes its one decision per step).
+    """
+
+    call_index: int
+    step: int
+    num_steps: int
+    branch: str
+    timestep: float | None = None
+    sigma: float | None = None
+    first_in_step: bool = True
+
+    @property
+    def step_1based(self) -> int:
+        return self.step + 1
+
+
+class _ContextProbe(StateManager):
+    """Receives the pipeline's ``cache_context`` (diffusers hands it to every StateManager of a stateful hook)."""
+
+    def __init__(self):
+        super().__init__(dict)
+
+    def set_context(self, context) -> None:
+        self._context = context
+
+    @property
+    def current(self):
+        return self._context
+
+
+@dataclass
+class _CallState:
+    num_steps: int | None = None
+    step: int = -1
+    seen: set = field(default_factory=set)
+    calls_in_step: int = 0
+    last_timestep: float | None = None
+
+
+def _first_float(value) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, torch.Tensor):
+        if value.numel() == 0:
+            return None
+        return float(value.detach().flatten().float().max())  # per-token timesteps: the noisiest token
+    return float(value)
+
+
+class StepTracker(ModelHook):
+    """Outermost hook on the denoiser: computes a :class:`StepContext` before every forward and tells the
+    listeners (the method's runtime) about new calls and new forwards."""
+
+    _is_stateful = True
+
+    def __init__(self, timestep_of: Callable[[tuple, dict], Any], pipeline=None, num_inference_steps: int | None = None):
+        super().__init__()
+        self._probe = _ContextProbe()
+        self._timestep_of = timestep_of
+        self._pipeline = weakref.ref(pipeline) if pipeline is not None else None
+        self._fixed_steps = num_inference_steps
+        self.listeners: list = []
+        self.call_index = -1
+        self._call = _CallState()
+        self.current: StepContext | None = None
+        self.forward_arguments: tuple[tuple, dict] = ((), {})
+
+    # -- diffusers hook protocol ---------------------------------------------------------------------------------
+    def pre_forward(self, module, *args, **kwargs):
+        self.forward_arguments = (args, kwargs)
+        context = self._locate(args, kwargs)
+        self.current = context
+        for listener in self.listeners:
+            listener.begin_forward(context)
+        return args, kwargs
+
+    def post_forward(self, module, output):
+        for listener in self.listeners:
+            listener.end_forward(self.current)
+        return output
+
+    def reset_state(self, module):
+        self.reset()
+        return module
+
+    def reset(self) -> None:
+        """Forget the call in progress: the next forward starts a new call."""
+        self._call = _CallState()
+        self.current = None
+
+    # -- step location -------------------------------------------------------------------------------------------
+    def _scheduler_timesteps(self):
+        pipeline = self._pipeline() if self._pipeline is not None else None
+        scheduler = getattr(pipeline, "scheduler", None)
+        timesteps = getattr(scheduler, "timesteps", None)
+        if timesteps is None or len(timesteps) == 0:
+            return None
+        return torch.as_tensor(timesteps).detach().flatten().float().cpu()
+
+    def _locate(self, args, kwargs) -> StepContext:
+        diffusers_context = self._probe.current
+        name = getattr(diffusers_context, "name", None)
+        timestep = _first_float(self._timestep_of(args, kwargs))
+        sigma = getattr(diffusers_context, "sigma", None)
+        step = getattr(diffusers_context, "step_index", None)
+        num_steps = getattr(diffusers_context, "num_inference_steps", None)
+        call = self._call
+
+        if step is None or num_steps is None:
+            timesteps = self._scheduler_timesteps()
+            found = None
+            if timesteps is not None and timestep is not None:
+                close = torch.isclose(timesteps, torch.tensor(timestep), rtol=1e-5, atol=1e-4).nonzero().flatten()
+                if len(close) == 1:
+                    found = int(close[0])
+            if found is not None:
+                step, num_steps = found, len(timesteps)
+            else:
+                num_steps = self._fixed_steps
+                if num_steps is None:
+                    raise StepTrackingError(
+                        "diffcache could not tell which denoising step this denoiser call belongs to: no "
+                        "cache_context(step_index=..., num_inference_steps=...), and the timestep "
+                        f"{timestep} is not in a pipeline scheduler's timesteps. Enable on the pipeline, wrap each "
+                        "call in `denoiser.cache_context('cond', step_index=i, num_inference_steps=T)`, or pass "
+                        "num_inference_steps=T to diffcache.enable()."
+                    )
+                if call.step < 0 or call.num_steps != num_steps or timestep is None:
+                    step = 0
+                elif timestep == call.last_timestep:
+                    step = call.step
+                elif timestep > call.last_timestep or call.step + 1 >= num_steps:
+                    step = 0  # the noise level went up, or the steps ran out: a new call
+                else:
+                    step = call.step + 1
+        step, num_steps = int(step), int(num_steps)
+        if not 0 <= step < num_steps:
+            raise StepTrackingError(f"step index {step} is outside 0..{num_steps - 1}")
+
+        branch_key = name
+        new_call = (
+            call.step < 0
+            or num_steps != call.num_steps
+            or step < call.step
+            or (step == call.step and name is not None and (step, name) in call.seen)
+        )
+        if new_call:
+            self.call_index += 1
+            call = self._call = _CallState(num_steps=num_steps)
+            for listener in self.listeners:
+                listener.begin_call(self.call_index, num_steps)
+        first = step != call.step
+        if first:
+            call.calls_in_step = 0
+        if branch_key is None:
+            branch_key = f"call{call.calls_in_step}"
+        call.calls_in_step += 1
+        call.seen.add((step, branch_key))
+        call.step = step
+        call.last_timestep = timestep
+        if sigma is None:
+            sigma = self._sigma_at(step)
+        return StepContext(self.call_index, step, num_steps, branch_key, timestep, sigma, first)
+
+    def _sigma_at(self, step: int) -> float | None:
+        pipeline = self._pipeline() if self._pipeline is not None else None
+        sigmas = getattr(getattr(pipeline, "scheduler", None), "sigmas", None)
+        if sigmas is None or step >= len(sigmas):
+            return None
+        return float(sigmas[step])
+
+
+def install_tracker(denoiser: torch.nn.Module, tracker: StepTracker) -> None:
+    registry = HookRegistry.check_if_exists_or_initialize(denoiser)
+    registry.register_hook(tracker, TRACKER_HOOK)
+    registry.invalidate_child_registries_cache()

@@ -1,0 +1,324 @@
+"""AdaCache + MoReg (Kahatapitiya et al., 2024): cache each block's residuals on a schedule chosen per video.
+
+Rules (``shared/METHODS.md``; official code where it differs from the paper):
+
+* Every block caches two residuals: self-attention, and cross-attention + MLP summed. On a reused step a block
+  returns ``input + both cached residuals`` and computes nothing.
+* One schedule for the whole model. Steps are 1-based; step ``k`` is computed when ``k == last + rate`` or ``k`` is
+  ``1``, ``T-1`` or ``T``; ``rate`` starts at 1.
+* On a computed step the metric block (the middle block by default; several are averaged) compares its new
+  self-attention residual with the cached one: ``d = ||cache - res||_1 / ||cache||_1 / rate``. The new rate is the
+  rate of the first codebook threshold with ``d < threshold`` (the last rate when none is) and takes effect from
+  the next step.
+* MoReg, official form: inside a step window the motion score of the metric residual laid out
+  ``[B, frames·S, C]`` is ``m = ||r[:, S:] - r[:, :-S]||_1 / (||r[:, S:]||_1 + ||r[:, :-S]||_1)``, then
+  ``m = (m / 0.385) ** 8``; outside the window ``m = 1``. ``grad = 10 (m - m_prev) / rate``; ``d *= m + |grad|``;
+  ``m_prev`` is updated on every computed step. Paper form (``*-paper`` presets): ``d *= m + (m - m_prev) / k``
+  with ``k`` the steps since the last computed step, and the motion score without the power and the window.
+* With split CFG (two calls per step) the cond and uncond branches keep separate caches and the step's first call
+  takes the one schedule decision of the step; batched CFG caches the whole ``[uncond, cond]`` batch.
+
+Codebooks are published for 30 steps (fast, slow) and 100 steps (one, used for ``fast``). For any other step
+count ``T`` the rates of the nearer published codebook (30 for ``T <= 54``, else 100) are scaled by ``T / T_ref``
+and rounded (at least 1); thresholds are kept. The ``slow`` codebook at 100 steps is the 30-step one scaled the
+same way. The MoReg window (4–26 of 30; 10–90 of 100, inclusive) is scaled the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from diffusers.hooks.hooks import ModelHook
+
+from ..context import StepContext
+from .base import MethodConfig, Runtime, register
+
+CODEBOOKS: dict[tuple[str, int], tuple[tuple[float, int], ...]] = {
+    ("fast", 30): ((0.08, 6), (0.16, 5), (0.24, 4), (0.32, 3), (0.40, 2), (1.00, 1)),
+    ("slow", 30): ((0.08, 3), (0.16, 2), (0.24, 1), (0.32, 1), (0.40, 1), (1.00, 1)),
+    ("fast", 100): ((0.03, 12), (0.05, 10), (0.07, 8), (0.09, 6), (0.11, 4), (1.00, 3)),
+}
+MOREG_WINDOWS: dict[int, tuple[int, int]] = {30: (4, 26), 100: (10, 90)}
+
+
+def _reference_steps(num_steps: int) -> int:
+    return 30 if num_steps <= 54 else 100
+
+
+def codebook_for(speed: str, num_steps: int) -> tuple[tuple[float, int], ...]:
+    """The codebook for ``speed`` (``"fast"`` / ``"slow"``) at ``num_steps`` steps (see the module docs)."""
+    if (speed, num_steps) in CODEBOOKS:
+        return CODEBOOKS[(speed, num_steps)]
+    reference = _reference_steps(num_steps)
+    if (speed, reference) not in CODEBOOKS:
+        reference = 30  # only the fast codebook is published for 100 steps
+    return tuple((threshold, max(1, round(rate * num_steps / reference))) for threshold, rate in CODEBOOKS[(speed, reference)])
+
+
+def moreg_window_for(num_steps: int) -> tuple[int, int]:
+    """The 1-based, inclusive step window in which MoReg measures motion at ``num_steps`` steps."""
+    if num_steps in MOREG_WINDOWS:
+        return MOREG_WINDOWS[num_steps]
+    reference = _reference_steps(num_steps)
+    start, end = MOREG_WINDOWS[reference]
+    return max(1, round(start * num_steps / reference)), max(1, round(end * num_steps / reference))
+
+
+@dataclass
+class AdaCacheConfig(MethodConfig):
+    """AdaCache options. ``codebook``/``moreg_window`` of ``None`` mean the published ones for the step count."""
+
+    PRESETS: ClassVar = {
+        "fast": {"speed": "fast", "moreg": None},
+        "slow": {"speed": "slow", "moreg": None},
+        "fast-moreg": {"speed": "fast", "moreg": "official"},
+        "slow-moreg": {"speed": "slow", "moreg": "official"},
+        "fast-moreg-paper": {"speed": "fast", "moreg": "paper"},
+        "slow-moreg-paper": {"speed": "slow", "moreg": "paper"},
+    }
+    DEFAULT_PRESET: ClassVar = "fast-moreg"
+
+    speed: str = "fast"  #: which published codebook: "fast" or "slow"
+    codebook: tuple[tuple[float, int], ...] | None = None  #: (threshold, rate) pairs, thresholds increasing
+    metric_blocks: tuple[int, ...] | None = None  #: blocks whose residual decides; None = the middle block
+    moreg: str | None = "official"  #: None, "official" or "paper"
+    moreg_window: tuple[int, int] | None = None  #: 1-based inclusive steps where motion is measured (official)
+    moreg_norm: float = 0.385
+    moreg_power: float = 8.0
+    moreg_gradient_scale: float = 10.0
+    moreg_frame_stride: int = 1
+
+    def validate(self) -> None:
+        if self.speed not in ("fast", "slow"):
+            raise ValueError(f"speed must be 'fast' or 'slow', got {self.speed!r}")
+        if self.moreg not in (None, "official", "paper"):
+            raise ValueError(f"moreg must be None, 'official' or 'paper', got {self.moreg!r}")
+        if self.codebook is not None:
+            entries = [tuple(entry) for entry in self.codebook]
+            if not entries or any(len(entry) != 2 for entry in entries):
+                raise ValueError("codebook must be a non-empty sequence of (threshold, rate) pairs")
+            thresholds = [float(threshold) for threshold, _ in entries]
+            if any(b <= a for a, b in zip(thresholds, thresholds[1:])):
+                raise ValueError(f"codebook thresholds must be strictly increasing, got {thresholds}")
+            if any(threshold <= 0 for threshold in thresholds):
+                raise ValueError(f"codebook thresholds must be positive, got {thresholds}")
+            rates = [rate for _, rate in entries]
+            if any(not isinstance(rate, int) or isinstance(rate, bool) or rate < 1 for rate in rates):
+                raise ValueError(f"codebook rates must be integers >= 1 (steps until the next computed step), got {rates}")
+            self.codebook = tuple((float(t), int(r)) for t, r in entries)
+        if self.metric_blocks is not None:
+            if not self.metric_blocks or any(not isinstance(b, int) for b in self.metric_blocks):
+                raise ValueError(f"metric_blocks must be a non-empty tuple of block indices, got {self.metric_blocks!r}")
+            self.metric_blocks = tuple(self.metric_blocks)
+        if self.moreg_window is not None:
+            start, end = self.moreg_window
+            if not (isinstance(start, int) and isinstance(end, int) and 1 <= start <= end):
+                raise ValueError(f"moreg_window must be (start, end) 1-based steps with start <= end, got {self.moreg_window!r}")
+        if self.moreg_norm <= 0 or self.moreg_power <= 0 or self.moreg_gradient_scale < 0:
+            raise ValueError("moreg_norm and moreg_power must be > 0 and moreg_gradient_scale >= 0")
+        if not isinstance(self.moreg_frame_stride, int) or self.moreg_frame_stride < 1:
+            raise ValueError(f"moreg_frame_stride must be an integer >= 1, got {self.moreg_frame_stride!r}")
+
+
+class AdaCacheSchedule:
+    """The schedule of one pipeline call: which steps are computed, and the rate chosen at each computed step.
+
+    Pure arithmetic on floats, so it can be checked against hand-worked examples."""
+
+    def __init__(self, config: AdaCacheConfig, num_steps: int):
+        self.config = config
+        self.num_steps = num_steps
+        self.codebook = config.codebook or codebook_for(config.speed, num_steps)
+        self.window = config.moreg_window or moreg_window_for(num_steps)
+        self.rate = 1
+        self.last: int | None = None
+        self.motion_prev: float | None = None
+
+    def should_compute(self, step: int) -> bool:
+        """Whether 1-based ``step`` is computed."""
+        T = self.num_steps
+        return self.last is None or step in (1, T - 1, T) or step >= self.last + self.rate
+
+    def lookup(self, distance: float) -> int:
+        for threshold, rate in self.codebook:
+            if distance < threshold:
+                return rate
+        return self.codebook[-1][1]
+
+    def regularised_motion(self, step: int, motion: float) -> float:
+        if self.config.moreg == "official":
+            start, end = self.window
+            if not start <= step <= end:
+                return 1.0
+            return (motion / self.config.moreg_norm) ** self.config.moreg_power
+        return motion
+
+    def update(self, step: int, rel_l1: float | None, motion: float | None = None) -> dict:
+        """Record computed step ``step`` (1-based); with a metric, choose the rate that applies from ``step+1``.
+
+        ``rel_l1`` is ``||cache - res||_1 / ||cache||_1`` (``None`` when there was no cached residual yet);
+        ``motion`` the raw motion score (used with MoReg). Returns the values that decided, for the report."""
+        values: dict = {}
+        gap = step - self.last if self.last is not None else 1
+        rate_in_force = self.rate
+        m = None
+        if self.config.moreg is not None and motion is not None:
+            m = self.regularised_motion(step, motion)
+            values["motion"] = m
+        if rel_l1 is not None:
+            d = rel_l1 / rate_in_force
+            values["rel_l1"] = rel_l1
+            if m is not None:
+                m_prev = self.motion_prev if self.motion_prev is not None else m
+                if self.config.moreg == "official":
+                    gradient = self.config.moreg_gradient_scale * (m - m_prev) / rate_in_force
+                    d *= m + abs(gradient)
+                else:
+                    gradient = (m - m_prev) / gap
+                    d *= m + gradient
+                values["motion_gradient"] = gradient
+            values["distance"] = d
+            self.rate = self.lookup(d)
+            values["rate"] = self.rate
+        if m is not None:
+            self.motion_prev = m
+        self.last = step
+        return values
+
+
+def relative_l1(cache: torch.Tensor, residual: torch.Tensor) -> float:
+    """``||cache - residual||_1 / ||cache||_1`` over the whole tensor."""
+    cache, residual = cache.float(), residual.float()
+    return float((cache - residual).abs().sum() / cache.abs().sum().clamp_min(1e-12))
+
+
+def motion_score(residual: torch.Tensor, tokens_per_frame: int, stride: int = 1) -> float:
+    """The official MoReg motion score of a residual ``[B, frames·S, C]`` (before the power)."""
+    shift = tokens_per_frame * stride
+    if residual.shape[1] <= shift:
+        return 0.0
+    later, earlier = residual[:, shift:].float(), residual[:, :-shift].float()
+    return float((later - earlier).abs().sum() / (later.abs().sum() + earlier.abs().sum()).clamp_min(1e-12))
+
+
+class _MidProbe(ModelHook):
+    """On the block's split module: remembers its input, the block state after self-attention."""
+
+    def __init__(self, adapter):
+        super().__init__()
+        self.adapter = adapter
+        self.captured: tuple[torch.Tensor, ...] | None = None
+
+    def pre_forward(self, module, *args, **kwargs):
+        self.captured = self.adapter.split_streams(module, args, kwargs)
+        return args, kwargs
+
+
+class _BlockHook(ModelHook):
+    def __init__(self, runtime: "AdaCacheRuntime", index: int, probe: _MidProbe):
+        super().__init__()
+        self.runtime = runtime
+        self.index = index
+        self.probe = probe
+
+    def new_forward(self, module, *args, **kwargs):
+        runtime, adapter = self.runtime, self.runtime.adapter
+        streams = adapter.block_streams(module, args, kwargs)
+        cache = runtime.branch_cache()
+        entry = cache[self.index]
+        if not runtime.compute and entry is not None and entry[0][0].shape == streams[0].shape:
+            runtime.count_block(computed=False)
+            attention, rest = entry
+            return adapter.make_block_output(tuple(
+                x + a.to(x.dtype) + b.to(x.dtype) for x, a, b in zip(streams, attention, rest)))
+        self.probe.captured = None
+        output = self.fn_ref.original_forward(*args, **kwargs)
+        mid = self.probe.captured
+        if mid is None:
+            raise RuntimeError(f"AdaCache: the split point of block {self.index} did not run; the adapter "
+                               f"{type(adapter).__name__} does not match this block's forward")
+        outputs = adapter.output_streams(output)
+        attention = tuple(m.to(x.dtype) - x for m, x in zip(mid, streams))
+        rest = tuple(o - m.to(o.dtype) for o, m in zip(outputs, mid))
+        if self.index in runtime.metric_blocks and runtime.ctx.first_in_step:
+            runtime.observe(self.index, entry[0][0] if entry is not None else None, attention[0])
+        cache[self.index] = (attention, rest)
+        runtime.count_block(computed=True)
+        return output
+
+
+class AdaCacheRuntime(Runtime):
+    HOOK = "diffcache_adacache"
+
+    def install(self) -> None:
+        blocks = self.adapter.blocks(self.model)
+        if not blocks:
+            raise RuntimeError(f"AdaCache found no transformer blocks in {type(self.model).__name__}")
+        self.num_blocks = len(blocks)
+        metric = self.config.metric_blocks or (len(blocks) // 2,)
+        bad = [b for b in metric if not -len(blocks) <= b < len(blocks)]
+        if bad:
+            raise ValueError(f"metric_blocks {bad} out of range: this model has {len(blocks)} blocks (0..{len(blocks) - 1})")
+        self.metric_blocks = tuple(b % len(blocks) for b in metric)
+        for index, block in enumerate(blocks):
+            probe = _MidProbe(self.adapter)
+            self.add_hook(self.adapter.split_module(block), probe, self.HOOK + "_split")
+            self.add_hook(block, _BlockHook(self, index, probe))
+        self.clear()
+
+    def clear(self) -> None:
+        self.caches: dict[str, list] = {}
+        self.schedule: AdaCacheSchedule | None = None
+        self.compute = True
+        self.ctx: StepContext | None = None
+        self._observed: dict[int, tuple[float | None, float]] = {}
+
+    def begin_call(self, call_index: int, num_steps: int) -> None:
+        super().begin_call(call_index, num_steps)
+        self.clear()
+        self.schedule = AdaCacheSchedule(self.config, num_steps)
+
+    def branch_cache(self) -> list:
+        return self.caches.setdefault(self.ctx.branch, [None] * self.num_blocks)
+
+    def begin_forward(self, ctx: StepContext, args: tuple, kwargs: dict) -> None:
+        super().begin_forward(ctx, args, kwargs)
+        self.ctx = ctx
+        if ctx.first_in_step:
+            self.compute = self.schedule.should_compute(ctx.step_1based)
+            self.step_record.computed = self.compute
+            self._observed = {}
+            if self.compute and self.config.moreg is not None:
+                frames, height, width = self.adapter.token_layout(self.model, args, kwargs)
+                self._tokens_per_frame = height * width
+
+    def observe(self, index: int, cached: torch.Tensor | None, residual: torch.Tensor) -> None:
+        rel = relative_l1(cached, residual) if cached is not None else None
+        motion = None
+        if self.config.moreg is not None:
+            motion = motion_score(residual, self._tokens_per_frame, self.config.moreg_frame_stride)
+        self._observed[index] = (rel, motion)
+
+    def end_forward(self, ctx: StepContext) -> None:
+        super().end_forward(ctx)
+        if ctx.first_in_step and self.compute:
+            rels = [rel for rel, _ in self._observed.values() if rel is not None]
+            motions = [m for _, m in self._observed.values() if m is not None]
+            values = self.schedule.update(
+                ctx.step_1based,
+                sum(rels) / len(rels) if rels else None,
+                sum(motions) / len(motions) if motions else None,
+            )
+            self.step_record.values.update(values)
+        self.step_record.values.setdefault("rate", self.schedule.rate)
+
+
+register(
+    "adacache",
+    "AdaCache + MoReg: per-block residual caching on a schedule chosen per video from how fast residuals change",
+    AdaCacheConfig,
+    AdaCacheRuntime,
+    families=("Wan", "CogVideoX", "LTX-Video"),
+)
