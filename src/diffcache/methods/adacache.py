@@ -188,12 +188,14 @@ class AdaCacheSchedule:
         return values
 
 
+@torch.no_grad()
 def relative_l1(cache: torch.Tensor, residual: torch.Tensor) -> float:
     """``||cache - residual||_1 / ||cache||_1`` over the whole tensor."""
     cache, residual = cache.float(), residual.float()
     return float((cache - residual).abs().sum() / cache.abs().sum().clamp_min(1e-12))
 
 
+@torch.no_grad()
 def motion_score(residual: torch.Tensor, tokens_per_frame: int, stride: int = 1) -> float:
     """The official MoReg motion score of a residual ``[B, frames·S, C]`` (before the power)."""
     shift = tokens_per_frame * stride
