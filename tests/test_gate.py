@@ -21,5 +21,12 @@ def test_demo_writes_clips_and_index(tmp_path, capsys):
     page = (out / "index.html").read_text()
     gifs = sorted(p.name for p in out.glob("*.gif"))
     assert len(gifs) == 6 and all(name in page for name in gifs)
-    assert "index page" in capsys.readouterr().out
+    assert "uncached vs adacache:fast" in page and "Overall speedup" in page
+    out_text = capsys.readouterr().out
+    assert "report:" in out_text and "steps computed" in out_text
     assert main(["demo", "--out", str(out), "--steps", "4"]) == 2  # no silent overwrite
+
+
+def test_demo_refuses_an_unknown_method_before_any_work(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--method", "adacache:turbo"]) == 2
+    assert "presets: fast" in capsys.readouterr().err and not (tmp_path / "demo").exists()

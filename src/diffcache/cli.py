@@ -14,6 +14,7 @@ from pathlib import Path
 EXAMPLES = {
     "generate": """examples:
   diffcache generate --prompt "a red circle moving left" --out clip.gif
+  diffcache generate --prompt "a red circle moving left" --method adacache:fast --out fast.gif
   diffcache generate --prompt "a blue square moving up" --steps 30 --guidance 5 --seed 3 --cfg-mode batched --out clip.mp4
   diffcache generate --model ./my-wan-pipeline --prompt "a cat surfing" --out cat.mp4""",
     "train": """examples:
@@ -22,9 +23,18 @@ EXAMPLES = {
     "evaluate": """examples:
   diffcache evaluate                                # the shipped model: 64 prompts, 30 steps, CFG 5
   diffcache evaluate --model runs/t2v/model --prompts 64 --json gate.json""",
+    "bench": """examples:
+  diffcache bench --methods none,adacache:fast,adacache:fast-moreg,adacache:slow --prompts 16 --steps 30 --out out/bench
+  diffcache bench --methods adacache --prompts 4 --repeats 1 --out out/quick   # 'none' is always added
+
+Speedup is the uncached run's total time over the method's, runs interleaved in one process; PSNR and SSIM
+compare each video with the uncached one of the same seed; adherence is the analytic checker's.""",
+    "methods": """examples:
+  diffcache methods""",
     "demo": """examples:
   diffcache demo --out out/demo
-  diffcache demo --out out/demo --force             # replace an earlier demo""",
+  diffcache demo --out out/demo --force             # replace an earlier demo
+  diffcache demo --method adacache:slow --out out/demo-slow""",
 }
 
 
@@ -57,6 +67,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--upscale", type=int, default=None,
                    help="enlarge frames this many times (nearest); default: enough for a 256-pixel short side")
     g.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    g.add_argument("--method", default=None, help="accelerate with METHOD[:PRESET], e.g. adacache:fast "
+                   "(see 'diffcache methods'; default: none)")
     g.add_argument("--out", required=True, help="output file: .gif or .mp4")
     g.add_argument("--force", action="store_true", help="overwrite --out if it exists")
 
@@ -79,10 +91,28 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--json", default=None, help="also write the per-prompt results to this JSON file")
     e.add_argument("--force", action="store_true", help="overwrite --json if it exists")
 
-    d = sub.add_parser("demo", help="the main job: generate clips with the embedded model and write an index page",
+    b = sub.add_parser("bench", help="compare caching methods on one model: speedup, PSNR, SSIM, adherence",
+                       epilog=EXAMPLES["bench"], formatter_class=fmt)
+    b.add_argument("--model", default="tiny-shapes-t2v", help="embedded model name or pipeline folder")
+    b.add_argument("--methods", default="none,adacache:fast,adacache:fast-moreg,adacache:slow",
+                   help="comma-separated METHOD[:PRESET] list; 'none' is the uncached reference "
+                   "(default: none,adacache:fast,adacache:fast-moreg,adacache:slow)")
+    b.add_argument("--prompts", type=int, default=16, help="number of prompts, spread over the grammar (default: 16)")
+    b.add_argument("--steps", type=int, default=30, help="denoising steps (default: 30)")
+    b.add_argument("--guidance", type=float, default=5.0, help="guidance scale (default: 5)")
+    b.add_argument("--repeats", type=int, default=2, help="timed runs per method and prompt (default: 2)")
+    b.add_argument("--out", default="out/bench", help="folder for results.json and table.md (default: out/bench)")
+    b.add_argument("--force", action="store_true", help="overwrite results in --out")
+
+    sub.add_parser("methods", help="list the caching methods, their presets and supported model families",
+                   epilog=EXAMPLES["methods"], formatter_class=fmt)
+
+    d = sub.add_parser("demo", help="the main job: generate clips uncached and accelerated, compare, write a report",
                        epilog=EXAMPLES["demo"], formatter_class=fmt)
     d.add_argument("--out", default="out/demo", help="output folder (default: out/demo)")
     d.add_argument("--steps", type=int, default=30, help="denoising steps (default: 30)")
+    d.add_argument("--method", default="adacache:fast", help="METHOD[:PRESET] to compare with the uncached run "
+                   "(default: adacache:fast; see 'diffcache methods')")
     d.add_argument("--force", action="store_true", help="replace an existing demo folder's files")
     return parser
 
@@ -133,6 +163,12 @@ def cmd_generate(args) -> int:
     _positive(steps=args.steps, fps=args.fps, upscale=args.upscale, height=args.height, width=args.width,
               frames=args.frames, seed=args.seed)
     check_writable(out, args.force)
+    spec = None
+    if args.method:
+        from .bench.runner import BASELINE, MethodSpec
+
+        spec = MethodSpec.parse(args.method)
+        spec = None if spec.name == BASELINE else spec
     pipe = load_pipeline(args.model)
     if type(pipe).__name__ not in SUPPORTED_VIDEO_PIPELINES:
         raise ModelLoadError(f"{args.model!r} is a {type(pipe).__name__}; `generate` supports text-to-video "
@@ -140,12 +176,21 @@ def cmd_generate(args) -> int:
     if isinstance(pipe, TinyShapesT2VPipeline):
         parse_prompt(args.prompt)  # the embedded model knows its grammar: reject a bad prompt before any work
     pipe.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    handle = None
+    if spec is not None:
+        from .methods import enable
+
+        handle = enable(pipe, spec.name, preset=spec.preset, **dict(spec.overrides))
     start = time.perf_counter()
     clip = _generate_one(pipe, args.prompt, args.steps, args.guidance, args.seed, args.cfg_mode,
                          args.negative_prompt, height=args.height, width=args.width, num_frames=args.frames)
     took = time.perf_counter() - start
     write_video(out, clip, fps=args.fps, upscale=args.upscale, force=args.force)
-    print(f"generated in {took:.2f} s ({args.steps} steps): {out}")
+    extra = ""
+    if handle is not None:
+        extra = f", {spec.label}: {handle.report().computed_steps()}/{args.steps} steps computed"
+        handle.disable()
+    print(f"generated in {took:.2f} s ({args.steps} steps{extra}): {out}")
     return 0
 
 
@@ -209,10 +254,19 @@ DEMO_PROMPTS = (
 
 
 def cmd_demo(args) -> int:
+    import numpy as np
+
+    from .bench.metrics import psnr, ssim
     from .io import check_writable, write_text, write_video
+    from .methods import enable
     from .models.checker import check
     from .models.registry import load_pipeline
 
+    from .bench.runner import BASELINE, MethodSpec
+
+    spec = MethodSpec.parse(args.method)  # a bad name fails before any work
+    if spec.name == BASELINE:
+        raise ValueError("--method must be a caching method, not 'none' (the uncached run is always shown)")
     out = Path(args.out)
     index = out / "index.html"
     names = [f"clip-{i:02d}.gif" for i in range(len(DEMO_PROMPTS))]
@@ -220,51 +274,100 @@ def cmd_demo(args) -> int:
         check_writable(path, args.force)
     pipe = load_pipeline("tiny-shapes-t2v")
     pipe.set_progress_bar_config(disable=True)  # one line per clip instead
+    _generate_one(pipe, DEMO_PROMPTS[0], 2, 5.0, 0, "split", None)  # warm-up, untimed
     rows = []
     for i, (prompt, name) in enumerate(zip(DEMO_PROMPTS, names)):
         start = time.perf_counter()
-        clip = _generate_one(pipe, prompt, args.steps, 5.0, i, "split", None)
-        took = time.perf_counter() - start
-        write_video(out / name, clip, force=args.force)
-        result = check(clip, prompt)
-        rows.append({"prompt": prompt, "file": name, "seconds": took, "adherence": result.adherence,
-                     "seen": f"{result.colour} {result.shape} {result.direction}",
-                     "stability": result.temporal_stability})
-        print(f"[{i + 1}/{len(DEMO_PROMPTS)}] {prompt!r}: {took:.2f} s, checker sees '{rows[-1]['seen']}' "
-              f"(adherence {100 * result.adherence:.0f}%) -> {out / name}")
-    mean = sum(r["adherence"] for r in rows) / len(rows)
+        plain = _generate_one(pipe, prompt, args.steps, 5.0, i, "split", None)
+        plain_time = time.perf_counter() - start
+        with enable(pipe, spec.name, preset=spec.preset) as handle:
+            start = time.perf_counter()
+            fast = _generate_one(pipe, prompt, args.steps, 5.0, i, "split", None)
+            fast_time = time.perf_counter() - start
+        computed = handle.report().computed_steps()
+        gap = np.ones((plain.shape[0], plain.shape[1], 2, 3))
+        write_video(out / name, np.concatenate([plain, gap, fast], axis=2), force=args.force)
+        checked = [check(plain, prompt), check(fast, prompt)]
+        rows.append({"prompt": prompt, "file": name, "plain_seconds": plain_time, "fast_seconds": fast_time,
+                     "speedup": plain_time / fast_time, "computed": computed, "psnr": psnr(fast, plain),
+                     "ssim": ssim(fast, plain), "adherence": [c.adherence for c in checked],
+                     "seen": [f"{c.colour} {c.shape} {c.direction}" for c in checked]})
+        r = rows[-1]
+        print(f"[{i + 1}/{len(DEMO_PROMPTS)}] {prompt!r}: {plain_time:.2f} s plain, {fast_time:.2f} s with "
+              f"{handle.method}:{handle.config.preset} ({r['speedup']:.1f}x, {computed}/{args.steps} steps computed), "
+              f"PSNR {r['psnr']:.1f} dB, checker sees '{r['seen'][1]}' -> {out / name}")
+    total_speedup = sum(r["plain_seconds"] for r in rows) / sum(r["fast_seconds"] for r in rows)
+    mean = lambda key, k=None: sum(r[key][k] if k is not None else r[key] for r in rows) / len(rows)  # noqa: E731
+    label = f"{handle.method}:{handle.config.preset}"
     body = "\n".join(
-        f"<tr><td><img src='{html.escape(r['file'])}' width=192 height=192></td><td>{html.escape(r['prompt'])}</td>"
-        f"<td>{html.escape(r['seen'])}</td><td>{100 * r['adherence']:.0f}%</td><td>{r['stability']:.3f}</td>"
-        f"<td>{r['seconds']:.2f}</td></tr>" for r in rows
+        f"<tr><td><img src='{html.escape(r['file'])}' height=160></td><td>{html.escape(r['prompt'])}</td>"
+        f"<td>{r['speedup']:.2f}×</td><td>{r['computed']}/{args.steps}</td><td>{r['psnr']:.1f}</td>"
+        f"<td>{r['ssim']:.3f}</td><td>{html.escape(r['seen'][0])} ({100 * r['adherence'][0]:.0f}%)</td>"
+        f"<td>{html.escape(r['seen'][1])} ({100 * r['adherence'][1]:.0f}%)</td></tr>" for r in rows
     )
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>diffcache demo</title>
 <style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:4px 10px;text-align:left}}
 img{{image-rendering:pixelated;background:#000}}</style></head><body>
-<h1>diffcache demo — tiny-shapes-t2v</h1>
-<p>{len(rows)} clips, {args.steps} steps, guidance 5, split CFG. Mean checker adherence {100 * mean:.0f}%.</p>
-<table><tr><th>clip</th><th>prompt</th><th>checker sees</th><th>adherence</th><th>temporal stability</th>
-<th>seconds</th></tr>
+<h1>diffcache demo — tiny-shapes-t2v, uncached vs {html.escape(label)}</h1>
+<p>{len(rows)} prompts, {args.steps} steps, guidance 5, split CFG. Each clip: uncached (left) | {html.escape(label)}
+(right), same seed. Overall speedup {total_speedup:.2f}× (total uncached time / total cached time, runs alternating
+in one process); mean PSNR {mean("psnr"):.1f} dB, SSIM {mean("ssim"):.3f} against the uncached clip; checker
+adherence {100 * mean("adherence", 0):.0f}% uncached, {100 * mean("adherence", 1):.0f}% cached.</p>
+<table><tr><th>uncached | cached</th><th>prompt</th><th>speedup</th><th>computed steps</th><th>PSNR (dB)</th>
+<th>SSIM</th><th>checker sees (uncached)</th><th>checker sees (cached)</th></tr>
 {body}
 </table></body></html>
 """
     write_text(index, page, force=args.force)
-    print(f"mean adherence {100 * mean:.0f}%; index page: {index}")
+    print(f"{label}: {total_speedup:.2f}x overall, PSNR {mean('psnr'):.1f} dB, SSIM {mean('ssim'):.3f}, adherence "
+          f"{100 * mean('adherence', 0):.0f}% -> {100 * mean('adherence', 1):.0f}%; report: {index}")
     return 0
 
 
-COMMANDS = {"generate": cmd_generate, "train": cmd_train, "evaluate": cmd_evaluate, "demo": cmd_demo}
+def cmd_bench(args) -> int:
+    from .bench.runner import parse_methods, run_bench, write_bench
+    from .io import check_writable
+    from .models.registry import load_pipeline
+
+    _positive(prompts=args.prompts, steps=args.steps, repeats=args.repeats)
+    methods = parse_methods(args.methods)
+    out = Path(args.out)
+    for name in ("results.json", "table.md"):
+        check_writable(out / name, args.force)
+    pipe = load_pipeline(args.model)
+    result = run_bench(pipe, methods, num_prompts=args.prompts, steps=args.steps, guidance=args.guidance,
+                       repeats=args.repeats, model_name=args.model)
+    paths = write_bench(result, out, force=args.force)
+    print(f"{args.model}, {args.prompts} prompts, {args.steps} steps, guidance {args.guidance:g}, "
+          f"{args.repeats} interleaved repeats:")
+    print(result.table())
+    print(f"results: {paths[0]}")
+    return 0
+
+
+def cmd_methods(args) -> int:
+    from .methods import list_methods
+
+    for info in list_methods():
+        presets = ", ".join(f"{p} (default)" if p == info.default_preset else p for p in info.presets)
+        print(f"{info.name}: {info.summary}\n  presets: {presets}\n  model families: {', '.join(info.families)}")
+    return 0
+
+
+COMMANDS = {"generate": cmd_generate, "train": cmd_train, "evaluate": cmd_evaluate, "bench": cmd_bench,
+            "methods": cmd_methods, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:
     from .io import OutputExistsError
+    from .methods import UnknownMethodError
     from .models.registry import ModelLoadError
     from .models.shapes import PromptError
 
     args = _parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (PromptError, ModelLoadError, OutputExistsError, ValueError) as error:
+    except (PromptError, ModelLoadError, OutputExistsError, UnknownMethodError, ValueError) as error:
         if os.environ.get("DIFFCACHE_DEBUG"):
             raise
         print(f"diffcache {args.command}: error: {error}", file=sys.stderr)

@@ -1,0 +1,202 @@
+"""Run methods side by side on one model and measure them against the uncached run.
+
+For every prompt (seed = its position), every method generates the same video; each method's time is measured
+``repeats`` times, the methods interleaved (the order rotates each repeat) so that machine noise hits them alike.
+Speedup is the uncached run's total time over the method's, in the same process. Quality is PSNR and SSIM against
+the uncached video with the same seed, and adherence by the analytic checker (embedded shapes models only).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..methods.base import UnknownMethodError, enable, method_info
+from ..models.shapes import all_prompts
+from .metrics import psnr, ssim
+
+BASELINE = "none"
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One entry of ``--methods``: ``none`` (the uncached run), ``NAME`` (default preset), ``NAME:PRESET``, or
+    ``NAME:PRESET[option=value;option=value]`` with config overrides."""
+
+    name: str
+    preset: str | None = None
+    overrides: tuple[tuple[str, object], ...] = ()
+
+    @property
+    def label(self) -> str:
+        if self.preset is None:
+            return self.name
+        extra = ";".join(f"{k}={v}" for k, v in self.overrides)
+        return f"{self.name}:{self.preset}" + (f"[{extra}]" if extra else "")
+
+    @classmethod
+    def parse(cls, text: str) -> "MethodSpec":
+        text = text.strip()
+        match = re.fullmatch(r"([\w-]+)(?::([\w-]+))?(?:\[(.*)\])?", text)
+        if not match:
+            raise UnknownMethodError(f"cannot read method {text!r}; write NAME, NAME:PRESET or "
+                                     "NAME:PRESET[option=value;...], e.g. adacache:fast[metric_blocks=(1,2)]")
+        name, preset, options = match.groups()
+        if name == BASELINE:
+            if preset or options:
+                raise UnknownMethodError(f"'{BASELINE}' (the uncached run) takes no preset or options, got {text!r}")
+            return cls(BASELINE)
+        info = method_info(name)
+        if preset and preset not in info.presets:
+            raise UnknownMethodError(f"unknown preset {preset!r} of {name}; presets: {', '.join(info.presets)}.")
+        overrides = []
+        for item in filter(None, (options or "").split(";")):
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise UnknownMethodError(f"option {item!r} in {text!r} is not of the form option=value")
+            try:
+                value = ast.literal_eval(value.strip())
+            except (ValueError, SyntaxError):
+                value = value.strip()
+            overrides.append((key.strip(), value))
+        spec = cls(name, preset or info.default_preset, tuple(overrides))
+        try:
+            info.config_class.from_preset(spec.preset, **dict(spec.overrides))  # bad options fail now, not mid-run
+        except TypeError as error:
+            raise UnknownMethodError(str(error)) from error
+        return spec
+
+
+def parse_methods(text: str) -> list[MethodSpec]:
+    """``"none,adacache:fast"`` → specs; ``none`` is added first when missing (it is the reference)."""
+    parts = re.split(r",(?![^\[]*\])", text)  # commas inside [...] belong to option values
+    specs = [MethodSpec.parse(part) for part in parts if part.strip()]
+    if not specs:
+        raise UnknownMethodError("no methods given; e.g. --methods none,adacache:fast")
+    labels = [s.label for s in specs]
+    duplicated = sorted({label for label in labels if labels.count(label) > 1})
+    if duplicated:
+        raise UnknownMethodError(f"methods listed twice: {', '.join(duplicated)}")
+    if BASELINE not in labels:
+        specs.insert(0, MethodSpec(BASELINE))
+    return specs
+
+
+def bench_prompts(n: int) -> list[tuple[str, int]]:
+    """``n`` (prompt, seed) pairs spread evenly over the 60 prompts of the shapes grammar."""
+    prompts = all_prompts()
+    return [(prompts[(i * len(prompts)) // n % len(prompts)], i) for i in range(n)]
+
+
+@dataclass
+class BenchResult:
+    config: dict
+    rows: list[dict] = field(default_factory=list)  #: one per (method, prompt)
+    summary: list[dict] = field(default_factory=list)  #: one per method
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+    def table(self) -> str:
+        """The summary as a Markdown table."""
+        head = ("| method | speedup | PSNR (dB) | SSIM | adherence | computed steps per video (min–max, mean) |\n"
+                "|---|---:|---:|---:|---:|---|")
+        lines = [head]
+        for s in self.summary:
+            adherence = "–" if s["adherence"] is None else f"{100 * s['adherence']:.1f}%"
+            steps = f"{s['computed_min']}–{s['computed_max']}, {s['computed_mean']:.1f}"
+            lines.append(f"| {s['method']} | {s['speedup']:.2f}× | {s['psnr']:.2f} | {s['ssim']:.3f} | {adherence} | "
+                         f"{steps} |")
+        return "\n".join(lines)
+
+
+def _generate(pipe, prompt: str, seed: int, steps: int, guidance: float) -> np.ndarray:
+    return pipe(prompt, num_inference_steps=steps, guidance_scale=guidance,
+                generator=torch.Generator().manual_seed(seed), output_type="np").frames[0]
+
+
+def run_bench(pipe, methods: list[MethodSpec], num_prompts: int = 8, steps: int = 30, guidance: float = 5.0,
+              repeats: int = 2, progress: bool = True, model_name: str = "") -> BenchResult:
+    """Benchmark ``methods`` (the first must be ``none``) on ``pipe``; see the module docs for the protocol."""
+    from ..models.checker import check
+
+    if methods[0].name != BASELINE:
+        raise ValueError("the first method must be 'none', the uncached reference")
+    if num_prompts < 1 or steps < 1 or repeats < 1:
+        raise ValueError("num_prompts, steps and repeats must be >= 1")
+    pairs = bench_prompts(num_prompts)
+    scored = type(pipe).__name__ == "TinyShapesT2VPipeline"
+    pipe.set_progress_bar_config(disable=True)
+    result = BenchResult(config={"model": model_name, "methods": [m.label for m in methods], "prompts": num_prompts,
+                                 "steps": steps, "guidance": guidance, "repeats": repeats,
+                                 "torch_threads": torch.get_num_threads()})
+
+    def run(spec: MethodSpec, prompt: str, seed: int):
+        if spec.name == BASELINE:
+            start = time.perf_counter()
+            video = _generate(pipe, prompt, seed, steps, guidance)
+            return video, time.perf_counter() - start, steps
+        with enable(pipe, spec.name, preset=spec.preset, **dict(spec.overrides)) as handle:
+            start = time.perf_counter()
+            video = _generate(pipe, prompt, seed, steps, guidance)
+            elapsed = time.perf_counter() - start
+        return video, elapsed, handle.report().computed_steps()
+
+    for spec in methods:  # warm-up: first-call costs stay out of the timings
+        run(spec, *pairs[0])
+    bar = tqdm(total=len(pairs) * len(methods) * repeats, desc="bench", disable=not progress)
+    for prompt, seed in pairs:
+        videos, times, computed = {}, {m.label: [] for m in methods}, {}
+        for repeat in range(repeats):
+            order = methods[repeat % len(methods):] + methods[:repeat % len(methods)]
+            for spec in order:
+                video, elapsed, n = run(spec, prompt, seed)
+                times[spec.label].append(elapsed)
+                if repeat == 0:
+                    videos[spec.label], computed[spec.label] = video, n
+                bar.update()
+        reference = videos[BASELINE]
+        for spec in methods:
+            video = videos[spec.label]
+            result.rows.append({
+                "method": spec.label, "prompt": prompt, "seed": seed, "seconds": times[spec.label],
+                "computed_steps": computed[spec.label], "psnr": psnr(video, reference), "ssim": ssim(video, reference),
+                "adherence": check(video, prompt).adherence if scored else None,
+            })
+    bar.close()
+
+    baseline_time = sum(sum(r["seconds"]) for r in result.rows if r["method"] == BASELINE)
+    for spec in methods:
+        rows = [r for r in result.rows if r["method"] == spec.label]
+        counts = [r["computed_steps"] for r in rows]
+        result.summary.append({
+            "method": spec.label,
+            "speedup": baseline_time / sum(sum(r["seconds"]) for r in rows),
+            "psnr": float(np.mean([r["psnr"] for r in rows])),
+            "ssim": float(np.mean([r["ssim"] for r in rows])),
+            "adherence": float(np.mean([r["adherence"] for r in rows])) if scored else None,
+            "computed_mean": float(np.mean(counts)), "computed_min": min(counts), "computed_max": max(counts),
+            "computed_distinct": len(set(counts)),
+        })
+    return result
+
+
+def write_bench(result: BenchResult, out: str | Path, force: bool = False) -> list[Path]:
+    """Write ``results.json`` and ``table.md`` into ``out`` (atomically; existing files need ``force``)."""
+    from ..io import check_writable, write_text
+
+    out = Path(out)
+    paths = [out / "results.json", out / "table.md"]
+    for path in paths:
+        check_writable(path, force)
+    write_text(paths[0], result.to_json() + "\n", force=force)
+    write_text(paths[1], result.table() + "\n", force=force)
+    return paths
