@@ -81,16 +81,40 @@ def test_batch_of_two_and_repeated_calls_with_other_step_counts(random_pipe, tra
     DPMSolverMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=1.0,
                                 algorithm_type="dpmsolver++"),
 ], ids=["unipc", "dpm++"])
-def test_flow_schedulers_on_the_embedded_pipeline(random_pipe, track, scheduler):
-    original = random_pipe.scheduler
-    random_pipe.scheduler = scheduler
-    try:
-        recorder = track(random_pipe.transformer, random_pipe)
-        random_pipe(PROMPT, num_inference_steps=6, output_type="latent")
-    finally:
-        random_pipe.scheduler = original
-    assert steps_and_branches(recorder) == expected(6, ["cond", "uncond"])
-    assert [c.sigma for c in recorder.forwards[::2]] == [float(s) for s in scheduler.sigmas[:6]]
+def test_flow_schedulers_found_from_the_timestep(random_pipe, track, scheduler, monkeypatch):
+    """The embedded pipeline with its step information withheld: steps come from the scheduler's timesteps."""
+    model = random_pipe.transformer
+    original_context = type(model).cache_context
+    monkeypatch.setattr(model, "cache_context", lambda name, **info: original_context(model, name))
+    monkeypatch.setattr(random_pipe, "scheduler", scheduler)
+    recorder = track(model, random_pipe)
+    random_pipe(PROMPT, num_inference_steps=6, output_type="latent")
+    random_pipe(PROMPT, num_inference_steps=6, output_type="latent")
+    assert recorder.calls == [(0, 6), (1, 6)]
+    assert steps_and_branches(recorder, 1) == expected(6, ["cond", "uncond"])
+    assert [c.sigma for c in recorder.forwards[::2]][:6] == [float(s) for s in scheduler.sigmas[:6]]
+
+
+def test_repeated_timesteps_in_a_schedule(random_pipe, track):
+    """Karras sigmas at many steps (or Heun) repeat a timestep: each occurrence is its own step."""
+    class Scheduler:
+        timesteps = torch.tensor([900.0, 500.0, 1.0, 1.0])
+        sigmas = None
+
+    class Pipeline:
+        scheduler = Scheduler()
+
+    model = random_pipe.transformer
+    fake = Pipeline()
+    recorder = track(model, fake)
+    x, text = torch.randn(1, 12, 8, 16, 16), random_pipe.encode_prompt([PROMPT])
+    for _ in range(2):
+        for t in (900.0, 500.0, 1.0, 1.0):
+            for branch in ("cond", "uncond"):
+                with model.cache_context(branch):
+                    model(hidden_states=x, timestep=torch.tensor([t]), encoder_hidden_states=text)
+    assert recorder.calls == [(0, 4), (1, 4)]
+    assert steps_and_branches(recorder, 1) == expected(4, ["cond", "uncond"])
 
 
 @pytest.mark.parametrize("scheduler_class", [None, DDIMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler,

@@ -280,7 +280,7 @@ def cmd_demo(args) -> int:
         start = time.perf_counter()
         plain = _generate_one(pipe, prompt, args.steps, 5.0, i, "split", None)
         plain_time = time.perf_counter() - start
-        with enable(pipe, spec.name, preset=spec.preset) as handle:
+        with enable(pipe, spec.name, preset=spec.preset, **dict(spec.overrides)) as handle:
             start = time.perf_counter()
             fast = _generate_one(pipe, prompt, args.steps, 5.0, i, "split", None)
             fast_time = time.perf_counter() - start
@@ -294,11 +294,11 @@ def cmd_demo(args) -> int:
                      "seen": [f"{c.colour} {c.shape} {c.direction}" for c in checked]})
         r = rows[-1]
         print(f"[{i + 1}/{len(DEMO_PROMPTS)}] {prompt!r}: {plain_time:.2f} s plain, {fast_time:.2f} s with "
-              f"{handle.method}:{handle.config.preset} ({r['speedup']:.1f}x, {computed}/{args.steps} steps computed), "
+              f"{spec.label} ({r['speedup']:.1f}x, {computed}/{args.steps} steps computed), "
               f"PSNR {r['psnr']:.1f} dB, checker sees '{r['seen'][1]}' -> {out / name}")
     total_speedup = sum(r["plain_seconds"] for r in rows) / sum(r["fast_seconds"] for r in rows)
     mean = lambda key, k=None: sum(r[key][k] if k is not None else r[key] for r in rows) / len(rows)  # noqa: E731
-    label = f"{handle.method}:{handle.config.preset}"
+    label = spec.label
     body = "\n".join(
         f"<tr><td><img src='{html.escape(r['file'])}' height=160></td><td>{html.escape(r['prompt'])}</td>"
         f"<td>{r['speedup']:.2f}×</td><td>{r['computed']}/{args.steps}</td><td>{r['psnr']:.1f}</td>"
@@ -359,15 +359,18 @@ COMMANDS = {"generate": cmd_generate, "train": cmd_train, "evaluate": cmd_evalua
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .adapters import UnsupportedModelError
+    from .context import StepTrackingError
     from .io import OutputExistsError
-    from .methods import UnknownMethodError
+    from .methods import MethodAlreadyEnabledError, UnknownMethodError
     from .models.registry import ModelLoadError
     from .models.shapes import PromptError
 
     args = _parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (PromptError, ModelLoadError, OutputExistsError, UnknownMethodError, ValueError) as error:
+    except (PromptError, ModelLoadError, OutputExistsError, UnknownMethodError, UnsupportedModelError,
+            StepTrackingError, MethodAlreadyEnabledError, ValueError) as error:
         if os.environ.get("DIFFCACHE_DEBUG"):
             raise
         print(f"diffcache {args.command}: error: {error}", file=sys.stderr)

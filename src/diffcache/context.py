@@ -146,34 +146,31 @@ class StepTracker(ModelHook):
         step = getattr(diffusers_context, "step_index", None)
         num_steps = getattr(diffusers_context, "num_inference_steps", None)
         call = self._call
+        timesteps = self._scheduler_timesteps()
 
-        if step is None or num_steps is None:
-            timesteps = self._scheduler_timesteps()
-            found = None
-            if timesteps is not None and timestep is not None:
-                close = torch.isclose(timesteps, torch.tensor(timestep), rtol=1e-5, atol=1e-4).nonzero().flatten()
-                if len(close) == 1:
-                    found = int(close[0])
-            if found is not None:
-                step, num_steps = found, len(timesteps)
+        if step is None and timesteps is not None and timestep is not None:
+            step = self._step_from_timesteps(timesteps, timestep, name)
+        if num_steps is None:
+            num_steps = len(timesteps) if timesteps is not None and step is not None else self._fixed_steps
+        if num_steps is None:
+            where = (f"the timestep {timestep} is not among the {len(timesteps)} timesteps of "
+                     f"{type(self._pipeline().scheduler).__name__}" if timesteps is not None else
+                     "there is no pipeline scheduler to look the timestep up in")
+            raise StepTrackingError(
+                f"diffcache could not tell which denoising step this denoiser call belongs to: {where}, and no "
+                "cache_context(step_index=..., num_inference_steps=...) says it. Wrap each call in "
+                "`denoiser.cache_context('cond', step_index=i, num_inference_steps=T)`, or pass "
+                "num_inference_steps=T to diffcache.enable()."
+            )
+        if step is None:  # a bare denoiser: a new step whenever the timestep changes
+            if call.step < 0 or call.num_steps != num_steps or timestep is None:
+                step = 0
+            elif timestep == call.last_timestep:
+                step = call.step
+            elif timestep > call.last_timestep or call.step + 1 >= num_steps:
+                step = 0  # the noise level went up, or the steps ran out: a new call
             else:
-                num_steps = self._fixed_steps
-                if num_steps is None:
-                    raise StepTrackingError(
-                        "diffcache could not tell which denoising step this denoiser call belongs to: no "
-                        "cache_context(step_index=..., num_inference_steps=...), and the timestep "
-                        f"{timestep} is not in a pipeline scheduler's timesteps. Enable on the pipeline, wrap each "
-                        "call in `denoiser.cache_context('cond', step_index=i, num_inference_steps=T)`, or pass "
-                        "num_inference_steps=T to diffcache.enable()."
-                    )
-                if call.step < 0 or call.num_steps != num_steps or timestep is None:
-                    step = 0
-                elif timestep == call.last_timestep:
-                    step = call.step
-                elif timestep > call.last_timestep or call.step + 1 >= num_steps:
-                    step = 0  # the noise level went up, or the steps ran out: a new call
-                else:
-                    step = call.step + 1
+                step = call.step + 1
         step, num_steps = int(step), int(num_steps)
         if not 0 <= step < num_steps:
             raise StepTrackingError(f"step index {step} is outside 0..{num_steps - 1}")
@@ -202,6 +199,21 @@ class StepTracker(ModelHook):
         if sigma is None:
             sigma = self._sigma_at(step)
         return StepContext(self.call_index, step, num_steps, branch_key, timestep, sigma, first)
+
+    def _step_from_timesteps(self, timesteps: torch.Tensor, timestep: float, name: str | None) -> int | None:
+        """Position of ``timestep`` in the scheduler's timesteps. Some schedules repeat a timestep (Karras sigmas
+        at many steps, Heun's doubled steps): then the same step again if this is another branch of it, else the
+        first occurrence after the current step."""
+        matches = torch.isclose(timesteps, torch.tensor(timestep), rtol=1e-5, atol=1e-4).nonzero().flatten().tolist()
+        if len(matches) <= 1:
+            return matches[0] if matches else None
+        call = self._call
+        another_branch = (call.step in matches and timestep == call.last_timestep
+                          and not (name is not None and (call.step, name) in call.seen))
+        if another_branch:
+            return call.step
+        later = [m for m in matches if m > call.step]
+        return later[0] if later else matches[0]
 
     def _sigma_at(self, step: int) -> float | None:
         pipeline = self._pipeline() if self._pipeline is not None else None

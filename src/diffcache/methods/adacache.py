@@ -97,6 +97,9 @@ class AdaCacheConfig(MethodConfig):
         if self.moreg not in (None, "official", "paper"):
             raise ValueError(f"moreg must be None, 'official' or 'paper', got {self.moreg!r}")
         if self.codebook is not None:
+            if not isinstance(self.codebook, (tuple, list)) or any(
+                    not isinstance(entry, (tuple, list)) for entry in self.codebook):
+                raise ValueError(f"codebook must be a sequence of (threshold, rate) pairs, got {self.codebook!r}")
             entries = [tuple(entry) for entry in self.codebook]
             if not entries or any(len(entry) != 2 for entry in entries):
                 raise ValueError("codebook must be a non-empty sequence of (threshold, rate) pairs")
@@ -110,13 +113,23 @@ class AdaCacheConfig(MethodConfig):
                 raise ValueError(f"codebook rates must be integers >= 1 (steps until the next computed step), got {rates}")
             self.codebook = tuple((float(t), int(r)) for t, r in entries)
         if self.metric_blocks is not None:
-            if not self.metric_blocks or any(not isinstance(b, int) for b in self.metric_blocks):
+            if isinstance(self.metric_blocks, int):
+                self.metric_blocks = (self.metric_blocks,)
+            if (not isinstance(self.metric_blocks, (tuple, list)) or not self.metric_blocks
+                    or any(not isinstance(b, int) for b in self.metric_blocks)):
                 raise ValueError(f"metric_blocks must be a non-empty tuple of block indices, got {self.metric_blocks!r}")
             self.metric_blocks = tuple(self.metric_blocks)
         if self.moreg_window is not None:
-            start, end = self.moreg_window
+            window = self.moreg_window
+            if not (isinstance(window, (tuple, list)) and len(window) == 2):
+                raise ValueError(f"moreg_window must be (start, end) 1-based steps, got {window!r}")
+            start, end = window
             if not (isinstance(start, int) and isinstance(end, int) and 1 <= start <= end):
                 raise ValueError(f"moreg_window must be (start, end) 1-based steps with start <= end, got {self.moreg_window!r}")
+        for name in ("moreg_norm", "moreg_power", "moreg_gradient_scale"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{name} must be a number, got {value!r}")
         if self.moreg_norm <= 0 or self.moreg_power <= 0 or self.moreg_gradient_scale < 0:
             raise ValueError("moreg_norm and moreg_power must be > 0 and moreg_gradient_scale >= 0")
         if not isinstance(self.moreg_frame_stride, int) or self.moreg_frame_stride < 1:
@@ -198,11 +211,12 @@ def relative_l1(cache: torch.Tensor, residual: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def motion_score(residual: torch.Tensor, tokens_per_frame: int, stride: int = 1) -> float:
-    """The official MoReg motion score of a residual ``[B, frames·S, C]`` (before the power)."""
+def motion_score(residual: torch.Tensor, tokens_per_frame: int, stride: int = 1) -> float | None:
+    """The official MoReg motion score of a residual ``[B, frames·S, C]`` (before the power); ``None`` when there
+    are not ``stride + 1`` frames (an image): then MoReg leaves the distance alone."""
     shift = tokens_per_frame * stride
     if residual.shape[1] <= shift:
-        return 0.0
+        return None
     later, earlier = residual[:, shift:].float(), residual[:, :-shift].float()
     return float((later - earlier).abs().sum() / (later.abs().sum() + earlier.abs().sum()).clamp_min(1e-12))
 
@@ -244,8 +258,9 @@ class _BlockHook(ModelHook):
             raise RuntimeError(f"AdaCache: the split point of block {self.index} did not run; the adapter "
                                f"{type(adapter).__name__} does not match this block's forward")
         outputs = adapter.output_streams(output)
-        attention = tuple(m.to(x.dtype) - x for m, x in zip(mid, streams))
-        rest = tuple(o - m.to(o.dtype) for o, m in zip(outputs, mid))
+        # detached: a cache is reused data, not part of a later step's autograd graph
+        attention = tuple((m.to(x.dtype) - x).detach() for m, x in zip(mid, streams))
+        rest = tuple((o - m.to(o.dtype)).detach() for o, m in zip(outputs, mid))
         if self.index in runtime.metric_blocks and runtime.ctx.first_in_step:
             runtime.observe(self.index, entry[0][0] if entry is not None else None, attention[0])
         cache[self.index] = (attention, rest)

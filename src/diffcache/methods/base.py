@@ -209,6 +209,7 @@ class Runtime:
             if registry is not None:
                 registry.remove_hook(name, recurse=False)
         self._hooked.clear()
+        HookRegistry.check_if_exists_or_initialize(self.model).invalidate_child_registries_cache()
         self.clear()
 
     def clear(self) -> None:
@@ -353,6 +354,15 @@ def enable(target, method: str | MethodConfig, preset: str | None = None, *, rep
         raise UnsupportedModelError(
             f"{info.name} does not support {adapter.family} models; it supports: {', '.join(info.families)}."
         )
+    if num_inference_steps is not None and (not isinstance(num_inference_steps, int) or num_inference_steps < 1):
+        raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
+    if pipeline is not None and isinstance(getattr(pipeline, "transformer_2", None), torch.nn.Module):
+        raise UnsupportedModelError(
+            f"{type(pipeline).__name__} has two denoisers (transformer for high noise, transformer_2 for low noise, "
+            "as in Wan 2.2 A14B); diffcache does not coordinate one schedule across both yet. Enable on each module "
+            "separately (diffcache.enable(pipe.transformer, ...), diffcache.enable(pipe.transformer_2, ...)) to "
+            "cache each phase on its own."
+        )
     existing = getattr(model, "_diffcache_handle", None)
     if existing is not None and existing.enabled:
         if not replace:
@@ -361,14 +371,16 @@ def enable(target, method: str | MethodConfig, preset: str | None = None, *, rep
                 "its handle's disable() first, or pass replace=True to swap methods."
             )
         existing.disable()
-    if num_inference_steps is not None and (not isinstance(num_inference_steps, int) or num_inference_steps < 1):
-        raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
 
     runtime = info.runtime_class(config, adapter, model, info.name)
     tracker = StepTracker(lambda args, kwargs: adapter.timestep(model, args, kwargs), pipeline, num_inference_steps)
     tracker.listeners.append(_TrackerBridge(runtime, tracker))
-    runtime.install()
-    install_tracker(model, tracker)  # last registered = outermost: the context is known before any method hook
+    try:
+        runtime.install()
+        install_tracker(model, tracker)  # last registered = outermost: the context is known before any method hook
+    except Exception:
+        runtime.remove()  # leave the model as it was
+        raise
     handle = Handle(info, config, model, pipeline, runtime, tracker)
     model._diffcache_handle = handle
     return handle
