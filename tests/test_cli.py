@@ -34,7 +34,7 @@ def test_generate_with_a_method(model_dir, tmp_path, capsys):
     assert main(["generate", "--model", str(model_dir), "--prompt", "a red circle moving left", "--steps", "30",
                  "--method", "adacache:fast", "--out", str(out)]) == 0
     assert "adacache:fast: " in capsys.readouterr().out and out.exists()
-    assert main(["generate", "--prompt", "a red circle moving left", "--method", "teacache",
+    assert main(["generate", "--prompt", "a red circle moving left", "--method", "magcache",
                  "--out", str(tmp_path / "x.gif")]) == 2
     assert "methods: adacache" in capsys.readouterr().err
 
@@ -81,7 +81,7 @@ def test_train_and_evaluate_commands(tmp_path, capsys):
 
 
 def test_help_has_examples(capsys):
-    for command in ("generate", "train", "evaluate", "bench", "methods", "demo"):
+    for command in ("generate", "train", "evaluate", "bench", "calibrate", "methods", "demo"):
         with pytest.raises(SystemExit):
             main([command, "--help"])
         assert "examples:" in capsys.readouterr().out

@@ -93,3 +93,11 @@ def tiny_ltx_pipeline(seed: int = 0, num_layers: int = 1):
     vae.use_framewise_decoding = False
     return _eval(LTXPipeline(tokenizer=tokenizer, text_encoder=_tiny_t5(len(tokenizer)), vae=vae,
                              transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler()))
+
+
+# builder and a small video size for each family, for tests that run every adapter inside its real pipeline
+VIDEO_FAMILIES = {
+    "wan": (tiny_wan_pipeline, dict(height=16, width=16, num_frames=5)),
+    "cogvideox": (tiny_cogvideox_pipeline, dict(height=16, width=16, num_frames=9)),
+    "ltx": (tiny_ltx_pipeline, dict(height=32, width=32, num_frames=9)),
+}

@@ -12,9 +12,12 @@ Public API::
 
 from .adapters import UnsupportedModelError
 from .context import StepContext, StepTrackingError
-from .methods import (Handle, MethodAlreadyEnabledError, MethodSilentWarning, Report, UnknownMethodError, enable,
-                      list_methods)
+from .methods import (Handle, MethodAlreadyEnabledError, MethodSilentWarning, NothingSkippedWarning, Report,
+                      UnknownMethodError, enable, list_methods)
 from .methods.adacache import AdaCacheConfig
+from .methods.fbcache import FBCacheConfig
+from .methods.pab import PABConfig
+from .methods.teacache import TeaCacheConfig
 from .models.pipeline import TinyShapesT2VPipeline
 from .models.registry import EMBEDDED_MODELS, ModelLoadError, load_pipeline
 from .models.shapes import PromptError
@@ -36,6 +39,10 @@ def disable(target) -> None:
 __all__ = [
     "EMBEDDED_MODELS",
     "AdaCacheConfig",
+    "FBCacheConfig",
+    "PABConfig",
+    "TeaCacheConfig",
+    "NothingSkippedWarning",
     "Handle",
     "MethodAlreadyEnabledError",
     "MethodSilentWarning",

@@ -26,9 +26,16 @@ EXAMPLES = {
     "bench": """examples:
   diffcache bench --methods none,adacache:fast,adacache:fast-moreg,adacache:slow --prompts 16 --steps 30 --out out/bench
   diffcache bench --methods adacache --prompts 4 --repeats 1 --out out/quick   # 'none' is always added
+  diffcache bench --methods "teacache,fbcache,pab,steps:15,fbcache:default[threshold=0.2]" --out out/baselines
 
 Speedup is the uncached run's total time over the method's, runs interleaved in one process; PSNR and SSIM
 compare each video with the uncached one of the same seed; adherence is the analytic checker's.""",
+    "calibrate": """examples:
+  diffcache calibrate teacache --prompts 16 --out tiny-teacache.json         # the embedded model
+  diffcache calibrate teacache --model ./my-wan-pipeline --prompt "a cat surfing" --prompt "a dog running" \\
+      --steps 50 --out wan.json
+then: diffcache.enable(pipe, "teacache", preset="tiny-teacache.json"), or --methods "teacache:FILE" is not
+supported in bench; use teacache[coefficients=...;threshold=...] there.""",
     "methods": """examples:
   diffcache methods""",
     "demo": """examples:
@@ -95,7 +102,8 @@ def _parser() -> argparse.ArgumentParser:
                        epilog=EXAMPLES["bench"], formatter_class=fmt)
     b.add_argument("--model", default="tiny-shapes-t2v", help="embedded model name or pipeline folder")
     b.add_argument("--methods", default="none,adacache:fast,adacache:fast-moreg,adacache:slow",
-                   help="comma-separated METHOD[:PRESET] list; 'none' is the uncached reference "
+                   help="comma-separated METHOD[:PRESET][option=value;...] list; 'none' is the uncached reference, "
+                   "'steps:N' the plain pipeline at N steps "
                    "(default: none,adacache:fast,adacache:fast-moreg,adacache:slow)")
     b.add_argument("--prompts", type=int, default=16, help="number of prompts, spread over the grammar (default: 16)")
     b.add_argument("--steps", type=int, default=30, help="denoising steps (default: 30)")
@@ -103,6 +111,18 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--repeats", type=int, default=2, help="timed runs per method and prompt (default: 2)")
     b.add_argument("--out", default="out/bench", help="folder for results.json and table.md (default: out/bench)")
     b.add_argument("--force", action="store_true", help="overwrite results in --out")
+
+    c = sub.add_parser("calibrate", help="fit a method's model-specific constants (TeaCache's polynomial) for any "
+                       "supported model", epilog=EXAMPLES["calibrate"], formatter_class=fmt)
+    c.add_argument("method", choices=("teacache",), help="what to calibrate")
+    c.add_argument("--model", default="tiny-shapes-t2v", help="embedded model name, pipeline folder or hub id")
+    c.add_argument("--prompts", type=int, default=16, help="embedded models: how many grammar prompts (default: 16)")
+    c.add_argument("--prompt", action="append", default=None,
+                   help="a calibration prompt (repeat for several); required for models other than the embedded ones")
+    c.add_argument("--steps", type=int, default=30, help="denoising steps of the runs (default: 30)")
+    c.add_argument("--guidance", type=float, default=5.0, help="guidance scale (default: 5)")
+    c.add_argument("--out", required=True, help="preset file to write (.json); a fit plot goes beside it (.png)")
+    c.add_argument("--force", action="store_true", help="overwrite --out and its plot")
 
     sub.add_parser("methods", help="list the caching methods, their presets and supported model families",
                    epilog=EXAMPLES["methods"], formatter_class=fmt)
@@ -332,7 +352,9 @@ def cmd_bench(args) -> int:
     _positive(prompts=args.prompts, steps=args.steps, repeats=args.repeats)
     methods = parse_methods(args.methods)
     out = Path(args.out)
-    for name in ("results.json", "table.md"):
+    from .bench.runner import OUTPUT_FILES
+
+    for name in OUTPUT_FILES:
         check_writable(out / name, args.force)
     pipe = load_pipeline(args.model)
     result = run_bench(pipe, methods, num_prompts=args.prompts, steps=args.steps, guidance=args.guidance,
@@ -341,7 +363,44 @@ def cmd_bench(args) -> int:
     print(f"{args.model}, {args.prompts} prompts, {args.steps} steps, guidance {args.guidance:g}, "
           f"{args.repeats} interleaved repeats:")
     print(result.table())
-    print(f"results: {paths[0]}")
+    print(f"results: {paths[0]}; chart: {paths[2]}")
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    from .io import check_writable, write_text
+    from .methods.teacache import calibrate_teacache
+    from .models.registry import EMBEDDED_MODELS, load_pipeline
+    from .models.shapes import all_prompts, parse_prompt
+
+    _positive(prompts=args.prompts, steps=args.steps)
+    out = Path(args.out)
+    if out.suffix.lower() != ".json":
+        raise ValueError(f"--out {out.name!r}: a preset file must end in .json")
+    plot = out.with_suffix(".png")
+    for path in (out, plot):
+        check_writable(path, args.force)
+    if args.prompt:
+        prompts = args.prompt
+    elif args.model in EMBEDDED_MODELS:
+        grammar = all_prompts()
+        prompts = [grammar[(i * len(grammar)) // args.prompts % len(grammar)] for i in range(args.prompts)]
+    else:
+        raise ValueError("give calibration prompts with --prompt (repeat it) for a model other than the embedded ones")
+    pipe = load_pipeline(args.model)
+    if type(pipe).__name__ == "TinyShapesT2VPipeline":
+        for prompt in prompts:
+            parse_prompt(prompt)
+    pipe.set_progress_bar_config(disable=True)
+    start = time.perf_counter()
+    calibration = calibrate_teacache(pipe, prompts, num_inference_steps=args.steps, guidance_scale=args.guidance)
+    preset = calibration.preset(args.model, prompts=len(prompts), steps=args.steps, guidance=args.guidance)
+    write_text(out, json.dumps(preset, indent=1) + "\n", force=args.force)
+    calibration.plot(plot)
+    print(f"fitted {len(calibration.input_changes)} steps of {len(prompts)} runs in {time.perf_counter() - start:.0f} s: "
+          f"coefficients {[f'{c:.6g}' for c in calibration.coefficients]}, R² {calibration.r2:.3f}; thresholds "
+          f"slow {calibration.thresholds['slow']:.3g}, fast {calibration.thresholds['fast']:.3g}")
+    print(f"preset: {out} (use: diffcache.enable(pipe, 'teacache', preset='{out}')); fit plot: {plot}")
     return 0
 
 
@@ -351,10 +410,12 @@ def cmd_methods(args) -> int:
     for info in list_methods():
         presets = ", ".join(f"{p} (default)" if p == info.default_preset else p for p in info.presets)
         print(f"{info.name}: {info.summary}\n  presets: {presets}\n  model families: {', '.join(info.families)}")
+    print("steps:N (bench only): the plain pipeline at N steps, the baseline every cache must beat at equal speed")
     return 0
 
 
 COMMANDS = {"generate": cmd_generate, "train": cmd_train, "evaluate": cmd_evaluate, "bench": cmd_bench,
+            "calibrate": cmd_calibrate,
             "methods": cmd_methods, "demo": cmd_demo}
 
 

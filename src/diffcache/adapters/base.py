@@ -11,7 +11,8 @@ An adapter is the only code that knows a denoiser's insides. For a transformer i
 * ``attention_modules(block)``: the block's attention modules by role (``"self"``, ``"cross"``);
 * ``token_layout(model, args, kwargs)``: the token grid ``(frames, height, width)`` of a forward, tokens ordered
   frame-major;
-* ``timestep(args, kwargs)``: the timestep passed to the denoiser's forward.
+* ``timestep(args, kwargs)``: the timestep passed to the denoiser's forward;
+* ``teacache_signal(block, args, kwargs)``: the modulated input TeaCache reads at the first block.
 
 Adding a model family is adding one adapter to ``registered_adapters()`` below, nothing else.
 """
@@ -75,6 +76,12 @@ class Adapter:
 
     def split_streams(self, split_module, args: tuple, kwargs: dict) -> tuple[torch.Tensor, ...]:
         return (args[0] if args else kwargs["hidden_states"],)
+
+    def teacache_signal(self, block, args: tuple, kwargs: dict) -> torch.Tensor:
+        """The cheap input TeaCache watches, from the first block's call: by default the timestep embedding the
+        block is modulated with (``temb``: Wan's ``timestep_proj`` — the official retention mode's ``e0`` —
+        and CogVideoX's ``emb``, as the official TeaCache code reads them)."""
+        return argument(type(block).forward, args, kwargs, "temb")
 
     # -- forward-level facts -------------------------------------------------------------------------------------
     def timestep(self, model, args: tuple, kwargs: dict):

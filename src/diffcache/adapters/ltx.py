@@ -20,6 +20,16 @@ class LTXVideoAdapter(Adapter):
     def split_module(self, block):
         return block.attn2
 
+    def teacache_signal(self, block, args, kwargs):
+        """The official TeaCache4LTX-Video signal: block 0's ``norm1(x) * (1 + scale_msa) + shift_msa``."""
+        forward = type(block).forward
+        hidden = argument(forward, args, kwargs, "hidden_states")
+        temb = argument(forward, args, kwargs, "temb")
+        table = block.scale_shift_table
+        ada = table[None, None].to(temb.device) + temb.reshape(hidden.size(0), temb.size(1), table.shape[0], -1)
+        shift_msa, scale_msa = ada[:, :, 0], ada[:, :, 1]
+        return block.norm1(hidden) * (1 + scale_msa) + shift_msa
+
     def token_layout(self, model, args, kwargs):
         forward = type(model).forward
         frames = argument(forward, args, kwargs, "num_frames")

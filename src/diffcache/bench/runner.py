@@ -24,6 +24,7 @@ from ..models.shapes import all_prompts
 from .metrics import psnr, ssim
 
 BASELINE = "none"
+FEWER_STEPS = "steps"  #: "steps:N": the plain pipeline at N steps, the baseline every cache must beat
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,10 @@ class MethodSpec:
             raise UnknownMethodError(f"cannot read method {text!r}; write NAME, NAME:PRESET or "
                                      "NAME:PRESET[option=value;...], e.g. adacache:fast[metric_blocks=(1,2)]")
         name, preset, options = match.groups()
+        if name == FEWER_STEPS:
+            if options or not (preset or "").isdigit() or int(preset) < 1:
+                raise UnknownMethodError(f"{text!r}: write steps:N with N a positive number of steps, e.g. steps:15")
+            return cls(FEWER_STEPS, preset)
         if name == BASELINE:
             if preset or options:
                 raise UnknownMethodError(f"'{BASELINE}' (the uncached run) takes no preset or options, got {text!r}")
@@ -76,7 +81,7 @@ class MethodSpec:
 
 
 def parse_methods(text: str) -> list[MethodSpec]:
-    """``"none,adacache:fast"`` → specs; ``none`` is added first when missing (it is the reference)."""
+    """``"none,adacache:fast,steps:15"`` → specs; ``none`` is added first when missing (it is the reference)."""
     parts = re.split(r",(?![^\[]*\])", text)  # commas inside [...] belong to option values
     specs = [MethodSpec.parse(part) for part in parts if part.strip()]
     if not specs:
@@ -140,10 +145,11 @@ def run_bench(pipe, methods: list[MethodSpec], num_prompts: int = 8, steps: int 
                                  "torch_threads": torch.get_num_threads()})
 
     def run(spec: MethodSpec, prompt: str, seed: int):
-        if spec.name == BASELINE:
+        if spec.name in (BASELINE, FEWER_STEPS):
+            n = steps if spec.name == BASELINE else int(spec.preset)
             start = time.perf_counter()
-            video = _generate(pipe, prompt, seed, steps, guidance)
-            return video, time.perf_counter() - start, steps
+            video = _generate(pipe, prompt, seed, n, guidance)
+            return video, time.perf_counter() - start, n
         with enable(pipe, spec.name, preset=spec.preset, **dict(spec.overrides)) as handle:
             start = time.perf_counter()
             video = _generate(pipe, prompt, seed, steps, guidance)
@@ -189,14 +195,52 @@ def run_bench(pipe, methods: list[MethodSpec], num_prompts: int = 8, steps: int 
     return result
 
 
+OUTPUT_FILES = ("results.json", "table.md", "chart.png")
+
+
+def plot_chart(result: BenchResult, path: str | Path) -> None:
+    """Quality (PSNR) against speedup, one point per method row, one colour per method family (PNG, atomic)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..io import atomic_path
+
+    fig, ax = plt.subplots(figsize=(7, 5), dpi=120)
+    families = sorted({s["method"].split(":")[0] for s in result.summary})
+    for colour, family in enumerate(families):
+        rows = [s for s in result.summary if s["method"].split(":")[0] == family and s["method"] != BASELINE]
+        if not rows:
+            continue
+        rows.sort(key=lambda s: s["speedup"])
+        ax.plot([s["speedup"] for s in rows], [s["psnr"] for s in rows], "o-" if len(rows) > 1 else "o",
+                color=f"C{colour}", label=family)
+        for s in rows:
+            ax.annotate(s["method"].split(":", 1)[-1], (s["speedup"], s["psnr"]), fontsize=7,
+                        xytext=(3, 3), textcoords="offset points")
+    ax.axvline(1.0, color="grey", lw=0.5)
+    ax.set_xlabel("speedup vs uncached (interleaved wall-clock)")
+    ax.set_ylabel("PSNR vs uncached (dB)")
+    config = result.config
+    ax.set_title(f"{config.get('model', '')}: {config['prompts']} prompts, {config['steps']} steps", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path, force=True) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
 def write_bench(result: BenchResult, out: str | Path, force: bool = False) -> list[Path]:
-    """Write ``results.json`` and ``table.md`` into ``out`` (atomically; existing files need ``force``)."""
+    """Write ``results.json``, ``table.md`` and ``chart.png`` (PSNR vs speedup) into ``out`` (atomically;
+    existing files need ``force``)."""
     from ..io import check_writable, write_text
 
     out = Path(out)
-    paths = [out / "results.json", out / "table.md"]
+    paths = [out / name for name in OUTPUT_FILES]
     for path in paths:
         check_writable(path, force)
     write_text(paths[0], result.to_json() + "\n", force=force)
     write_text(paths[1], result.table() + "\n", force=force)
+    plot_chart(result, paths[2])
     return paths

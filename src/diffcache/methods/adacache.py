@@ -291,12 +291,11 @@ class AdaCacheRuntime(Runtime):
         self.caches: dict[str, list] = {}
         self.schedule: AdaCacheSchedule | None = None
         self.compute = True
-        self.ctx: StepContext | None = None
+        super().clear()
         self._observed: dict[int, tuple[float | None, float]] = {}
 
     def begin_call(self, call_index: int, num_steps: int) -> None:
         super().begin_call(call_index, num_steps)
-        self.clear()
         self.schedule = AdaCacheSchedule(self.config, num_steps)
 
     def branch_cache(self) -> list:
@@ -304,7 +303,6 @@ class AdaCacheRuntime(Runtime):
 
     def begin_forward(self, ctx: StepContext, args: tuple, kwargs: dict) -> None:
         super().begin_forward(ctx, args, kwargs)
-        self.ctx = ctx
         if ctx.first_in_step:
             self.compute = self.schedule.should_compute(ctx.step_1based)
             self.step_record.computed = self.compute

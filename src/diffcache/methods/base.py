@@ -37,6 +37,10 @@ class MethodSilentWarning(UserWarning):
     """A method's hooks did not run — it is doing nothing."""
 
 
+class NothingSkippedWarning(UserWarning):
+    """A whole pipeline call went by without the method reusing anything: it cost time and saved none."""
+
+
 # -- configs -------------------------------------------------------------------------------------------------------
 @dataclass
 class MethodConfig:
@@ -213,20 +217,34 @@ class Runtime:
         self.clear()
 
     def clear(self) -> None:
-        """Drop cached tensors."""
+        """Drop cached tensors and per-call state (subclasses extend; called at every new call)."""
+        self.ctx: StepContext | None = None
 
     # tracker protocol
     def begin_call(self, call_index: int, num_steps: int) -> None:
         self.report.calls.append(CallReport(call_index, num_steps))
+        self.clear()
 
     def begin_forward(self, ctx: StepContext, args: tuple, kwargs: dict) -> None:
+        self.ctx = ctx
         self._block_calls_this_forward = 0
         call = self.report.calls[-1]
         if ctx.first_in_step or not call.steps:
             call.steps.append(StepRecord(ctx.step, computed=False))
         call.steps[-1].branches.append(ctx.branch)
 
+    def nothing_skipped_hint(self) -> str:
+        """What to change when a call skipped nothing (a method overrides this with its own knob)."""
+        return "try a faster preset"
+
     def end_forward(self, ctx: StepContext) -> None:
+        call = self.report.calls[-1]
+        if ctx.first_in_step and ctx.step == call.num_steps - 1 and not any(s.blocks_reused for s in call.steps):
+            warnings.warn(
+                f"{self.report.method}:{self.config.preset} reused nothing in this {call.num_steps}-step call: every "
+                f"step was computed, so it only added overhead. {self.nothing_skipped_hint()}.",
+                NothingSkippedWarning, stacklevel=2,
+            )
         if self._block_calls_this_forward == 0 and not self._warned_silent:
             self._warned_silent = True
             warnings.warn(

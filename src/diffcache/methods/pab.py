@@ -1,0 +1,116 @@
+"""Pyramid Attention Broadcast (Zhao et al., 2024): inside a timestep window, an attention module computes every
+``range``-th call and returns its last output otherwise; attention closer to the output of the block (cross) is
+reused longer than self-attention.
+
+As diffusers' ``PyramidAttentionBroadcastConfig`` (compute when ``iteration % range == 0``, outside
+``window[0] < t < window[1]``, or with nothing cached), with one difference that matters: the state is kept **per
+branch**. diffusers keeps one per module, so with split CFG the uncond call reuses the cond call's attention output
+and guidance silently stops working; here cond and uncond never see each other's outputs.
+
+Wan, CogVideoX and LTX-Video have joint spatio-temporal self-attention (no separate temporal attention): their
+self-attention takes the *spatial* range (2, as diffusers' CogVideoX example) and cross-attention the cross range
+(6, Open-Sora's). CogVideoX has no cross-attention module (text joins self-attention).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from diffusers.hooks.hooks import ModelHook
+
+from .base import MethodConfig, Runtime, register
+
+
+@dataclass
+class PABConfig(MethodConfig):
+    PRESETS: ClassVar = {
+        "default": {},
+        "slow": {"self_range": 2, "cross_range": 3},
+        "fast": {"self_range": 3, "cross_range": 6, "window": (50, 900)},
+    }
+    DEFAULT_PRESET: ClassVar = "default"
+
+    self_range: int | None = 2  #: self-attention computes every N-th call (None: never reused)
+    cross_range: int | None = 6  #: cross-attention computes every N-th call (None: never reused)
+    window: tuple[float, float] = (100, 800)  #: reuse only while window[0] < timestep < window[1]
+
+    def validate(self) -> None:
+        for name in ("self_range", "cross_range"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be an integer >= 1 or None, got {value!r}")
+        if self.self_range is None and self.cross_range is None:
+            raise ValueError("set self_range or cross_range; with neither PAB reuses nothing")
+        window = self.window
+        if not (isinstance(window, (tuple, list)) and len(window) == 2 and window[0] < window[1]):
+            raise ValueError(f"window must be (low, high) timesteps with low < high, got {window!r}")
+        self.window = (float(window[0]), float(window[1]))
+
+
+def _detached(output):
+    if isinstance(output, torch.Tensor):
+        return output.detach()
+    if isinstance(output, tuple):
+        return tuple(_detached(o) for o in output)
+    return output
+
+
+class _AttentionHook(ModelHook):
+    def __init__(self, runtime: "PABRuntime", key: str, block_range: int):
+        super().__init__()
+        self.runtime = runtime
+        self.key = key
+        self.block_range = block_range
+
+    def new_forward(self, module, *args, **kwargs):
+        runtime = self.runtime
+        ctx = runtime.ctx
+        state = runtime.states.setdefault((self.key, ctx.branch), {"iteration": 0, "cache": None})
+        low, high = runtime.config.window
+        inside = ctx.timestep is not None and low < ctx.timestep < high
+        compute = (state["cache"] is None or state["iteration"] == 0 or not inside
+                   or state["iteration"] % self.block_range == 0)
+        output = self.fn_ref.original_forward(*args, **kwargs) if compute else state["cache"]
+        state["cache"] = _detached(output)
+        state["iteration"] += 1
+        runtime.count_block(computed=compute)
+        if compute:
+            runtime.step_record.computed = True
+        return output
+
+
+class PABRuntime(Runtime):
+    HOOK = "diffcache_pab"
+
+    def install(self) -> None:
+        ranges = {"self": self.config.self_range, "cross": self.config.cross_range}
+        hooked = 0
+        for index, block in enumerate(self.adapter.blocks(self.model)):
+            for role, module in self.adapter.attention_modules(block).items():
+                if ranges.get(role) is not None:
+                    self.add_hook(module, _AttentionHook(self, f"{index}.{role}", ranges[role]))
+                    hooked += 1
+        if hooked == 0:
+            raise RuntimeError(f"PAB found no attention module to hook in {type(self.model).__name__} with "
+                               f"self_range={self.config.self_range}, cross_range={self.config.cross_range}")
+        self.clear()
+
+    def clear(self) -> None:
+        self.states: dict = {}
+        super().clear()
+
+    def nothing_skipped_hint(self) -> str:
+        low, high = self.config.window
+        return (f"Its timestep window is ({low:g}, {high:g}) and ranges self={self.config.self_range}, "
+                f"cross={self.config.cross_range}: widen the window or raise a range")
+
+
+register(
+    "pab",
+    "Pyramid Attention Broadcast: reuse attention outputs for a few calls inside a timestep window, per CFG branch",
+    PABConfig,
+    PABRuntime,
+    families=("Wan", "CogVideoX", "LTX-Video"),
+)

@@ -1,0 +1,95 @@
+"""Reusing the residual of a whole run of blocks: the mechanism TeaCache and First-Block-Cache share.
+
+The first block decides, per branch (cond and uncond keep separate state). On a reused step the blocks after the
+decision point return their input unchanged and the output of the run is ``input + cached residual``; on a computed
+step the blocks run and the residual ``output of the last block − input of the run`` is stored. Where the run starts
+is the subclass's choice: before the first block (TeaCache) or after it (First-Block-Cache, whose first block always
+runs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from diffusers.hooks.hooks import ModelHook
+
+from .base import Runtime
+
+
+@dataclass
+class BranchState:
+    """What one branch (cond, uncond, …) remembers between steps."""
+
+    skip: bool = False
+    run_input: tuple | None = None  #: streams entering the cached run, this step
+    residual: tuple | None = None  #: cached residual of the run, per stream
+    values: dict = field(default_factory=dict)  #: method-specific memory (previous signal, accumulator …)
+
+
+class _HeadHook(ModelHook):
+    def __init__(self, runtime: "StackCacheRuntime"):
+        super().__init__()
+        self.runtime = runtime
+
+    def new_forward(self, module, *args, **kwargs):
+        return self.runtime.head_forward(module, self.fn_ref.original_forward, args, kwargs)
+
+
+class _TailHook(ModelHook):
+    def __init__(self, runtime: "StackCacheRuntime", last: bool):
+        super().__init__()
+        self.runtime = runtime
+        self.last = last
+
+    def new_forward(self, module, *args, **kwargs):
+        runtime, adapter = self.runtime, self.runtime.adapter
+        state = runtime.state()
+        if state.skip:
+            runtime.count_block(computed=False)
+            return adapter.make_block_output(adapter.block_streams(module, args, kwargs))
+        output = self.fn_ref.original_forward(*args, **kwargs)
+        runtime.count_block(computed=True)
+        if self.last:
+            outputs = adapter.output_streams(output)
+            state.residual = tuple((o - i).detach() for o, i in zip(outputs, state.run_input))
+        return output
+
+
+class StackCacheRuntime(Runtime):
+    """Subclasses implement :meth:`head_forward` (run or skip the first block, and decide for the rest)."""
+
+    def install(self) -> None:
+        blocks = self.adapter.blocks(self.model)
+        if len(blocks) < 2:
+            raise RuntimeError(f"{self.report.method} needs at least two transformer blocks; "
+                               f"{type(self.model).__name__} has {len(blocks)}")
+        self.num_blocks = len(blocks)
+        self.add_hook(blocks[0], _HeadHook(self))
+        for index, block in enumerate(blocks[1:], start=1):
+            self.add_hook(block, _TailHook(self, last=index == len(blocks) - 1))
+        self.clear()
+
+    def clear(self) -> None:
+        self.states: dict[str, BranchState] = {}
+        super().clear()
+
+    def state(self) -> BranchState:
+        return self.states.setdefault(self.ctx.branch, BranchState())
+
+    def head_forward(self, block, forward, args, kwargs):
+        raise NotImplementedError
+
+    def record(self, skip: bool, **values) -> None:
+        """Note this branch's decision in the step's report (the step counts as computed if any branch computed)."""
+        record = self.step_record
+        record.computed = record.computed or not skip
+        prefix = "" if self.ctx.branch in ("cond", "cond_uncond", "call0") else f"{self.ctx.branch}_"
+        record.values.update({prefix + k: v for k, v in values.items()})
+
+
+def relative_mean_change(current: torch.Tensor, previous: torch.Tensor) -> float:
+    """``mean|current − previous| / mean|previous|``."""
+    with torch.no_grad():
+        current, previous = current.float(), previous.float()
+        return float((current - previous).abs().mean() / previous.abs().mean().clamp_min(1e-12))

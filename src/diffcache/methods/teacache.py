@@ -1,0 +1,292 @@
+"""TeaCache (Liu et al., 2024): skip the whole block stack while a cheap input has changed little.
+
+Per branch (cond and uncond apart, as the official Wan code's even/odd accumulators): read the first block's
+modulated input (the adapter's ``teacache_signal``), ``rel = mean|x − x_prev| / mean|x_prev|``,
+``accumulated += poly(rel)`` with the model's fitted polynomial; while ``accumulated < threshold`` reuse the stack
+residual, otherwise compute and reset the accumulator to 0. The first ``warmup_steps`` steps (and the last one with
+``compute_last_step``) are always computed and reset the accumulator. ``x_prev`` is updated every step.
+
+Presets carry the published coefficients and thresholds (TeaCache repository: TeaCache4Wan2.1 in retention mode —
+5 warm-up steps, the last step not forced —, TeaCache4CogVideoX1.5, TeaCache4LTX-Video, TeaCache4HunyuanVideo),
+plus ``tiny-shapes-t2v`` fitted here by ``diffcache calibrate teacache``. Any JSON file written by that command is
+a preset too: ``diffcache.enable(pipe, "teacache", preset="my-model.json")``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from .base import MethodConfig, UnknownMethodError, register
+from .stack import StackCacheRuntime, relative_mean_change
+
+WAN_1_3B = (-5.21862437e04, 9.23041404e03, -5.28275948e02, 1.36987616e01, -4.99875664e-02)
+WAN_14B = (-3.03318725e05, 4.90537029e04, -2.65530556e03, 5.87365115e01, -3.15583525e-01)
+COGVIDEOX_2B = (-3.10658903e01, 2.54732368e01, -5.92380459e00, 1.75769064e00, -3.61568434e-03)
+COGVIDEOX_5B = (-1.53880483e03, 8.43202495e02, -1.34363087e02, 7.97131516e00, -5.23162339e-02)
+COGVIDEOX15_5B = (2.50210439e02, -1.65061612e02, 3.57804877e01, -7.81551492e-01, 3.58559703e-02)
+LTX_VIDEO = (2.14700694e01, -1.28016453e01, 2.31279151e00, 7.92487521e-01, 9.69274326e-03)
+HUNYUAN_VIDEO = (7.33226126e02, -4.01131952e02, 6.75869174e01, -3.14987800e00, 9.61237896e-02)
+# fitted on tiny-shapes-t2v by `diffcache calibrate teacache --prompts 16` (README: 928 steps, R² 0.227);
+# its thresholds (slow 0.0321, fast 0.0605) replay the rule to compute about 60 % / 45 % of the steps
+TINY_SHAPES_T2V = (1.67875147e+04, -6.79285125e+03, 9.38328381e+02, -5.07642918e+01, 9.45466992e-01)
+
+
+def _published(coefficients, slow, fast, **extra):
+    return {f"{name}": {"coefficients": coefficients, "threshold": threshold, **extra}
+            for name, threshold in (("slow", slow), ("fast", fast))}
+
+
+def _presets() -> dict:
+    retention = {"warmup_steps": 5, "compute_last_step": False}
+    table = {
+        "wan2.1-t2v-1.3b": _published(WAN_1_3B, 0.05, 0.08, **retention),
+        "wan2.1-t2v-14b": _published(WAN_14B, 0.14, 0.2, **retention),
+        "cogvideox-2b": _published(COGVIDEOX_2B, 0.1, 0.2),
+        "cogvideox-5b": _published(COGVIDEOX_5B, 0.1, 0.2),
+        "cogvideox1.5-5b": _published(COGVIDEOX15_5B, 0.1, 0.2),
+        "ltx-video": _published(LTX_VIDEO, 0.03, 0.05),
+        "hunyuanvideo": _published(HUNYUAN_VIDEO, 0.1, 0.15),
+        "tiny-shapes-t2v": _published(TINY_SHAPES_T2V, 0.0321, 0.0605),
+    }
+    presets = {}
+    for model, speeds in table.items():
+        presets[model] = {**speeds["fast"], "model": model}
+        presets[f"{model}-slow"] = {**speeds["slow"], "model": model}
+    return presets
+
+
+@dataclass
+class TeaCacheConfig(MethodConfig):
+    """TeaCache options. ``coefficients`` are numpy.poly1d order (highest power first)."""
+
+    PRESETS: ClassVar = _presets()
+    DEFAULT_PRESET: ClassVar = "tiny-shapes-t2v"
+
+    coefficients: tuple[float, ...] = TINY_SHAPES_T2V
+    threshold: float = 0.0605
+    warmup_steps: int = 1
+    compute_last_step: bool = True
+    model: str = ""  #: what the coefficients were fitted on
+
+    @classmethod
+    def from_preset(cls, preset: str | None = None, **overrides):
+        if preset is not None and preset not in cls.PRESETS and preset.endswith(".json"):
+            path = Path(preset).expanduser()
+            if not path.is_file():
+                raise UnknownMethodError(f"TeaCache preset file {path} does not exist; write one with "
+                                         "`diffcache calibrate teacache --out FILE`.")
+            data = json.loads(path.read_text())
+            known = {f.name for f in fields(cls)} - {"preset"}
+            values = {k: v for k, v in data.items() if k in known}
+            values["coefficients"] = tuple(values.get("coefficients", ()))
+            config = cls(**{**values, **overrides, "preset": str(path)})
+            config.validate()
+            return config
+        return super().from_preset(preset, **overrides)
+
+    def validate(self) -> None:
+        try:
+            self.coefficients = tuple(float(c) for c in self.coefficients)
+        except (TypeError, ValueError):
+            raise ValueError(f"coefficients must be a sequence of numbers, got {self.coefficients!r}") from None
+        if not self.coefficients:
+            raise ValueError("coefficients must not be empty (a polynomial, highest power first)")
+        if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) or self.threshold < 0:
+            raise ValueError(f"threshold must be a number >= 0, got {self.threshold!r}")
+        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 1:
+            raise ValueError(f"warmup_steps must be an integer >= 1 (the first step is always computed), "
+                             f"got {self.warmup_steps!r}")
+
+
+def teacache_schedule(rel_changes: list[float | None], coefficients, threshold: float, warmup_steps: int = 1,
+                      compute_last_step: bool = True) -> list[bool]:
+    """Which steps TeaCache computes, given each step's relative input change (``None`` at the first step).
+    The rule the runtime applies, as a pure function (used by calibration to choose thresholds, and by tests)."""
+    poly = np.poly1d(coefficients)
+    accumulated, computed = 0.0, []
+    last = len(rel_changes) - 1
+    for step, rel in enumerate(rel_changes):
+        if step < warmup_steps or (compute_last_step and step == last) or rel is None:
+            accumulated = 0.0
+            computed.append(True)
+            continue
+        accumulated += float(poly(rel))
+        if accumulated < threshold:
+            computed.append(False)
+        else:
+            accumulated = 0.0
+            computed.append(True)
+    return computed
+
+
+def fit_polynomial(input_changes, output_changes, degree: int = 4) -> tuple[tuple[float, ...], float]:
+    """Least-squares polynomial ``output ≈ poly(input)`` (numpy.poly1d order) and its R²."""
+    x, y = np.asarray(input_changes, float), np.asarray(output_changes, float)
+    if len(x) <= degree:
+        raise ValueError(f"need more than {degree} (input, output) pairs to fit a degree-{degree} polynomial, got {len(x)}")
+    coefficients = np.polyfit(x, y, degree)
+    residual = y - np.poly1d(coefficients)(x)
+    total = ((y - y.mean()) ** 2).sum()
+    r2 = float(1 - (residual**2).sum() / total) if total > 0 else 1.0
+    return tuple(float(c) for c in coefficients), r2
+
+
+def threshold_for(sequences: list[list[float | None]], coefficients, computed_fraction: float, **rule) -> float:
+    """The smallest threshold at which TeaCache computes at most ``computed_fraction`` of the steps, on average over
+    the recorded sequences of relative input changes."""
+    grid = np.geomspace(1e-4, 10.0, 400)
+    for threshold in grid:
+        fractions = [np.mean(teacache_schedule(seq, coefficients, float(threshold), **rule)) for seq in sequences]
+        if np.mean(fractions) <= computed_fraction:
+            return float(threshold)
+    return float(grid[-1])
+
+
+@dataclass
+class Calibration:
+    """What ``calibrate_teacache`` measured and fitted."""
+
+    coefficients: tuple[float, ...]
+    r2: float
+    thresholds: dict[str, float]
+    input_changes: list[float]
+    output_changes: list[float]
+
+    def preset(self, model: str, **facts) -> dict:
+        return {"method": "teacache", "model": model, "coefficients": list(self.coefficients),
+                "threshold": self.thresholds["fast"], "thresholds": self.thresholds, "warmup_steps": 1,
+                "compute_last_step": True, "fit": {"r2": self.r2, "points": len(self.input_changes), **facts}}
+
+    def plot(self, path) -> None:
+        """Scatter of the measured pairs and the fitted curve, as a PNG (atomic)."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        from ..io import atomic_path
+
+        fig, ax = plt.subplots(figsize=(5, 4), dpi=120)
+        ax.scatter(self.input_changes, self.output_changes, s=8, alpha=0.5, label="measured steps")
+        xs = np.linspace(min(self.input_changes), max(self.input_changes), 200)
+        ax.plot(xs, np.poly1d(self.coefficients)(xs), color="C3", label=f"degree-{len(self.coefficients) - 1} fit, R² {self.r2:.3f}")
+        ax.set_xlabel("relative L1 change of the modulated input")
+        ax.set_ylabel("relative L1 change of the model output")
+        ax.legend()
+        fig.tight_layout()
+        with atomic_path(path, force=True) as tmp:
+            fig.savefig(tmp, format="png")
+        plt.close(fig)
+
+
+CALIBRATION_SPEEDS = {"slow": 0.6, "fast": 0.45}  #: computed fraction of steps each threshold aims at
+
+
+def calibrate_teacache(pipe, prompts: list[str], num_inference_steps: int = 30, guidance_scale: float = 5.0,
+                       seed: int = 1000, degree: int = 4, progress: bool = True, **call_kwargs) -> Calibration:
+    """Fit TeaCache's polynomial for ``pipe`` from uncached runs: for every step and branch, the relative change of
+    the first block's modulated input against the relative change of the denoiser's output. Thresholds are
+    chosen by replaying the TeaCache rule on the recorded input changes so that ``slow`` computes about 60 % and
+    ``fast`` about 45 % of the steps."""
+    from tqdm.auto import tqdm
+
+    from .base import enable
+
+    import warnings
+
+    from .base import NothingSkippedWarning
+
+    config = TeaCacheConfig.from_preset(None, coefficients=(1.0, 0.0), threshold=0.0)  # computes every step
+    model = pipe.transformer
+    records: dict = {}
+    xs, ys, sequences = [], [], []
+    with enable(pipe, config) as handle, warnings.catch_warnings():
+        warnings.simplefilter("ignore", NothingSkippedWarning)  # computing everything is the point here
+        adapter = handle.runtime.adapter
+        first = adapter.first_block(model)
+
+        def on_first_block(module, args, kwargs):
+            ctx = handle.tracker.current
+            records.setdefault(ctx.branch, {})["signal"] = adapter.teacache_signal(module, args, kwargs).detach()
+
+        def on_output(module, args, kwargs, output):
+            ctx = handle.tracker.current
+            entry = records[ctx.branch]
+            out = (output[0] if isinstance(output, tuple) else getattr(output, "sample", output)).detach()
+            if "prev_signal" in entry:
+                xs.append(relative_mean_change(entry["signal"], entry["prev_signal"]))
+                ys.append(relative_mean_change(out, entry["prev_output"]))
+                entry["sequence"].append(xs[-1])
+            else:
+                entry["sequence"] = [None]
+            entry["prev_signal"], entry["prev_output"] = entry["signal"], out
+
+        hooks = [first.register_forward_pre_hook(on_first_block, with_kwargs=True),
+                 model.register_forward_hook(on_output, with_kwargs=True)]
+        try:
+            for i, prompt in enumerate(tqdm(prompts, desc="calibrate teacache", disable=not progress)):
+                records.clear()
+                pipe(prompt, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                     generator=torch.Generator().manual_seed(seed + i), output_type="latent", **call_kwargs)
+                sequences += [entry["sequence"] for entry in records.values()]
+        finally:
+            for hook in hooks:
+                hook.remove()
+    coefficients, r2 = fit_polynomial(xs, ys, degree)
+    thresholds = {name: threshold_for(sequences, coefficients, fraction)
+                  for name, fraction in CALIBRATION_SPEEDS.items()}
+    return Calibration(coefficients, r2, thresholds, xs, ys)
+
+
+class TeaCacheRuntime(StackCacheRuntime):
+    HOOK = "diffcache_teacache"
+
+    def head_forward(self, block, forward, args, kwargs):
+        config, adapter, ctx = self.config, self.adapter, self.ctx
+        state = self.state()
+        signal = adapter.teacache_signal(block, args, kwargs).detach()
+        previous = state.values.get("signal")
+        rel = relative_mean_change(signal, previous) if previous is not None and previous.shape == signal.shape else None
+        state.values["signal"] = signal
+        forced = (ctx.step < config.warmup_steps or (config.compute_last_step and ctx.step == ctx.num_steps - 1)
+                  or rel is None or state.residual is None)
+        values = {}
+        if forced:
+            state.values["accumulated"] = 0.0
+            skip = False
+        else:
+            accumulated = state.values.get("accumulated", 0.0) + float(np.poly1d(config.coefficients)(rel))
+            skip = accumulated < config.threshold
+            state.values["accumulated"] = accumulated if skip else 0.0
+            values["accumulated"] = accumulated
+        if rel is not None:
+            values["rel_l1"] = rel
+        state.skip = skip
+        self.record(skip, **values)
+        streams = adapter.block_streams(block, args, kwargs)
+        if skip:
+            self.count_block(computed=False)
+            return adapter.make_block_output(tuple(x + r.to(x.dtype) for x, r in zip(streams, state.residual)))
+        state.run_input = streams
+        self.count_block(computed=True)
+        return forward(*args, **kwargs)
+
+    def nothing_skipped_hint(self) -> str:
+        peak = max((s.values.get("accumulated", 0.0) for s in self.report.calls[-1].steps), default=0.0)
+        return (f"Its accumulated distance peaked at {peak:.3g} against threshold {self.config.threshold:g}: raise "
+                f"the threshold above that, or calibrate this model (`diffcache calibrate teacache`)")
+
+
+register(
+    "teacache",
+    "TeaCache: skip the block stack while the polynomial-rescaled change of the modulated input stays under a threshold",
+    TeaCacheConfig,
+    TeaCacheRuntime,
+    families=("Wan", "CogVideoX", "LTX-Video"),
+)

@@ -1,0 +1,193 @@
+"""Baselines: TeaCache (rule by hand, calibration, presets), First-Block-Cache, PAB, steps:N and the
+skipped-nothing warning; and every method inside each real diffusers pipeline."""
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from tiny_diffusers import VIDEO_FAMILIES, tiny_wan_pipeline
+
+import diffcache
+from diffcache.bench.runner import MethodSpec, parse_methods, run_bench
+from diffcache.cli import main
+from diffcache.methods import NothingSkippedWarning
+from diffcache.methods.teacache import (TeaCacheConfig, calibrate_teacache, fit_polynomial, teacache_schedule,
+                                        threshold_for)
+
+PROMPT = "a red circle moving left"
+
+
+def generate(pipe, steps=30, **kwargs):
+    kwargs.setdefault("guidance_scale", 5.0)
+    return pipe(PROMPT, num_inference_steps=steps, generator=torch.Generator().manual_seed(0), output_type="np",
+                **kwargs).frames
+
+
+# -- TeaCache -------------------------------------------------------------------------------------------------------
+def test_teacache_rule_by_hand():
+    # poly(x) = 2x; threshold 0.5. Step 0 forced; then the accumulator grows 0.2 per step and resets on compute
+    rel = [None, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1]
+    assert teacache_schedule(rel, (2.0, 0.0), 0.5) == [True, False, False, True, False, False, True, True]
+    # the official retention mode: 5 warm-up steps, the last step not forced
+    assert teacache_schedule(rel, (2.0, 0.0), 0.5, warmup_steps=5, compute_last_step=False) == \
+        [True] * 5 + [False, False, True]
+
+
+def test_calibration_recovers_a_known_polynomial():
+    rng = np.random.default_rng(0)
+    truth = (30.0, -8.0, 1.5, 0.2, 0.01)
+    x = rng.uniform(0.01, 0.3, 400)
+    coefficients, r2 = fit_polynomial(x, np.poly1d(truth)(x), degree=4)
+    np.testing.assert_allclose(coefficients, truth, rtol=1e-6, atol=1e-8)
+    assert r2 == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="more than 4"):
+        fit_polynomial([0.1, 0.2], [0.1, 0.2])
+
+
+def test_thresholds_hit_their_computed_fraction():
+    sequences = [[None] + [0.05] * 29] * 3
+    threshold = threshold_for(sequences, (1.0, 0.0), computed_fraction=0.5)
+    assert np.mean(teacache_schedule(sequences[0], (1.0, 0.0), threshold)) <= 0.5
+    assert np.mean(teacache_schedule(sequences[0], (1.0, 0.0), threshold * 0.9)) > 0.5
+
+
+def test_calibrate_on_the_embedded_model_and_load_the_preset(shipped_pipe, tmp_path):
+    calibration = calibrate_teacache(shipped_pipe, [PROMPT, "a blue square moving up"], num_inference_steps=10,
+                                     progress=False)
+    assert len(calibration.input_changes) == 2 * 2 * 9  # prompts x branches x (steps - 1)
+    assert 0 < calibration.thresholds["slow"] <= calibration.thresholds["fast"]  # fast computes fewer steps
+    path = tmp_path / "preset.json"
+    path.write_text(json.dumps(calibration.preset("tiny-shapes-t2v")))
+    config = TeaCacheConfig.from_preset(str(path))
+    assert config.coefficients == calibration.coefficients and config.threshold == calibration.thresholds["fast"]
+    with diffcache.enable(shipped_pipe, "teacache", preset=str(path)) as handle:
+        generate(shipped_pipe, steps=10)
+    assert handle.report().calls[-1].num_steps == 10
+    with pytest.raises(diffcache.UnknownMethodError, match="does not exist"):
+        diffcache.enable(shipped_pipe, "teacache", preset=str(tmp_path / "missing.json"))
+
+
+def test_calibrate_command_writes_preset_and_plot(tmp_path, capsys):
+    out = tmp_path / "tiny.json"
+    assert main(["calibrate", "teacache", "--prompts", "2", "--steps", "8", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["method"] == "teacache" and out.with_suffix(".png").stat().st_size > 1000
+    assert "preset:" in capsys.readouterr().out
+    assert main(["calibrate", "teacache", "--prompts", "2", "--out", str(out)]) == 2  # no silent overwrite
+
+
+def test_teacache_counts_match_the_rule_and_branches_are_apart(shipped_pipe):
+    with diffcache.enable(shipped_pipe, "teacache") as handle:
+        generate(shipped_pipe)
+        states = handle.runtime.states
+    steps = handle.report().calls[-1].steps
+    assert set(states) == {"cond", "uncond"}
+    assert not torch.equal(states["cond"].residual[0], states["uncond"].residual[0])
+    assert steps[0].computed and steps[-1].computed and 5 < sum(s.computed for s in steps) < 30
+    blocks = len(shipped_pipe.transformer.blocks)
+    for s in steps:  # a step is all-computed or all-reused, in both branches
+        assert (s.blocks_computed, s.blocks_reused) in ((2 * blocks, 0), (0, 2 * blocks))
+
+
+@pytest.mark.parametrize("preset", ["wan2.1-t2v-1.3b", "cogvideox-5b", "ltx-video", "hunyuanvideo-slow"])
+def test_published_presets(preset):
+    config = TeaCacheConfig.from_preset(preset)
+    assert len(config.coefficients) == 5 and config.threshold > 0
+
+
+# -- the family adapters under the stack-caching baselines ---------------------------------------------------------
+FAMILIES = VIDEO_FAMILIES
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("method,options", [("adacache", {"preset": "fast-moreg"}),
+                                            ("teacache", {"coefficients": (1.0, 0.0), "threshold": 1.0}),
+                                            ("fbcache", {"threshold": 10.0}), ("pab", {})])
+def test_every_method_runs_in_each_real_pipeline(family, method, options):
+    build, size = FAMILIES[family]
+    pipe = build(num_layers=3)
+
+    def run():
+        return pipe(prompt="a cat", num_inference_steps=10, output_type="np",
+                    generator=torch.Generator().manual_seed(0), **size).frames
+
+    reference = run()
+    with diffcache.enable(pipe, method, **options) as handle:
+        cached = run()
+    steps = handle.report().calls[-1].steps
+    assert np.isfinite(cached).all() and cached.shape == reference.shape and len(steps) == 10
+    assert steps[0].computed and sum(s.blocks_reused for s in steps) > 0
+    assert np.array_equal(run(), reference)
+
+
+# -- First-Block-Cache ----------------------------------------------------------------------------------------------
+def test_fbcache_first_block_always_runs_and_tail_is_reused(shipped_pipe):
+    reference = generate(shipped_pipe)
+    with diffcache.enable(shipped_pipe, "fbcache", preset="fast") as handle:
+        cached = generate(shipped_pipe)
+    steps = handle.report().calls[-1].steps
+    blocks = len(shipped_pipe.transformer.blocks)
+    reused = [s for s in steps if not s.computed]
+    assert reused and all(s.blocks_computed == 2 and s.blocks_reused == 2 * (blocks - 1) for s in reused)
+    assert all(s.values.get("diff", 0) < 0.15 for s in reused)
+    assert not np.array_equal(cached, reference)
+
+
+# -- PAB ------------------------------------------------------------------------------------------------------------
+def test_pab_keeps_cond_and_uncond_apart_so_guidance_still_works(shipped_pipe):
+    with diffcache.enable(shipped_pipe, "pab") as handle:
+        guided = generate(shipped_pipe, guidance_scale=5.0)
+        states = handle.runtime.states
+        cond, uncond = states[("0.cross", "cond")]["cache"], states[("0.cross", "uncond")]["cache"]
+        unguided = generate(shipped_pipe, guidance_scale=1.0)
+    assert not torch.equal(cond, uncond)
+    assert np.abs(guided - unguided).mean() > 0.01  # guidance still changes the video
+
+
+def test_pab_counter_and_window_by_hand(shipped_pipe):
+    """Self-attention range 2, cross range 6: inside the window a module computes on every 2nd / 6th call."""
+    computed = {"self": [], "cross": []}
+    block = shipped_pipe.transformer.blocks[0]
+    hooks = [block.attn1.register_forward_hook(lambda *a: computed["self"].append(1)),
+             block.attn2.register_forward_hook(lambda *a: computed["cross"].append(1))]
+    timesteps = []
+    with diffcache.enable(shipped_pipe, "pab") as handle:
+        generate(shipped_pipe, steps=30, guidance_scale=1.0)
+        timesteps = [float(t) for t in shipped_pipe.scheduler.timesteps]
+    for hook in hooks:
+        hook.remove()
+
+    def expected(block_range):
+        count, runs = 0, 0
+        for t in timesteps:
+            if not 100 < t < 800 or count == 0 or count % block_range == 0:
+                runs += 1
+            count += 1
+        return runs
+
+    # torch forward hooks fire even when PAB answers from its cache, so count the real runs from the report
+    report = handle.report().calls[-1]
+    blocks = len(shipped_pipe.transformer.blocks)
+    assert report.block_forwards == blocks * (expected(2) + expected(6))
+
+
+# -- the skipped-nothing warning and steps:N -------------------------------------------------------------------------
+def test_a_call_that_skipped_nothing_warns_with_a_suggestion(shipped_pipe):
+    with pytest.warns(NothingSkippedWarning, match="reused nothing.*never changed by less than threshold 0.05 "
+                                                   r"\(smallest change 0\.\d+\); try threshold="):
+        with diffcache.enable(shipped_pipe, "fbcache", preset="diffusers"):
+            generate(shipped_pipe, steps=30)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NothingSkippedWarning)
+        with diffcache.enable(shipped_pipe, "fbcache", preset="fast"):
+            generate(shipped_pipe, steps=30)
+
+
+def test_fewer_steps_is_a_bench_method(shipped_pipe):
+    assert MethodSpec.parse("steps:15") == MethodSpec("steps", "15")
+    with pytest.raises(diffcache.UnknownMethodError, match="steps:N"):
+        parse_methods("steps:0")
+    result = run_bench(shipped_pipe, parse_methods("steps:10"), num_prompts=1, steps=30, repeats=1, progress=False)
+    row = {s["method"]: s for s in result.summary}["steps:10"]
+    assert row["computed_mean"] == 10 and row["speedup"] > 1.5 and row["psnr"] < 100
