@@ -77,11 +77,18 @@ def test_calibrate_command_writes_preset_and_plot(tmp_path, capsys):
     assert main(["calibrate", "teacache", "--prompts", "2", "--out", str(out)]) == 2  # no silent overwrite
 
 
-def test_teacache_counts_match_the_rule_and_branches_are_apart(shipped_pipe):
+def test_teacache_runtime_follows_the_rule_and_branches_are_apart(shipped_pipe):
     with diffcache.enable(shipped_pipe, "teacache") as handle:
         generate(shipped_pipe)
         states = handle.runtime.states
+        config = handle.config
     steps = handle.report().calls[-1].steps
+    for prefix in ("", "uncond_"):  # each branch's decisions replay from its own recorded input changes
+        rel = [s.values.get(prefix + "rel_l1") for s in steps]
+        expected = teacache_schedule(rel, config.coefficients, config.threshold)
+        decided = [s.values.get(prefix + "accumulated", 0.0) >= config.threshold or i == 0 or i == len(steps) - 1
+                   for i, s in enumerate(steps)]
+        assert decided == expected
     assert set(states) == {"cond", "uncond"}
     assert not torch.equal(states["cond"].residual[0], states["uncond"].residual[0])
     assert steps[0].computed and steps[-1].computed and 5 < sum(s.computed for s in steps) < 30
@@ -121,6 +128,46 @@ def test_every_method_runs_in_each_real_pipeline(family, method, options):
     assert np.array_equal(run(), reference)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("method,options", [("teacache", {"coefficients": (1.0, 0.0), "threshold": 1.0}),
+                                            ("fbcache", {"threshold": 0.5})])
+def test_a_reused_stack_returns_the_computed_output(family, method, options):
+    """Fed the same input twice, a reused step must return what the computed step returned (all streams)."""
+    build, size = FAMILIES[family]
+    pipe = build(num_layers=3)
+    model = pipe.transformer
+    inputs = {}
+    grab = model.register_forward_pre_hook(lambda m, a, k: inputs.setdefault("call", (a, k)), with_kwargs=True)
+    pipe(prompt="a cat", num_inference_steps=2, output_type="latent", **size)
+    grab.remove()
+    args, kwargs = inputs["call"]
+    kwargs = {k: v for k, v in kwargs.items() if k != "return_dict"}
+    outputs = []
+    with diffcache.enable(model, method, num_inference_steps=10, **options) as handle:
+        for step in range(2):
+            with model.cache_context("cond", step_index=step, num_inference_steps=10):
+                outputs.append(model(*args, **kwargs, return_dict=False)[0])
+    assert [s.computed for s in handle.report().calls[-1].steps] == [True, False]
+    torch.testing.assert_close(outputs[1], outputs[0], atol=1e-5, rtol=1e-5)
+
+
+def test_teacache_preset_must_fit_the_model_family():
+    pipe = tiny_wan_pipeline()
+    with pytest.raises(diffcache.UnsupportedModelError, match="fitted on cogvideox-5b.*Use a Wan preset"):
+        diffcache.enable(pipe, "teacache", preset="cogvideox-5b")
+    with pytest.warns(UserWarning, match="fitted on the embedded tiny-shapes-t2v"):
+        diffcache.enable(pipe, "teacache").disable()
+
+
+def test_bad_teacache_preset_files(tmp_path):
+    for text, match in [("[1, 2]", "not a TeaCache preset"), ('{"coefficients": 5}', "sequence of numbers"),
+                        ("{", "not valid JSON")]:
+        path = tmp_path / "bad.json"
+        path.write_text(text)
+        with pytest.raises(ValueError, match=match):
+            TeaCacheConfig.from_preset(str(path))
+
+
 # -- First-Block-Cache ----------------------------------------------------------------------------------------------
 def test_fbcache_first_block_always_runs_and_tail_is_reused(shipped_pipe):
     reference = generate(shipped_pipe)
@@ -145,18 +192,29 @@ def test_pab_keeps_cond_and_uncond_apart_so_guidance_still_works(shipped_pipe):
     assert np.abs(guided - unguided).mean() > 0.01  # guidance still changes the video
 
 
+class CountingProcessor:
+    """Wraps an attention processor and counts the times attention is really computed."""
+
+    def __init__(self, inner):
+        self.inner, self.runs = inner, 0
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
+        self.runs += 1
+        return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
+
+
 def test_pab_counter_and_window_by_hand(shipped_pipe):
     """Self-attention range 2, cross range 6: inside the window a module computes on every 2nd / 6th call."""
-    computed = {"self": [], "cross": []}
     block = shipped_pipe.transformer.blocks[0]
-    hooks = [block.attn1.register_forward_hook(lambda *a: computed["self"].append(1)),
-             block.attn2.register_forward_hook(lambda *a: computed["cross"].append(1))]
-    timesteps = []
-    with diffcache.enable(shipped_pipe, "pab") as handle:
-        generate(shipped_pipe, steps=30, guidance_scale=1.0)
-        timesteps = [float(t) for t in shipped_pipe.scheduler.timesteps]
-    for hook in hooks:
-        hook.remove()
+    originals = block.attn1.processor, block.attn2.processor
+    block.attn1.processor, block.attn2.processor = CountingProcessor(originals[0]), CountingProcessor(originals[1])
+    try:
+        with diffcache.enable(shipped_pipe, "pab") as handle:
+            generate(shipped_pipe, steps=30, guidance_scale=1.0)
+            timesteps = [float(t) for t in shipped_pipe.scheduler.timesteps]
+        runs = block.attn1.processor.runs, block.attn2.processor.runs
+    finally:
+        block.attn1.processor, block.attn2.processor = originals
 
     def expected(block_range):
         count, runs = 0, 0
@@ -166,10 +224,9 @@ def test_pab_counter_and_window_by_hand(shipped_pipe):
             count += 1
         return runs
 
-    # torch forward hooks fire even when PAB answers from its cache, so count the real runs from the report
-    report = handle.report().calls[-1]
+    assert runs == (expected(2), expected(6)) and expected(2) < 30 and expected(6) < expected(2)
     blocks = len(shipped_pipe.transformer.blocks)
-    assert report.block_forwards == blocks * (expected(2) + expected(6))
+    assert handle.report().calls[-1].block_forwards == blocks * (expected(2) + expected(6))
 
 
 # -- the skipped-nothing warning and steps:N -------------------------------------------------------------------------

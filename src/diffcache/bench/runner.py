@@ -46,7 +46,7 @@ class MethodSpec:
     @classmethod
     def parse(cls, text: str) -> "MethodSpec":
         text = text.strip()
-        match = re.fullmatch(r"([\w-]+)(?::([\w-]+))?(?:\[(.*)\])?", text)
+        match = re.fullmatch(r"([\w-]+)(?::([^\[\],]+))?(?:\[(.*)\])?", text)
         if not match:
             raise UnknownMethodError(f"cannot read method {text!r}; write NAME, NAME:PRESET or "
                                      "NAME:PRESET[option=value;...], e.g. adacache:fast[metric_blocks=(1,2)]")
@@ -60,7 +60,7 @@ class MethodSpec:
                 raise UnknownMethodError(f"'{BASELINE}' (the uncached run) takes no preset or options, got {text!r}")
             return cls(BASELINE)
         info = method_info(name)
-        if preset and preset not in info.presets:
+        if preset and preset not in info.presets and not preset.endswith(".json"):
             raise UnknownMethodError(f"unknown preset {preset!r} of {name}; presets: {', '.join(info.presets)}.")
         overrides = []
         for item in filter(None, (options or "").split(";")):

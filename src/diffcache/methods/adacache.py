@@ -311,6 +311,12 @@ class AdaCacheRuntime(Runtime):
                 frames, height, width = self.adapter.token_layout(self.model, args, kwargs)
                 self._tokens_per_frame = height * width
 
+    def could_skip(self, num_steps: int) -> bool:
+        return num_steps > 3  # steps 1, T-1 and T are always computed, and step 2 follows rate 1
+
+    def nothing_skipped_hint(self) -> str:
+        return "Its distances stayed above the codebook thresholds: try the 'fast' preset or a codebook with larger rates"
+
     def observe(self, index: int, cached: torch.Tensor | None, residual: torch.Tensor) -> None:
         rel = relative_l1(cached, residual) if cached is not None else None
         motion = None

@@ -70,6 +70,9 @@ class MethodConfig:
     def validate(self) -> None:
         """Raise ``ValueError`` naming the bad field and its valid range."""
 
+    def check_model(self, family: str, pipeline) -> None:
+        """Refuse (or warn about) a config that does not fit this model family; by default every config fits."""
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -237,9 +240,14 @@ class Runtime:
         """What to change when a call skipped nothing (a method overrides this with its own knob)."""
         return "try a faster preset"
 
+    def could_skip(self, num_steps: int) -> bool:
+        """Whether the rules leave any step of a ``num_steps`` call that may be reused (no warning otherwise)."""
+        return num_steps > 2
+
     def end_forward(self, ctx: StepContext) -> None:
         call = self.report.calls[-1]
-        if ctx.first_in_step and ctx.step == call.num_steps - 1 and not any(s.blocks_reused for s in call.steps):
+        if (ctx.first_in_step and ctx.step == call.num_steps - 1 and self.could_skip(call.num_steps)
+                and not any(s.blocks_reused for s in call.steps)):
             warnings.warn(
                 f"{self.report.method}:{self.config.preset} reused nothing in this {call.num_steps}-step call: every "
                 f"step was computed, so it only added overhead. {self.nothing_skipped_hint()}.",
@@ -381,6 +389,7 @@ def enable(target, method: str | MethodConfig, preset: str | None = None, *, rep
             "separately (diffcache.enable(pipe.transformer, ...), diffcache.enable(pipe.transformer_2, ...)) to "
             "cache each phase on its own."
         )
+    config.check_model(adapter.family, pipeline)
     existing = getattr(model, "_diffcache_handle", None)
     if existing is not None and existing.enabled:
         if not replace:

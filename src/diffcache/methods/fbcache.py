@@ -45,7 +45,8 @@ class FBCacheRuntime(StackCacheRuntime):
         first_residual = (outputs[0] - inputs[0]).detach()
         previous = state.values.get("first_residual")
         diff = None
-        if previous is not None and previous.shape == first_residual.shape and state.residual is not None:
+        usable = self.cache_usable(state, outputs)
+        if previous is not None and previous.shape == first_residual.shape and usable:
             diff = relative_mean_change(first_residual, previous)
         state.skip = diff is not None and diff < self.config.threshold
         self.record(state.skip, **({} if diff is None else {"diff": diff}))

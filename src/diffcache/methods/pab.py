@@ -20,6 +20,7 @@ from typing import ClassVar
 import torch
 from diffusers.hooks.hooks import ModelHook
 
+from ..adapters.base import UnsupportedModelError
 from .base import MethodConfig, Runtime, register
 
 
@@ -93,7 +94,7 @@ class PABRuntime(Runtime):
                     self.add_hook(module, _AttentionHook(self, f"{index}.{role}", ranges[role]))
                     hooked += 1
         if hooked == 0:
-            raise RuntimeError(f"PAB found no attention module to hook in {type(self.model).__name__} with "
+            raise UnsupportedModelError(f"PAB found no attention module to hook in {type(self.model).__name__} with "
                                f"self_range={self.config.self_range}, cross_range={self.config.cross_range}")
         self.clear()
 

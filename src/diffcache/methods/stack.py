@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from diffusers.hooks.hooks import ModelHook
 
+from ..adapters.base import UnsupportedModelError
 from .base import Runtime
 
 
@@ -53,6 +54,7 @@ class _TailHook(ModelHook):
         if self.last:
             outputs = adapter.output_streams(output)
             state.residual = tuple((o - i).detach() for o, i in zip(outputs, state.run_input))
+            state.run_input = None
         return output
 
 
@@ -62,8 +64,8 @@ class StackCacheRuntime(Runtime):
     def install(self) -> None:
         blocks = self.adapter.blocks(self.model)
         if len(blocks) < 2:
-            raise RuntimeError(f"{self.report.method} needs at least two transformer blocks; "
-                               f"{type(self.model).__name__} has {len(blocks)}")
+            raise UnsupportedModelError(f"{self.report.method} needs at least two transformer blocks; "
+                                        f"{type(self.model).__name__} has {len(blocks)}")
         self.num_blocks = len(blocks)
         self.add_hook(blocks[0], _HeadHook(self))
         for index, block in enumerate(blocks[1:], start=1):
@@ -76,6 +78,14 @@ class StackCacheRuntime(Runtime):
 
     def state(self) -> BranchState:
         return self.states.setdefault(self.ctx.branch, BranchState())
+
+    def cache_usable(self, state: BranchState, streams: tuple) -> bool:
+        """A cached residual may be reused only if it fits these streams and this branch also ran the previous
+        step (a branch that skipped steps — a guidance interval — must not reuse a residual from long ago)."""
+        fits = state.residual is not None and all(r.shape == x.shape for r, x in zip(state.residual, streams))
+        recent = state.values.get("last_step") == self.ctx.step - 1
+        state.values["last_step"] = self.ctx.step
+        return fits and recent
 
     def head_forward(self, block, forward, args, kwargs):
         raise NotImplementedError

@@ -15,6 +15,7 @@ a preset too: ``diffcache.enable(pipe, "teacache", preset="my-model.json")``.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import ClassVar
@@ -22,6 +23,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from ..adapters.base import UnsupportedModelError
 from .base import MethodConfig, UnknownMethodError, register
 from .stack import StackCacheRuntime, relative_mean_change
 
@@ -40,6 +42,15 @@ TINY_SHAPES_T2V = (1.67875147e+04, -6.79285125e+03, 9.38328381e+02, -5.07642918e
 def _published(coefficients, slow, fast, **extra):
     return {f"{name}": {"coefficients": coefficients, "threshold": threshold, **extra}
             for name, threshold in (("slow", slow), ("fast", fast))}
+
+
+PRESET_FAMILIES = {"wan2.1-t2v-1.3b": "Wan", "wan2.1-t2v-14b": "Wan", "cogvideox-2b": "CogVideoX",
+                   "cogvideox-5b": "CogVideoX", "cogvideox1.5-5b": "CogVideoX", "ltx-video": "LTX-Video",
+                   "hunyuanvideo": "HunyuanVideo", "tiny-shapes-t2v": "Wan"}
+
+
+def _preset_families():
+    return [(name, PRESET_FAMILIES[config["model"]]) for name, config in TeaCacheConfig.PRESETS.items()]
 
 
 def _presets() -> dict:
@@ -81,19 +92,44 @@ class TeaCacheConfig(MethodConfig):
             if not path.is_file():
                 raise UnknownMethodError(f"TeaCache preset file {path} does not exist; write one with "
                                          "`diffcache calibrate teacache --out FILE`.")
-            data = json.loads(path.read_text())
+            try:
+                data = json.loads(path.read_text())
+            except json.JSONDecodeError as error:
+                raise ValueError(f"TeaCache preset file {path} is not valid JSON: {error}") from None
+            if not isinstance(data, dict) or data.get("method", "teacache") != "teacache":
+                raise ValueError(f"{path} is not a TeaCache preset (write one with `diffcache calibrate teacache`)")
             known = {f.name for f in fields(cls)} - {"preset"}
+            unknown = sorted(set(overrides) - known)
+            if unknown:
+                raise TypeError(f"{cls.__name__} has no option {', '.join(map(repr, unknown))}; options: "
+                                f"{', '.join(sorted(known))}.")
             values = {k: v for k, v in data.items() if k in known}
-            values["coefficients"] = tuple(values.get("coefficients", ()))
             config = cls(**{**values, **overrides, "preset": str(path)})
             config.validate()
             return config
+        if "coefficients" in overrides:
+            overrides.setdefault("model", "")  # own coefficients: the preset's model no longer describes them
         return super().from_preset(preset, **overrides)
+
+    def check_model(self, family: str, pipeline) -> None:
+        fitted_on = PRESET_FAMILIES.get(self.model)
+        if fitted_on is not None and fitted_on != family:
+            raise UnsupportedModelError(
+                f"TeaCache preset {self.preset!r} holds coefficients fitted on {self.model} ({fitted_on}); this is a "
+                f"{family} model. Use a {family} preset ({', '.join(p for p, f in _preset_families() if f == family)})"
+                " or fit one: diffcache calibrate teacache --model ... --out FILE.json"
+            )
+        if self.model == "tiny-shapes-t2v" and type(pipeline).__name__ != "TinyShapesT2VPipeline":
+            warnings.warn(
+                "TeaCache is using the coefficients fitted on the embedded tiny-shapes-t2v model (the default "
+                "preset); for a real model pick its preset (diffcache methods) or calibrate one "
+                "(diffcache calibrate teacache).", UserWarning, stacklevel=3,
+            )
 
     def validate(self) -> None:
         try:
             self.coefficients = tuple(float(c) for c in self.coefficients)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError):  # not iterable, or not numbers
             raise ValueError(f"coefficients must be a sequence of numbers, got {self.coefficients!r}") from None
         if not self.coefficients:
             raise ValueError("coefficients must not be empty (a polynomial, highest power first)")
@@ -145,7 +181,9 @@ def threshold_for(sequences: list[list[float | None]], coefficients, computed_fr
         fractions = [np.mean(teacache_schedule(seq, coefficients, float(threshold), **rule)) for seq in sequences]
         if np.mean(fractions) <= computed_fraction:
             return float(threshold)
-    return float(grid[-1])
+    raise ValueError(f"no threshold up to {grid[-1]:g} makes TeaCache compute at most {100 * computed_fraction:.0f} % "
+                     "of these steps (too few steps, or a fitted curve that stays near zero); calibrate with more "
+                     "steps")
 
 
 @dataclass
@@ -198,6 +236,10 @@ def calibrate_teacache(pipe, prompts: list[str], num_inference_steps: int = 30, 
 
     from .base import enable
 
+    if len(prompts) * (num_inference_steps - 1) <= degree + 1:
+        raise ValueError(f"{len(prompts)} prompt(s) x {num_inference_steps} steps give too few step pairs to fit a "
+                         f"degree-{degree} polynomial; use more prompts or steps")
+
     import warnings
 
     from .base import NothingSkippedWarning
@@ -239,6 +281,9 @@ def calibrate_teacache(pipe, prompts: list[str], num_inference_steps: int = 30, 
             for hook in hooks:
                 hook.remove()
     coefficients, r2 = fit_polynomial(xs, ys, degree)
+    if r2 < 0.5:
+        warnings.warn(f"the TeaCache fit explains little of the output change (R² {r2:.2f}); expect its schedule to "
+                      "track quality loosely (see the fit plot)", UserWarning, stacklevel=2)
     thresholds = {name: threshold_for(sequences, coefficients, fraction)
                   for name, fraction in CALIBRATION_SPEEDS.items()}
     return Calibration(coefficients, r2, thresholds, xs, ys)
@@ -254,8 +299,10 @@ class TeaCacheRuntime(StackCacheRuntime):
         previous = state.values.get("signal")
         rel = relative_mean_change(signal, previous) if previous is not None and previous.shape == signal.shape else None
         state.values["signal"] = signal
+        streams = adapter.block_streams(block, args, kwargs)
+        usable = self.cache_usable(state, streams)  # called every step: it also notes the step
         forced = (ctx.step < config.warmup_steps or (config.compute_last_step and ctx.step == ctx.num_steps - 1)
-                  or rel is None or state.residual is None)
+                  or rel is None or not usable)
         values = {}
         if forced:
             state.values["accumulated"] = 0.0
@@ -269,13 +316,15 @@ class TeaCacheRuntime(StackCacheRuntime):
             values["rel_l1"] = rel
         state.skip = skip
         self.record(skip, **values)
-        streams = adapter.block_streams(block, args, kwargs)
         if skip:
             self.count_block(computed=False)
             return adapter.make_block_output(tuple(x + r.to(x.dtype) for x, r in zip(streams, state.residual)))
         state.run_input = streams
         self.count_block(computed=True)
         return forward(*args, **kwargs)
+
+    def could_skip(self, num_steps: int) -> bool:
+        return num_steps - self.config.warmup_steps - int(self.config.compute_last_step) > 0
 
     def nothing_skipped_hint(self) -> str:
         peak = max((s.values.get("accumulated", 0.0) for s in self.report.calls[-1].steps), default=0.0)
