@@ -108,7 +108,7 @@ FAMILIES = VIDEO_FAMILIES
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("method,options", [("adacache", {"preset": "fast-moreg"}),
+@pytest.mark.parametrize("method,options", [("adacache", {"preset": "fast-moreg"}), ("fastercache", {}),
                                             ("teacache", {"coefficients": (1.0, 0.0), "threshold": 1.0}),
                                             ("fbcache", {"threshold": 10.0}), ("pab", {})])
 def test_every_method_runs_in_each_real_pipeline(family, method, options):

@@ -27,6 +27,7 @@ EXAMPLES = {
   diffcache bench --methods none,adacache:fast,adacache:fast-moreg,adacache:slow --prompts 16 --steps 30 --out out/bench
   diffcache bench --methods adacache --prompts 4 --repeats 1 --out out/quick   # 'none' is always added
   diffcache bench --methods "teacache,fbcache,pab,steps:15,fbcache:default[threshold=0.2]" --out out/baselines
+  diffcache bench --cfg-mode batched --methods fastercache,diffusers-fastercache --out out/fastercache
 
 Speedup is the uncached run's total time over the method's, runs interleaved in one process; PSNR and SSIM
 compare each video with the uncached one of the same seed; adherence is the analytic checker's.""",
@@ -109,6 +110,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--steps", type=int, default=30, help="denoising steps (default: 30)")
     b.add_argument("--guidance", type=float, default=5.0, help="guidance scale (default: 5)")
     b.add_argument("--repeats", type=int, default=2, help="timed runs per method and prompt (default: 2)")
+    b.add_argument("--cfg-mode", choices=("split", "batched"), default=None,
+                   help="embedded models: guidance as two calls per step (split, default) or one batched call")
     b.add_argument("--out", default="out/bench", help="folder for results.json and table.md (default: out/bench)")
     b.add_argument("--force", action="store_true", help="overwrite results in --out")
 
@@ -358,7 +361,7 @@ def cmd_bench(args) -> int:
         check_writable(out / name, args.force)
     pipe = load_pipeline(args.model)
     result = run_bench(pipe, methods, num_prompts=args.prompts, steps=args.steps, guidance=args.guidance,
-                       repeats=args.repeats, model_name=args.model)
+                       repeats=args.repeats, model_name=args.model, cfg_mode=args.cfg_mode)
     paths = write_bench(result, out, force=args.force)
     print(f"{args.model}, {args.prompts} prompts, {args.steps} steps, guidance {args.guidance:g}, "
           f"{args.repeats} interleaved repeats:")

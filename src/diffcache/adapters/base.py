@@ -12,7 +12,8 @@ An adapter is the only code that knows a denoiser's insides. For a transformer i
 * ``token_layout(model, args, kwargs)``: the token grid ``(frames, height, width)`` of a forward, tokens ordered
   frame-major;
 * ``timestep(args, kwargs)``: the timestep passed to the denoiser's forward;
-* ``teacache_signal(block, args, kwargs)``: the modulated input TeaCache reads at the first block.
+* ``teacache_signal(block, args, kwargs)``: the modulated input TeaCache reads at the first block;
+* ``output_frames(model, output, args, kwargs)``: the denoiser output as per-frame 2-D maps (FasterCache's FFT).
 
 Adding a model family is adding one adapter to ``registered_adapters()`` below, nothing else.
 """
@@ -82,6 +83,12 @@ class Adapter:
         block is modulated with (``temb``: Wan's ``timestep_proj`` — the official retention mode's ``e0`` —
         and CogVideoX's ``emb``, as the official TeaCache code reads them)."""
         return argument(type(block).forward, args, kwargs, "temb")
+
+    def output_frames(self, model, output: torch.Tensor, args: tuple, kwargs: dict):
+        """The denoiser's output viewed as ``[..., H, W]`` (one 2-D map per batch item, frame and channel), and the
+        function that puts such a view back into the output's layout. Wan ``[B,C,F,H,W]`` and CogVideoX
+        ``[B,F,C,H,W]`` already end in ``(H, W)``."""
+        return output, lambda view: view
 
     # -- forward-level facts -------------------------------------------------------------------------------------
     def timestep(self, model, args: tuple, kwargs: dict):

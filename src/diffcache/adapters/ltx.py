@@ -30,6 +30,13 @@ class LTXVideoAdapter(Adapter):
         shift_msa, scale_msa = ada[:, :, 0], ada[:, :, 1]
         return block.norm1(hidden) * (1 + scale_msa) + shift_msa
 
+    def output_frames(self, model, output, args, kwargs):
+        """Packed ``[B, F·H·W, C]`` → ``[B, F, C, H, W]``, and back."""
+        frames, height, width = self.token_layout(model, args, kwargs)
+        batch, _, channels = output.shape
+        view = output.reshape(batch, frames, height, width, channels).permute(0, 1, 4, 2, 3)
+        return view, lambda v: v.permute(0, 1, 3, 4, 2).reshape(batch, frames * height * width, channels)
+
     def token_layout(self, model, args, kwargs):
         forward = type(model).forward
         frames = argument(forward, args, kwargs, "num_frames")

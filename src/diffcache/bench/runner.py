@@ -27,6 +27,17 @@ BASELINE = "none"
 FEWER_STEPS = "steps"  #: "steps:N": the plain pipeline at N steps, the baseline every cache must beat
 
 
+def _diffusers_fastercache(pipe):
+    """diffusers' own FasterCache with its documented defaults (attention weight 0.5), as a peer."""
+    from diffusers import FasterCacheConfig
+
+    return FasterCacheConfig(current_timestep_callback=lambda: pipe.current_timestep,
+                             attention_weight_callback=lambda _: 0.5, tensor_format="BCFHW")
+
+
+PEERS = {"diffusers-fastercache": _diffusers_fastercache}  #: peers' own implementations, run through enable_cache
+
+
 @dataclass(frozen=True)
 class MethodSpec:
     """One entry of ``--methods``: ``none`` (the uncached run), ``NAME`` (default preset), ``NAME:PRESET``, or
@@ -51,6 +62,10 @@ class MethodSpec:
             raise UnknownMethodError(f"cannot read method {text!r}; write NAME, NAME:PRESET or "
                                      "NAME:PRESET[option=value;...], e.g. adacache:fast[metric_blocks=(1,2)]")
         name, preset, options = match.groups()
+        if name in PEERS:
+            if preset or options:
+                raise UnknownMethodError(f"the peer {name!r} runs with its own defaults; it takes no preset or options")
+            return cls(name)
         if name == FEWER_STEPS:
             if options or not (preset or "").isdigit() or int(preset) < 1:
                 raise UnknownMethodError(f"{text!r}: write steps:N with N a positive number of steps, e.g. steps:15")
@@ -117,19 +132,20 @@ class BenchResult:
         lines = [head]
         for s in self.summary:
             adherence = "–" if s["adherence"] is None else f"{100 * s['adherence']:.1f}%"
-            steps = f"{s['computed_min']}–{s['computed_max']}, {s['computed_mean']:.1f}"
+            steps = ("– (not reported)" if s["computed_mean"] is None
+                     else f"{s['computed_min']}–{s['computed_max']}, {s['computed_mean']:.1f}")
             lines.append(f"| {s['method']} | {s['speedup']:.2f}× | {s['psnr']:.2f} | {s['ssim']:.3f} | {adherence} | "
                          f"{steps} |")
         return "\n".join(lines)
 
 
-def _generate(pipe, prompt: str, seed: int, steps: int, guidance: float) -> np.ndarray:
+def _generate(pipe, prompt: str, seed: int, steps: int, guidance: float, **extra) -> np.ndarray:
     return pipe(prompt, num_inference_steps=steps, guidance_scale=guidance,
-                generator=torch.Generator().manual_seed(seed), output_type="np").frames[0]
+                generator=torch.Generator().manual_seed(seed), output_type="np", **extra).frames[0]
 
 
 def run_bench(pipe, methods: list[MethodSpec], num_prompts: int = 8, steps: int = 30, guidance: float = 5.0,
-              repeats: int = 2, progress: bool = True, model_name: str = "") -> BenchResult:
+              repeats: int = 2, progress: bool = True, model_name: str = "", cfg_mode: str | None = None) -> BenchResult:
     """Benchmark ``methods`` (the first must be ``none``) on ``pipe``; see the module docs for the protocol."""
     from ..models.checker import check
 
@@ -140,19 +156,31 @@ def run_bench(pipe, methods: list[MethodSpec], num_prompts: int = 8, steps: int 
     pairs = bench_prompts(num_prompts)
     scored = type(pipe).__name__ == "TinyShapesT2VPipeline"
     pipe.set_progress_bar_config(disable=True)
+    extra = {} if cfg_mode is None else {"cfg_mode": cfg_mode}
     result = BenchResult(config={"model": model_name, "methods": [m.label for m in methods], "prompts": num_prompts,
-                                 "steps": steps, "guidance": guidance, "repeats": repeats,
+                                 "steps": steps, "guidance": guidance, "repeats": repeats, "cfg_mode": cfg_mode,
                                  "torch_threads": torch.get_num_threads()})
 
     def run(spec: MethodSpec, prompt: str, seed: int):
         if spec.name in (BASELINE, FEWER_STEPS):
             n = steps if spec.name == BASELINE else int(spec.preset)
             start = time.perf_counter()
-            video = _generate(pipe, prompt, seed, n, guidance)
+            video = _generate(pipe, prompt, seed, n, guidance, **extra)
             return video, time.perf_counter() - start, n
+        if spec.name in PEERS:
+            pipe.transformer.enable_cache(PEERS[spec.name](pipe))
+            try:
+                start = time.perf_counter()
+                video = _generate(pipe, prompt, seed, steps, guidance, **extra)
+                return video, time.perf_counter() - start, None  # peers do not report computed steps
+            except Exception as error:  # noqa: BLE001 - a peer's crash becomes a one-line reason
+                raise ValueError(f"{spec.name} failed on {type(pipe).__name__} (cfg_mode={cfg_mode or 'default'}): "
+                                 f"{type(error).__name__}: {error}") from error
+            finally:
+                pipe.transformer.disable_cache()
         with enable(pipe, spec.name, preset=spec.preset, **dict(spec.overrides)) as handle:
             start = time.perf_counter()
-            video = _generate(pipe, prompt, seed, steps, guidance)
+            video = _generate(pipe, prompt, seed, steps, guidance, **extra)
             elapsed = time.perf_counter() - start
         return video, elapsed, handle.report().computed_steps()
 
@@ -183,14 +211,16 @@ def run_bench(pipe, methods: list[MethodSpec], num_prompts: int = 8, steps: int 
     for spec in methods:
         rows = [r for r in result.rows if r["method"] == spec.label]
         counts = [r["computed_steps"] for r in rows]
+        known = None not in counts
         result.summary.append({
             "method": spec.label,
             "speedup": baseline_time / sum(sum(r["seconds"]) for r in rows),
             "psnr": float(np.mean([r["psnr"] for r in rows])),
             "ssim": float(np.mean([r["ssim"] for r in rows])),
             "adherence": float(np.mean([r["adherence"] for r in rows])) if scored else None,
-            "computed_mean": float(np.mean(counts)), "computed_min": min(counts), "computed_max": max(counts),
-            "computed_distinct": len(set(counts)),
+            "computed_mean": float(np.mean(counts)) if known else None,
+            "computed_min": min(counts) if known else None, "computed_max": max(counts) if known else None,
+            "computed_distinct": len(set(counts)) if known else None,
         })
     return result
 

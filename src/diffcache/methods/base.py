@@ -196,6 +196,7 @@ class Runtime:
         self.config = config
         self.adapter = adapter
         self.model = model
+        self.pipeline = None  #: the pipeline when enabled on one (its flags, e.g. do_classifier_free_guidance)
         self.report = Report(method, config.to_dict())
         self._hooked: list[tuple[torch.nn.Module, str]] = []
         self._block_calls_this_forward = 0
@@ -400,6 +401,7 @@ def enable(target, method: str | MethodConfig, preset: str | None = None, *, rep
         existing.disable()
 
     runtime = info.runtime_class(config, adapter, model, info.name)
+    runtime.pipeline = pipeline
     tracker = StepTracker(lambda args, kwargs: adapter.timestep(model, args, kwargs), pipeline, num_inference_steps)
     tracker.listeners.append(_TrackerBridge(runtime, tracker))
     try:

@@ -1,0 +1,373 @@
+"""FasterCache (Lv et al., 2024): dynamic reuse of self-attention outputs, and CFG-Cache.
+
+* **Attention reuse.** On a reuse step a self-attention module does not run; it returns
+  ``F_t + (F_t − F_{t+2})·w`` from the last two outputs it computed (per CFG branch, also inside a batched
+  ``[uncond, cond]`` call, so split and batched CFG behave alike). A module
+  whose last output is more than two steps old (a branch CFG-Cache did not run) computes instead, and outputs more
+  than two steps apart are not extrapolated (the last one is reused as it is).
+* **CFG-Cache.** At a full step both branches run, and the difference ``uncond − cond`` is stored per latent frame
+  as its centred 2-D spectrum split into a low-frequency disk (radius ``min(H, W)//5``) and the rest. On the steps
+  that follow only cond runs, and uncond is rebuilt as ``ifft(FFT(cond) + ΔLF·w1 + ΔHF·w2)``. With split CFG the
+  uncond call is answered without running the model; with batched CFG the model runs on the cond half of the batch.
+
+Schedules (1-based step ``c``; the official per-model tables, with their step thresholds scaled by ``T / T_ref`` so
+they apply at any step count; parity tests such as "c even" are kept as they are):
+
+| preset | T_ref | attention reused when | w | uncond skipped when | delta scaling (cumulative per reused step) |
+|---|---|---|---|---|---|
+| official-opensora | 30 | c > 7, c even | (c−7)/20·0.9 | c > 11, c % 5 ≠ 0 | HF ×1.15 if c ≥ 20; LF ×1.15 if c ≤ 25 |
+| official-latte | 50 | c ≥ 16, c even | 0.5 | c ≥ 18, c % 5 ≠ 0 | LF ×1.1 if c < 45, else HF ×1.1 |
+| official-opensoraplan | 150 | c ≥ 45, c % 3 ≠ 0 | 0.3 | c ≥ 40, c % 6 ≠ 0 | LF ×1.1 if c ≤ 130, else HF ×1.2 |
+| official-cogvideox | 50 | c ≥ 18, c % 3 ≠ 0 | 0.3 | c ≥ 18, c % 5 ≠ 0 | LF ×1.1 if c ≤ 40; HF ×1.1 if c ≥ 30 |
+| paper | – | c > T/3, every 2nd step | rises 0→1 over (T/3, T] | c > T/3, (c − ⌈T/3⌉) % 5 ≠ 0 | w1 = 1.2 early (c ≤ T/2), w2 = 1.2 late |
+
+The paper leaves the attention window and ``t0`` open: diffcache uses the CFG window (from ``T/3``) and the middle
+step. The last step always runs in full. ``default`` (for Wan-family models) is ``official-opensoraplan``'s schedule:
+measured on the embedded Wan-architecture model at 30 steps with split CFG, it is the only table that reaches 1.6×
+(1.61×, 28.9 dB); the others stay near 1.45× at 24–35 dB (README). No real Wan model could be measured here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from diffusers.hooks.hooks import ModelHook
+from diffusers.models.modeling_outputs import Transformer2DModelOutput
+
+from ..adapters.base import argument
+from .base import MethodConfig, Runtime, register
+
+SCHEDULES = ("official-opensora", "official-latte", "official-opensoraplan", "official-cogvideox", "paper")
+BATCHED_ARGUMENTS = ("hidden_states", "encoder_hidden_states", "timestep", "encoder_attention_mask",
+                     "encoder_hidden_states_image")
+
+
+@dataclass
+class FasterCacheConfig(MethodConfig):
+    PRESETS: ClassVar = {"default": {"schedule": "official-opensoraplan"},
+                         **{name: {"schedule": name} for name in SCHEDULES}}
+    DEFAULT_PRESET: ClassVar = "default"
+
+    schedule: str = "official-opensoraplan"  #: which table decides the steps (see the module docs)
+    attention_reuse: bool = True  #: ablation switch: dynamic feature reuse of self-attention
+    cfg_cache: bool = True  #: ablation switch: rebuild uncond from cond
+    enhance: str = "both"  #: which frequency deltas are scaled: "none", "low", "high" or "both"
+    radius_divisor: int = 5  #: low-frequency disk radius = min(H, W) // radius_divisor
+    batch_order: str = "uncond_cond"  #: batched CFG: which half is which (diffusers pipelines: uncond first)
+
+    def validate(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.enhance not in ("none", "low", "high", "both"):
+            raise ValueError(f"enhance must be 'none', 'low', 'high' or 'both', got {self.enhance!r}")
+        if isinstance(self.radius_divisor, bool) or not isinstance(self.radius_divisor, int) or self.radius_divisor < 1:
+            raise ValueError(f"radius_divisor must be an integer >= 1 (radius = min(H, W) // radius_divisor), "
+                             f"got {self.radius_divisor!r}")
+        if self.batch_order not in ("uncond_cond", "cond_uncond"):
+            raise ValueError(f"batch_order must be 'uncond_cond' or 'cond_uncond', got {self.batch_order!r}")
+        if not (self.attention_reuse or self.cfg_cache):
+            raise ValueError("attention_reuse and cfg_cache are both off: FasterCache would do nothing")
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """What FasterCache does at one step."""
+
+    reuse_attention: bool
+    weight: float  #: extrapolation weight w
+    skip_uncond: bool
+    low_factor: float  #: multiplies ΔLF on this reused step (official: cumulative; paper: w1)
+    high_factor: float
+    cumulative: bool
+
+
+def plan(schedule: str, step: int, num_steps: int) -> StepPlan:
+    """The plan for 1-based ``step`` of ``num_steps`` under ``schedule`` (the table in the module docs)."""
+    T, c = num_steps, step
+    if c >= T:
+        return StepPlan(False, 0.0, False, 1.0, 1.0, True)
+    if schedule == "paper":
+        start = T / 3
+        first = math.ceil(start)
+        reuse = c > start and (c - first) % 2 == 1
+        weight = min(1.0, max(0.0, (c - start) / (T - start)))
+        skip = c > start and (c - first) % 5 != 0
+        early = c <= T / 2
+        return StepPlan(reuse, weight, skip, 1.2 if early else 1.0, 1.0 if early else 1.2, cumulative=False)
+    reference = {"official-opensora": 30, "official-latte": 50, "official-opensoraplan": 150,
+                 "official-cogvideox": 50}[schedule]
+    s = lambda x: x * T / reference  # noqa: E731 - a step threshold of the reference table at this T
+    low = high = 1.0
+    if schedule == "official-opensora":
+        reuse, weight = c > s(7) and c % 2 == 0, (c - s(7)) / s(20) * 0.9
+        skip = c % 5 != 0 and c > s(11)
+        high = 1.15 if c >= s(20) else 1.0
+        low = 1.15 if c <= s(25) else 1.0
+    elif schedule == "official-latte":
+        reuse, weight = c >= s(16) and c % 2 == 0, 0.5
+        skip = c >= s(18) and c % 5 != 0
+        if c < s(45):
+            low = 1.1
+        elif c > s(35):
+            high = 1.1
+    elif schedule == "official-opensoraplan":
+        reuse, weight = c >= s(45) and c % 3 != 0, 0.3
+        skip = c >= s(40) and c % 6 != 0
+        if c <= s(130):
+            low = 1.1
+        elif c >= s(100):
+            high = 1.2
+    else:  # official-cogvideox
+        reuse, weight = c >= s(18) and c % 3 != 0, 0.3
+        skip = c >= s(18) and c % 5 != 0
+        low = 1.1 if c <= s(40) else 1.0
+        high = 1.1 if c >= s(30) else 1.0
+    return StepPlan(reuse, max(0.0, weight), skip, low, high, cumulative=True)
+
+
+# -- the frequency split -------------------------------------------------------------------------------------------
+def low_frequency_mask(height: int, width: int, radius: int, device=None) -> torch.Tensor:
+    """Boolean ``[H, W]`` disk of ``radius`` around the centre of an fftshift-ed spectrum."""
+    y = torch.arange(height, device=device).view(-1, 1) - height // 2
+    x = torch.arange(width, device=device).view(1, -1) - width // 2
+    return (y**2 + x**2) <= radius**2
+
+
+def spectrum(maps: torch.Tensor) -> torch.Tensor:
+    """Centred 2-D spectrum over the last two dimensions."""
+    return torch.fft.fftshift(torch.fft.fft2(maps.float()), dim=(-2, -1))
+
+
+def split_delta(uncond: torch.Tensor, cond: torch.Tensor, radius: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ΔLF, ΔHF)``: the spectrum of ``uncond − cond`` inside and outside the low-frequency disk."""
+    delta = spectrum(uncond) - spectrum(cond)
+    mask = low_frequency_mask(*delta.shape[-2:], radius, delta.device)
+    return delta * mask, delta * ~mask
+
+
+def rebuild_uncond(cond: torch.Tensor, delta_low: torch.Tensor, delta_high: torch.Tensor, w_low: float = 1.0,
+                   w_high: float = 1.0) -> torch.Tensor:
+    """``ifft(LF(cond) + ΔLF·w1 + HF(cond) + ΔHF·w2)`` (LF + HF of cond is its whole spectrum)."""
+    total = spectrum(cond) + delta_low * w_low + delta_high * w_high
+    rebuilt = torch.fft.ifft2(torch.fft.ifftshift(total, dim=(-2, -1))).real
+    return rebuilt.to(cond.dtype)
+
+
+# -- hooks ---------------------------------------------------------------------------------------------------------
+def _combine(last, previous, weight):
+    if isinstance(last, torch.Tensor):
+        return last + (last - previous) * weight
+    return tuple(_combine(a, b, weight) for a, b in zip(last, previous))
+
+
+def _detached(output):
+    return output.detach() if isinstance(output, torch.Tensor) else tuple(_detached(o) for o in output)
+
+
+def _take(output, part: slice):
+    if isinstance(output, torch.Tensor):
+        return output[part]
+    return tuple(_take(o, part) for o in output)
+
+
+def _cat(outputs: list):
+    if isinstance(outputs[0], torch.Tensor):
+        return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
+    return tuple(_cat([o[i] for o in outputs]) for i in range(len(outputs[0])))
+
+
+class _AttentionHook(ModelHook):
+    """Self-attention reuse. The history is kept per CFG branch: a batched ``[uncond, cond]`` call stores each half
+    under its branch, so a cond-only call (CFG-Cache) continues the cond history, exactly as with split CFG."""
+
+    def __init__(self, runtime: "FasterCacheRuntime", index: int):
+        super().__init__()
+        self.runtime = runtime
+        self.index = index
+
+    def new_forward(self, module, *args, **kwargs):
+        runtime = self.runtime
+        step = runtime.ctx.step
+        states = [runtime.attention.setdefault((self.index, name), []) for name, _ in runtime.parts]
+        recent = all(state and state[-1][0] >= step - 2 for state in states)  # a skipped branch has no recent output
+        if runtime.step_plan.reuse_attention and recent:
+            runtime.count_block(computed=False)
+            outputs = []
+            for state in states:
+                last = state[-1][1]
+                if len(state) < 2 or state[-1][0] - state[-2][0] > 2:  # F_t, F_{t+2}: two steps apart at most
+                    outputs.append(last)
+                else:
+                    outputs.append(_combine(last, state[-2][1], runtime.step_plan.weight))
+            return _cat(outputs)
+        output = self.fn_ref.original_forward(*args, **kwargs)
+        for (_, part), state in zip(runtime.parts, states):
+            state.append((step, _detached(_take(output, part))))
+            del state[:-2]
+        runtime.count_block(computed=True)
+        return output
+
+
+class _ModelHook(ModelHook):
+    def __init__(self, runtime: "FasterCacheRuntime"):
+        super().__init__()
+        self.runtime = runtime
+
+    def new_forward(self, module, *args, **kwargs):
+        return self.runtime.model_forward(module, self.fn_ref.original_forward, args, kwargs)
+
+
+def _output_tensor(output):
+    if isinstance(output, tuple):
+        return output[0]
+    return output.sample
+
+
+def _wrap_like(output, tensor):
+    return (tensor, *output[1:]) if isinstance(output, tuple) else Transformer2DModelOutput(sample=tensor)
+
+
+class FasterCacheRuntime(Runtime):
+    HOOK = "diffcache_fastercache"
+
+    def install(self) -> None:
+        hooked = 0
+        if self.config.attention_reuse:
+            for index, block in enumerate(self.adapter.blocks(self.model)):
+                module = self.adapter.attention_modules(block).get("self")
+                if module is not None:
+                    self.add_hook(module, _AttentionHook(self, index))
+                    hooked += 1
+        self.add_hook(self.model, _ModelHook(self), self.HOOK + "_cfg")  # names the batch halves; CFG-Cache
+        self.clear()
+
+    def clear(self) -> None:
+        super().clear()
+        self.attention: dict = {}
+        self.step_plan: StepPlan | None = None
+        self.cond_output = None  #: (step, output tensor) of the split-CFG cond call
+        self.deltas = None  #: (ΔLF, ΔHF) from the last full step
+        self.factors = [1.0, 1.0]
+        self.parts: list[tuple[str, slice]] = []  #: (branch, batch slice) of the forward in progress
+
+    def begin_forward(self, ctx, args, kwargs) -> None:
+        super().begin_forward(ctx, args, kwargs)
+        if ctx.first_in_step:
+            self.step_plan = plan(self.config.schedule, ctx.step_1based, ctx.num_steps)
+            if not self.config.attention_reuse:
+                self.step_plan = dataclasses.replace(self.step_plan, reuse_attention=False)
+            record = self.step_record
+            record.computed = not self.step_plan.reuse_attention
+            record.values.update({"w": self.step_plan.weight} if self.step_plan.reuse_attention else {})
+
+    # -- CFG-Cache -------------------------------------------------------------------------------------------------
+    def _scaled_deltas(self):
+        enhance = self.config.enhance
+        low, high = self.factors
+        delta_low, delta_high = self.deltas
+        return (delta_low, delta_high, low if enhance in ("low", "both") else 1.0,
+                high if enhance in ("high", "both") else 1.0)
+
+    def _advance_factors(self) -> None:
+        p = self.step_plan
+        if p.cumulative:
+            self.factors = [self.factors[0] * p.low_factor, self.factors[1] * p.high_factor]
+        else:
+            self.factors = [p.low_factor, p.high_factor]
+
+    def _radius(self, maps) -> int:
+        return min(maps.shape[-2:]) // self.config.radius_divisor
+
+    def model_forward(self, model, forward, args, kwargs):
+        """Counts one unit per forward: reused when uncond was rebuilt rather than run."""
+        output, rebuilt = self._model_forward(model, forward, args, kwargs)
+        self.count_block(computed=not rebuilt)
+        if rebuilt:
+            self.step_record.values["uncond"] = "rebuilt"
+        return output
+
+    def _model_forward(self, model, forward, args, kwargs):
+        ctx, adapter = self.ctx, self.adapter
+        skip = self.config.cfg_cache and self.step_plan.skip_uncond and self.deltas is not None
+        self.parts = [(ctx.branch, slice(None))]
+        if ctx.branch == "cond":
+            output = forward(*args, **kwargs)
+            self.cond_output = (ctx.step, _output_tensor(output).detach())
+            return output, False
+        if ctx.branch == "uncond":
+            if not self.config.cfg_cache:
+                return forward(*args, **kwargs), False
+            have_cond = self.cond_output is not None and self.cond_output[0] == ctx.step
+            if skip and have_cond:
+                cond = self.cond_output[1]
+                self._advance_factors()
+                maps, back = adapter.output_frames(model, cond, args, kwargs)
+                rebuilt = back(rebuild_uncond(maps, *self._scaled_deltas()))
+                wrapped = (rebuilt,) if not kwargs.get("return_dict", True) else Transformer2DModelOutput(sample=rebuilt)
+                return wrapped, True
+            output = forward(*args, **kwargs)
+            if have_cond:
+                cond_maps, _ = adapter.output_frames(model, self.cond_output[1], args, kwargs)
+                uncond_maps, _ = adapter.output_frames(model, _output_tensor(output).detach(), args, kwargs)
+                self.deltas = split_delta(uncond_maps, cond_maps, self._radius(cond_maps))
+                self.factors = [1.0, 1.0]
+            return output, False
+        # batched CFG ("cond_uncond"): [uncond, cond] halves (or the other order)
+        hidden = argument(type(model).forward, args, kwargs, "hidden_states")
+        guided = getattr(self.pipeline, "do_classifier_free_guidance", True)
+        if hidden.shape[0] % 2 or not guided or ctx.branch not in ("cond_uncond",):
+            return forward(*args, **kwargs), False  # no CFG in this call: nothing to rebuild
+        half = hidden.shape[0] // 2
+        cond_first = self.config.batch_order == "cond_uncond"
+        cond_slice = slice(0, half) if cond_first else slice(half, None)
+        uncond_slice = slice(half, None) if cond_first else slice(0, half)
+        self.parts = sorted([("cond", cond_slice), ("uncond", uncond_slice)], key=lambda p: p[1].start or 0)
+        if skip:
+            self.parts = [("cond", slice(None))]
+            args, kwargs = _slice_batch(model, args, kwargs, cond_slice, 2 * half)
+            output = forward(*args, **kwargs)
+            cond = _output_tensor(output)
+            self._advance_factors()
+            maps, back = adapter.output_frames(model, cond, args, kwargs)
+            uncond = back(rebuild_uncond(maps, *self._scaled_deltas()))
+            both = torch.cat([cond, uncond] if cond_first else [uncond, cond])
+            return _wrap_like(output, both), True
+        output = forward(*args, **kwargs)
+        if not self.config.cfg_cache:
+            return output, False
+        full = _output_tensor(output).detach()
+        maps, _ = adapter.output_frames(model, full, args, kwargs)
+        cond_maps = maps[cond_slice]
+        uncond_maps = maps[slice(half, None) if cond_first else slice(0, half)]
+        self.deltas = split_delta(uncond_maps, cond_maps, self._radius(cond_maps))
+        self.factors = [1.0, 1.0]
+        return output, False
+
+
+def _slice_batch(model, args, kwargs, keep: slice, batch: int):
+    """The forward's batched arguments cut to the ``keep`` half of the batch (others are passed unchanged)."""
+    import inspect
+
+    names = [n for n in inspect.signature(type(model).forward).parameters if n != "self"]
+    args = list(args)
+    for name in BATCHED_ARGUMENTS:
+        if name in kwargs and isinstance(kwargs[name], torch.Tensor) and kwargs[name].shape[:1] == (batch,):
+            kwargs = {**kwargs, name: kwargs[name][keep]}
+        elif name in names and names.index(name) < len(args):
+            value = args[names.index(name)]
+            if isinstance(value, torch.Tensor) and value.shape[:1] == (batch,):
+                args[names.index(name)] = value[keep]
+    return tuple(args), kwargs
+
+
+register(
+    "fastercache",
+    "FasterCache: self-attention reuse with extrapolation, and CFG-Cache rebuilding uncond from cond by frequency",
+    FasterCacheConfig,
+    FasterCacheRuntime,
+    families=("Wan", "CogVideoX", "LTX-Video"),
+)
