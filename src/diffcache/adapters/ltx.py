@@ -6,7 +6,7 @@ the state after self-attention. The grid comes from the forward's ``num_frames``
 
 from __future__ import annotations
 
-from .base import Adapter, argument
+from .base import Adapter, UnsupportedModelError, argument
 
 
 class LTXVideoAdapter(Adapter):
@@ -42,5 +42,9 @@ class LTXVideoAdapter(Adapter):
         frames = argument(forward, args, kwargs, "num_frames")
         height = argument(forward, args, kwargs, "height")
         width = argument(forward, args, kwargs, "width")
-        p, pt = model.config.patch_size, model.config.patch_size_t
-        return frames // pt, height // p, width // p
+        if None in (frames, height, width):
+            raise UnsupportedModelError(
+                "this LTX-Video forward gives no num_frames/height/width (as LTXConditionPipeline calls it, with "
+                "video_coords and conditioning tokens); diffcache's token-grid methods (MoReg, FasterCache's "
+                "CFG-Cache) support LTXPipeline's calls only.")
+        return frames, height, width  # the token grid: LTX's RoPE uses these directly

@@ -121,6 +121,7 @@ class BenchResult:
     config: dict
     rows: list[dict] = field(default_factory=list)  #: one per (method, prompt)
     summary: list[dict] = field(default_factory=list)  #: one per method
+    skipped: dict[str, str] = field(default_factory=dict)  #: peers that could not run here, with the reason
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
@@ -136,6 +137,7 @@ class BenchResult:
                      else f"{s['computed_min']}–{s['computed_max']}, {s['computed_mean']:.1f}")
             lines.append(f"| {s['method']} | {s['speedup']:.2f}× | {s['psnr']:.2f} | {s['ssim']:.3f} | {adherence} | "
                          f"{steps} |")
+        lines += [f"\nskipped {label}: {reason}" for label, reason in self.skipped.items()]
         return "\n".join(lines)
 
 
@@ -184,8 +186,14 @@ def run_bench(pipe, methods: list[MethodSpec], num_prompts: int = 8, steps: int 
             elapsed = time.perf_counter() - start
         return video, elapsed, handle.report().computed_steps()
 
-    for spec in methods:  # warm-up: first-call costs stay out of the timings
-        run(spec, *pairs[0])
+    for spec in list(methods):  # warm-up: first-call costs stay out of the timings
+        try:
+            run(spec, *pairs[0])
+        except ValueError as error:
+            if spec.name not in PEERS:
+                raise
+            methods = [m for m in methods if m != spec]  # a peer that cannot run here is listed, not fatal
+            result.skipped[spec.label] = str(error)
     bar = tqdm(total=len(pairs) * len(methods) * repeats, desc="bench", disable=not progress)
     for prompt, seed in pairs:
         videos, times, computed = {}, {m.label: [] for m in methods}, {}

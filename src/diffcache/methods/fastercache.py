@@ -8,7 +8,8 @@
 * **CFG-Cache.** At a full step both branches run, and the difference ``uncond − cond`` is stored per latent frame
   as its centred 2-D spectrum split into a low-frequency disk (radius ``min(H, W)//5``) and the rest. On the steps
   that follow only cond runs, and uncond is rebuilt as ``ifft(FFT(cond) + ΔLF·w1 + ΔHF·w2)``. With split CFG the
-  uncond call is answered without running the model; with batched CFG the model runs on the cond half of the batch.
+  uncond call is answered without running the model; with batched CFG the model runs on the cond half of the batch
+  (only when enabled on a pipeline that says it guides: a bare denoiser's even batch may be two prompts).
 
 Schedules (1-based step ``c``; the official per-model tables, with their step thresholds scaled by ``T / T_ref`` so
 they apply at any step count; parity tests such as "c even" are kept as they are):
@@ -24,13 +25,14 @@ they apply at any step count; parity tests such as "c even" are kept as they are
 The paper leaves the attention window and ``t0`` open: diffcache uses the CFG window (from ``T/3``) and the middle
 step. The last step always runs in full. ``default`` (for Wan-family models) is ``official-opensoraplan``'s schedule:
 measured on the embedded Wan-architecture model at 30 steps with split CFG, it is the only table that reaches 1.6×
-(1.61×, 28.9 dB); the others stay near 1.45× at 24–35 dB (README). No real Wan model could be measured here.
+(1.60×, 31.1 dB); the others stay at 1.44–1.51× with 28–35 dB (README). No real Wan model could be measured here.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -43,7 +45,7 @@ from .base import MethodConfig, Runtime, register
 
 SCHEDULES = ("official-opensora", "official-latte", "official-opensoraplan", "official-cogvideox", "paper")
 BATCHED_ARGUMENTS = ("hidden_states", "encoder_hidden_states", "timestep", "encoder_attention_mask",
-                     "encoder_hidden_states_image")
+                     "encoder_hidden_states_image", "video_coords")
 
 
 @dataclass
@@ -199,7 +201,7 @@ class _AttentionHook(ModelHook):
             outputs = []
             for state in states:
                 last = state[-1][1]
-                if len(state) < 2 or state[-1][0] - state[-2][0] > 2:  # F_t, F_{t+2}: two steps apart at most
+                if len(state) < 2:
                     outputs.append(last)
                 else:
                     outputs.append(_combine(last, state[-2][1], runtime.step_plan.weight))
@@ -253,6 +255,7 @@ class FasterCacheRuntime(Runtime):
         self.deltas = None  #: (ΔLF, ΔHF) from the last full step
         self.factors = [1.0, 1.0]
         self.parts: list[tuple[str, slice]] = []  #: (branch, batch slice) of the forward in progress
+        self._warned_order = getattr(self, "_warned_order", False)
 
     def begin_forward(self, ctx, args, kwargs) -> None:
         super().begin_forward(ctx, args, kwargs)
@@ -296,18 +299,24 @@ class FasterCacheRuntime(Runtime):
         self.parts = [(ctx.branch, slice(None))]
         if ctx.branch == "cond":
             output = forward(*args, **kwargs)
-            self.cond_output = (ctx.step, _output_tensor(output).detach())
+            self.cond_output = (ctx.step, _output_tensor(output).detach().clone())  # the pipeline may edit it
             return output, False
         if ctx.branch == "uncond":
             if not self.config.cfg_cache:
                 return forward(*args, **kwargs), False
             have_cond = self.cond_output is not None and self.cond_output[0] == ctx.step
+            if not have_cond and not self._warned_order:
+                self._warned_order = True
+                warnings.warn("FasterCache: the uncond call came before the cond call of its step, so CFG-Cache cannot "
+                              "rebuild it from cond and stays off for this pipeline (attention reuse still works).",
+                              UserWarning, stacklevel=2)
             if skip and have_cond:
                 cond = self.cond_output[1]
                 self._advance_factors()
                 maps, back = adapter.output_frames(model, cond, args, kwargs)
                 rebuilt = back(rebuild_uncond(maps, *self._scaled_deltas()))
-                wrapped = (rebuilt,) if not kwargs.get("return_dict", True) else Transformer2DModelOutput(sample=rebuilt)
+                return_dict = argument(type(model).forward, args, kwargs, "return_dict", True)
+                wrapped = Transformer2DModelOutput(sample=rebuilt) if return_dict else (rebuilt,)
                 return wrapped, True
             output = forward(*args, **kwargs)
             if have_cond:
@@ -318,7 +327,8 @@ class FasterCacheRuntime(Runtime):
             return output, False
         # batched CFG ("cond_uncond"): [uncond, cond] halves (or the other order)
         hidden = argument(type(model).forward, args, kwargs, "hidden_states")
-        guided = getattr(self.pipeline, "do_classifier_free_guidance", True)
+        # a bare denoiser gives no sign of guidance: an even batch may be two prompts, so leave it alone
+        guided = bool(getattr(self.pipeline, "do_classifier_free_guidance", False))
         if hidden.shape[0] % 2 or not guided or ctx.branch not in ("cond_uncond",):
             return forward(*args, **kwargs), False  # no CFG in this call: nothing to rebuild
         half = hidden.shape[0] // 2
