@@ -107,7 +107,8 @@ def registered_adapters() -> list[type[Adapter]]:
 
 
 def supported_families() -> list[str]:
-    return [f"{adapter.family} ({', '.join(adapter.model_classes)})" for adapter in registered_adapters()]
+    return [f"{adapter.family} ({', '.join(adapter.model_classes)}: e.g. {adapter.examples})"
+            for adapter in registered_adapters()]
 
 
 def find_adapter(model: torch.nn.Module) -> Adapter:

@@ -34,7 +34,7 @@ import torch
 from diffusers.hooks.hooks import ModelHook
 
 from ..context import StepContext
-from .base import MethodConfig, Runtime, register
+from .base import MethodConfig, Runtime, register, relative_l1
 
 CODEBOOKS: dict[tuple[str, int], tuple[tuple[float, int], ...]] = {
     ("fast", 30): ((0.08, 6), (0.16, 5), (0.24, 4), (0.32, 3), (0.40, 2), (1.00, 1)),
@@ -201,13 +201,6 @@ class AdaCacheSchedule:
             self.motion_prev = m
         self.last = step
         return values
-
-
-@torch.no_grad()
-def relative_l1(cache: torch.Tensor, residual: torch.Tensor) -> float:
-    """``||cache - residual||_1 / ||cache||_1`` over the whole tensor."""
-    cache, residual = cache.float(), residual.float()
-    return float((cache - residual).abs().sum() / cache.abs().sum().clamp_min(1e-12))
 
 
 @torch.no_grad()

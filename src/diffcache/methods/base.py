@@ -186,6 +186,23 @@ def _fmt(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+# -- helpers shared by the methods ---------------------------------------------------------------------------------
+@torch.no_grad()
+def relative_l1(reference: torch.Tensor, current: torch.Tensor) -> float:
+    """``||reference − current||_1 / ||reference||_1`` over the whole tensor (the same as the ratio of means)."""
+    reference, current = reference.float(), current.float()
+    return float((reference - current).abs().sum() / reference.abs().sum().clamp_min(1e-12))
+
+
+def detached(output):
+    """A tensor, or a (nested) tuple of tensors, detached from autograd: what a cache keeps."""
+    if isinstance(output, torch.Tensor):
+        return output.detach()
+    if isinstance(output, tuple):
+        return tuple(detached(o) for o in output)
+    return output
+
+
 # -- runtimes ------------------------------------------------------------------------------------------------------
 class Runtime:
     """Base of a method's runtime. Keeps the report; subclasses install hooks and decide."""

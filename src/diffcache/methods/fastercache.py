@@ -41,7 +41,7 @@ from diffusers.hooks.hooks import ModelHook
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 
 from ..adapters.base import argument
-from .base import MethodConfig, Runtime, register
+from .base import MethodConfig, Runtime, detached, register
 
 SCHEDULES = ("official-opensora", "official-latte", "official-opensoraplan", "official-cogvideox", "paper")
 BATCHED_ARGUMENTS = ("hidden_states", "encoder_hidden_states", "timestep", "encoder_attention_mask",
@@ -166,10 +166,6 @@ def _combine(last, previous, weight):
     return tuple(_combine(a, b, weight) for a, b in zip(last, previous))
 
 
-def _detached(output):
-    return output.detach() if isinstance(output, torch.Tensor) else tuple(_detached(o) for o in output)
-
-
 def _take(output, part: slice):
     if isinstance(output, torch.Tensor):
         return output[part]
@@ -208,7 +204,7 @@ class _AttentionHook(ModelHook):
             return _cat(outputs)
         output = self.fn_ref.original_forward(*args, **kwargs)
         for (_, part), state in zip(runtime.parts, states):
-            state.append((step, _detached(_take(output, part))))
+            state.append((step, detached(_take(output, part))))
             del state[:-2]
         runtime.count_block(computed=True)
         return output

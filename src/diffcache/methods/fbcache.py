@@ -15,8 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .base import MethodConfig, register
-from .stack import StackCacheRuntime, relative_mean_change
+from .base import MethodConfig, register, relative_l1
+from .stack import StackCacheRuntime
 
 
 @dataclass
@@ -47,7 +47,7 @@ class FBCacheRuntime(StackCacheRuntime):
         diff = None
         usable = self.cache_usable(state, outputs)
         if previous is not None and previous.shape == first_residual.shape and usable:
-            diff = relative_mean_change(first_residual, previous)
+            diff = relative_l1(previous, first_residual)
         state.skip = diff is not None and diff < self.config.threshold
         self.record(state.skip, **({} if diff is None else {"diff": diff}))
         if state.skip:

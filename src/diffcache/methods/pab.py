@@ -17,11 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-import torch
 from diffusers.hooks.hooks import ModelHook
 
 from ..adapters.base import UnsupportedModelError
-from .base import MethodConfig, Runtime, register
+from .base import MethodConfig, Runtime, detached, register
 
 
 @dataclass
@@ -50,14 +49,6 @@ class PABConfig(MethodConfig):
         self.window = (float(window[0]), float(window[1]))
 
 
-def _detached(output):
-    if isinstance(output, torch.Tensor):
-        return output.detach()
-    if isinstance(output, tuple):
-        return tuple(_detached(o) for o in output)
-    return output
-
-
 class _AttentionHook(ModelHook):
     def __init__(self, runtime: "PABRuntime", key: str, block_range: int):
         super().__init__()
@@ -74,7 +65,7 @@ class _AttentionHook(ModelHook):
         compute = (state["cache"] is None or state["iteration"] == 0 or not inside
                    or state["iteration"] % self.block_range == 0)
         output = self.fn_ref.original_forward(*args, **kwargs) if compute else state["cache"]
-        state["cache"] = _detached(output)
+        state["cache"] = detached(output)
         state["iteration"] += 1
         runtime.count_block(computed=compute)
         if compute:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
 from diffusers.hooks.hooks import ModelHook
 
 from ..adapters.base import UnsupportedModelError
@@ -97,9 +96,3 @@ class StackCacheRuntime(Runtime):
         prefix = "" if self.ctx.branch in ("cond", "cond_uncond", "call0") else f"{self.ctx.branch}_"
         record.values.update({prefix + k: v for k, v in values.items()})
 
-
-def relative_mean_change(current: torch.Tensor, previous: torch.Tensor) -> float:
-    """``mean|current − previous| / mean|previous|``."""
-    with torch.no_grad():
-        current, previous = current.float(), previous.float()
-        return float((current - previous).abs().mean() / previous.abs().mean().clamp_min(1e-12))

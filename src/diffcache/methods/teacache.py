@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from ..adapters.base import UnsupportedModelError
-from .base import MethodConfig, UnknownMethodError, register
-from .stack import StackCacheRuntime, relative_mean_change
+from .base import MethodConfig, UnknownMethodError, register, relative_l1
+from .stack import StackCacheRuntime
 
 WAN_1_3B = (-5.21862437e04, 9.23041404e03, -5.28275948e02, 1.36987616e01, -4.99875664e-02)
 WAN_14B = (-3.03318725e05, 4.90537029e04, -2.65530556e03, 5.87365115e01, -3.15583525e-01)
@@ -262,8 +262,8 @@ def calibrate_teacache(pipe, prompts: list[str], num_inference_steps: int = 30, 
             entry = records[ctx.branch]
             out = (output[0] if isinstance(output, tuple) else getattr(output, "sample", output)).detach()
             if "prev_signal" in entry:
-                xs.append(relative_mean_change(entry["signal"], entry["prev_signal"]))
-                ys.append(relative_mean_change(out, entry["prev_output"]))
+                xs.append(relative_l1(entry["prev_signal"], entry["signal"]))
+                ys.append(relative_l1(entry["prev_output"], out))
                 entry["sequence"].append(xs[-1])
             else:
                 entry["sequence"] = [None]
@@ -297,7 +297,7 @@ class TeaCacheRuntime(StackCacheRuntime):
         state = self.state()
         signal = adapter.teacache_signal(block, args, kwargs).detach()
         previous = state.values.get("signal")
-        rel = relative_mean_change(signal, previous) if previous is not None and previous.shape == signal.shape else None
+        rel = relative_l1(previous, signal) if previous is not None and previous.shape == signal.shape else None
         state.values["signal"] = signal
         streams = adapter.block_streams(block, args, kwargs)
         usable = self.cache_usable(state, streams)  # called every step: it also notes the step
