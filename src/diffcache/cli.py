@@ -15,6 +15,7 @@ EXAMPLES = {
     "generate": """examples:
   diffcache generate --prompt "a red circle moving left" --out clip.gif
   diffcache generate --prompt "a red circle moving left" --method adacache:fast --out fast.gif
+  diffcache generate --prompt "a red circle moving left" --steps 40 --method hsa:hsa-50 --budget-map map.gif --out hsa.gif
   diffcache generate --prompt "a blue square moving up" --steps 30 --guidance 5 --seed 3 --cfg-mode batched --out clip.mp4
   diffcache generate --model ./my-wan-pipeline --prompt "a cat surfing" --out cat.mp4""",
     "train": """examples:
@@ -68,6 +69,9 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--cfg-mode", choices=("split", "batched"), default="split",
                    help="guidance as two calls per step (split, as WanPipeline) or one batched call (embedded "
                    "models only; default: split)")
+    g.add_argument("--budget-map", default=None, metavar="FILE.gif",
+                   help="with --method hsa: also write the clip beside a heat-map of how many steps each token was "
+                   "computed (dark = few, bright = all)")
     g.add_argument("--height", type=int, default=None, help="frame height in pixels (default: the model's)")
     g.add_argument("--width", type=int, default=None, help="frame width in pixels (default: the model's)")
     g.add_argument("--frames", type=int, default=None, help="number of frames (default: the model's)")
@@ -192,6 +196,12 @@ def cmd_generate(args) -> int:
 
         spec = MethodSpec.parse(args.method)
         spec = None if spec.name == BASELINE else spec
+    if args.budget_map is not None:
+        if spec is None or spec.name != "hsa":
+            raise ValueError("--budget-map shows HSA's per-token step budgets; use it with --method hsa[:PRESET].")
+        if Path(args.budget_map).suffix.lower() not in VIDEO_SUFFIXES:
+            raise ValueError(f"--budget-map {Path(args.budget_map).name!r}: use a file name ending in .gif or .mp4.")
+        check_writable(Path(args.budget_map), args.force)
     pipe = load_pipeline(args.model)
     if type(pipe).__name__ not in SUPPORTED_VIDEO_PIPELINES:
         raise ModelLoadError(f"{args.model!r} is a {type(pipe).__name__}; `generate` supports text-to-video "
@@ -212,6 +222,20 @@ def cmd_generate(args) -> int:
     extra = ""
     if handle is not None:
         extra = f", {spec.label}: {handle.report().computed_steps()}/{args.steps} steps computed"
+        fractions = [s.active_fraction for s in handle.report().calls[-1].steps if s.active_fraction is not None]
+        if fractions:
+            extra += f" with {sum(fractions) / len(fractions):.0%} of the tokens on average"
+        if args.budget_map is not None:
+            from .methods.hsa import budget_map_clip
+
+            budgets = handle.runtime.budget_map()
+            if budgets is None:
+                raise ValueError(f"HSA allocated no budgets in this {args.steps}-step call (all steps were warm-up); "
+                                 "use more steps.")
+            write_video(args.budget_map, budget_map_clip(budgets[0], clip, args.steps), fps=args.fps,
+                        upscale=args.upscale, force=args.force)
+            extra += (f"; budget map ({int(budgets.min())}–{int(budgets.max())} steps per token, dark = few): "
+                      f"{args.budget_map}")
         handle.disable()
     print(f"generated in {took:.2f} s ({args.steps} steps{extra}): {out}")
     return 0

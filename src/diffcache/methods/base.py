@@ -132,6 +132,7 @@ class StepRecord:
     branches: list[str] = field(default_factory=list)
     blocks_computed: int = 0  #: block forwards actually run, summed over the step's branches
     blocks_reused: int = 0  #: block forwards answered from the cache
+    active_fraction: float | None = None  #: share of the tokens computed (token-level methods such as HSA)
     values: dict[str, Any] = field(default_factory=dict)  #: the method's metric values and decisions
 
 
@@ -265,7 +266,7 @@ class Runtime:
     def end_forward(self, ctx: StepContext) -> None:
         call = self.report.calls[-1]
         if (ctx.first_in_step and ctx.step == call.num_steps - 1 and self.could_skip(call.num_steps)
-                and not any(s.blocks_reused for s in call.steps)):
+                and not any(s.blocks_reused or (s.active_fraction or 1) < 1 for s in call.steps)):
             warnings.warn(
                 f"{self.report.method}:{self.config.preset} reused nothing in this {call.num_steps}-step call: every "
                 f"step was computed, so it only added overhead. {self.nothing_skipped_hint()}.",

@@ -1,0 +1,466 @@
+"""HSA — Heterogeneous Step Allocation (Chu & Patel 2026, seed ``004_…``): each spatio-temporal token gets its own
+number of denoising steps. No code of the paper is public; this follows its description (METHODS.md).
+
+**Groups and the active set.** Tokens (latent patches) fall into K disjoint groups ``G1 … GK`` with step budgets
+``s_k`` that divide ``T``; ``G1`` keeps ``s_1 = T``. Group ``k`` is computed at step ``i`` (0-based) when
+``i mod (T / s_k) == 0``, so the active set is ``A_i = ∪{G_k : i mod (T/s_k) == 0}``. The first ``warmup`` steps
+and the last ``dense_tail`` steps run every token (the paper: early and late steps are the most sensitive to
+stale K/V).
+
+**Allocation, online.** During the warm-up every token's velocity is predicted at every step; a token's score is
+its relative L1 change ``|v_t − v_{t−1}|₁ / |v_{t−1}|₁`` averaged over the warm-up transitions (and over the CFG
+branches). The most-changing tokens get the largest budgets. The paper does not give its rule for the group
+sizes and budgets; ours (documented, deterministic): among all budget tuples ``T = s_1 > s_2 > … > s_K`` of
+divisors of ``T`` and all group sizes (``G1`` non-empty, groups contiguous in score rank), pick the one that
+maximises ``Σ_tokens score · log(budget)`` subject to the predicted cost ``≤ runtime``. The cost model: a dense
+step costs 1, a sparse step costs ``overhead + (1 − overhead)·|A_i| / N`` (``overhead`` = the part of a forward
+that does not shrink with fewer tokens: embeddings, per-layer launch cost; about 0.2 for the tiny model on CPU,
+far less for real models on a GPU). Sizes are chosen from the batch-mean score profile and shared by every
+sample; *which* tokens fall in each group is decided **per sample** (so every sample has the same number of
+active tokens at every step and the batch stays rectangular). Both CFG branches of a sample share its groups.
+
+**K/V-cache synchronisation** (in the adapter: ``WanAdapter.synced_self_attention`` / ``sparse_forward``). On a
+sparse step only active tokens enter the transformer: patch embedding, timestep modulation, every block and the
+output projection run on the gathered ``n`` tokens. In each self-attention layer they compute Q, K, V (with their
+own rotary positions), their K/V overwrite their slots in the layer's cache of the full sequence (per CFG branch),
+and their queries attend to all ``N`` cached keys/values. Cross-attention and the MLP run on the active tokens.
+
+**Cached Euler update.** An inactive token's velocity is its last computed one, so the Euler flow-matching step of
+the pipeline's scheduler advances it as ``x ← x + (σ_next − σ)·v_cached`` (over ``s`` skipped steps this is
+``x_{i+s} = x_i + (σ_{i+s} − σ_i)·v_last``); every token reaches ``σ = 0`` with the scheduler's last step. This is
+exact for ``FlowMatchEulerDiscreteScheduler``, which HSA therefore requires of a pipeline.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import torch
+from diffusers.hooks.hooks import ModelHook
+from diffusers.models.modeling_outputs import Transformer2DModelOutput
+
+from ..adapters.base import UnsupportedModelError, argument
+from .base import MethodConfig, Runtime, register
+
+
+class HSABudgetError(ValueError):
+    """The requested budgets or runtime cannot be met for this number of steps."""
+
+
+# -- the schedule (pure functions) ------------------------------------------------------------------------------
+def divisors(num_steps: int) -> list[int]:
+    return [d for d in range(1, num_steps + 1) if num_steps % d == 0]
+
+
+def warmup_steps(num_steps: int, warmup: int | float | None = None) -> int:
+    """Dense warm-up steps: ``warmup`` steps (an int), or that fraction of T (a float < 1), or by default 5 of 40 as
+    in the paper (``T/8``); at least 2 (a change needs two velocities)."""
+    if warmup is None:
+        warmup = 1 / 8
+    return max(2, round(warmup * num_steps) if isinstance(warmup, float) else warmup)
+
+
+def dense_tail_steps(num_steps: int, dense_tail: int | float | None = None) -> int:
+    """Dense final steps: ``dense_tail`` steps (an int), or that fraction of T (a float < 1), by default ``T/20``
+    (2 of 40); at least 1 unless 0 is asked for."""
+    if dense_tail is None:
+        dense_tail = 1 / 20
+    if isinstance(dense_tail, float):
+        return max(1, round(dense_tail * num_steps)) if dense_tail > 0 else 0
+    return dense_tail
+
+
+def group_active(step: int, num_steps: int, budget: int) -> bool:
+    """Whether a group with ``budget`` steps is computed at ``step`` (0-based): ``step mod (T / budget) == 0``."""
+    return step % (num_steps // budget) == 0
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """Budgets and group sizes for one call. ``sizes[k]`` tokens (by score rank, highest first) have ``budgets[k]``."""
+
+    num_steps: int
+    num_tokens: int
+    budgets: tuple[int, ...]
+    sizes: tuple[int, ...]
+    warmup: int
+    dense_tail: int
+    overhead: float
+
+    def dense(self, step: int) -> bool:
+        return step < self.warmup or step >= self.num_steps - self.dense_tail
+
+    def active_groups(self, step: int) -> list[bool]:
+        """Which groups are computed at ``step``: all of them on a dense step, else the ``i mod (T/s_k)`` rule."""
+        if self.dense(step):
+            return [True] * len(self.budgets)
+        return [group_active(step, self.num_steps, s) for s in self.budgets]
+
+    def active_fraction(self, step: int) -> float:
+        return sum(n for n, on in zip(self.sizes, self.active_groups(step)) if on) / self.num_tokens
+
+    def step_cost(self, step: int) -> float:
+        fraction = self.active_fraction(step)
+        if self.dense(step) or fraction == 1.0:
+            return 1.0
+        return 0.0 if fraction == 0 else self.overhead + (1 - self.overhead) * fraction
+
+    def cost(self) -> float:
+        """Predicted time of the call as a fraction of the uncached one (the cost model in the module doc)."""
+        return sum(self.step_cost(i) for i in range(self.num_steps)) / self.num_steps
+
+    def steps_computed(self) -> list[int]:
+        """How many steps each group is actually computed (dense steps included)."""
+        return [sum(self.dense(i) or group_active(i, self.num_steps, s) for i in range(self.num_steps))
+                for s in self.budgets]
+
+
+def check_budgets(budgets, num_steps: int) -> tuple[int, ...]:
+    """Validate explicit budgets for ``num_steps``: positive divisors of T, the first = T, non-increasing."""
+    budgets = tuple(budgets)
+    valid = divisors(num_steps)
+    bad = [b for b in budgets if not isinstance(b, int) or isinstance(b, bool) or b not in valid]
+    if not budgets or bad:
+        raise HSABudgetError(
+            f"HSA budgets must divide the number of steps T={num_steps}; got {list(budgets)} "
+            f"({', '.join(map(str, bad)) or 'empty'} not allowed). Divisors of {num_steps}: {valid}."
+        )
+    if budgets[0] != num_steps or list(budgets) != sorted(budgets, reverse=True):
+        raise HSABudgetError(
+            f"HSA budgets must start with the full budget T={num_steps} (group G1) and not increase; got "
+            f"{list(budgets)}."
+        )
+    return budgets
+
+
+def _boundary_grid(num_tokens: int, boundaries: int) -> np.ndarray:
+    points = max(2, min(num_tokens + 1, int(5000 ** (1 / max(boundaries, 1)))))
+    return np.unique(np.round(np.linspace(0, num_tokens, points)).astype(int))
+
+
+def plan_allocation(scores: np.ndarray, num_steps: int, runtime: float, *, groups: int = 3, budgets=None,
+                    warmup=None, dense_tail=None, overhead: float = 0.1) -> Allocation:
+    """Choose budgets and group sizes for tokens with ``scores`` (any order; higher = changes more).
+
+    Maximises ``Σ score·log(budget)`` over budget tuples (``budgets`` fixes them) and group sizes (contiguous in
+    rank, ``G1`` non-empty) subject to ``Allocation.cost() ≤ runtime``; ties go to the larger cost (use what the
+    runtime allows). Raises :class:`HSABudgetError` when even the cheapest allocation costs more than ``runtime``.
+    """
+    T = num_steps
+    warmup = warmup_steps(T, warmup)
+    dense_tail = dense_tail_steps(T, dense_tail)
+    ranked = np.sort(np.asarray(scores, dtype=np.float64).ravel())[::-1]
+    N = len(ranked)
+    cumulative = np.concatenate([[0.0], np.cumsum(np.clip(ranked, 0, None))])
+
+    if budgets is not None:
+        candidates = [check_budgets(budgets, T)]
+    else:
+        smaller = [d for d in divisors(T) if d < T][::-1]
+        k = max(1, min(groups, len(smaller) + 1))
+        candidates = [(T, *rest) for rest in itertools.combinations(smaller, k - 1)]
+
+    sparse_steps = [i for i in range(T) if not (i < warmup or i >= T - dense_tail)]
+    dense_steps = T - len(sparse_steps)
+    best = None  # (objective, cost, budgets, sizes)
+    for tuple_ in candidates:
+        K = len(tuple_)
+        active = np.array([[group_active(i, T, s) for s in tuple_] for i in sparse_steps], dtype=float)
+        grid = _boundary_grid(N, K - 1)
+        if K == 1:
+            bounds = np.array([[N]])
+        else:
+            mesh = np.stack(np.meshgrid(*[grid] * (K - 1), indexing="ij"), -1).reshape(-1, K - 1)
+            mesh = mesh[(np.diff(mesh, axis=1) >= 0).all(1) & (mesh[:, 0] >= 1)]
+            bounds = np.concatenate([mesh, np.full((len(mesh), 1), N)], 1)
+        starts = np.concatenate([np.zeros((len(bounds), 1), int), bounds[:, :-1]], 1)
+        sizes = bounds - starts  # [candidates, K]
+        fractions = sizes @ active.T / N  # [candidates, sparse steps]
+        step_cost = np.where(fractions >= 1, 1.0, np.where(fractions == 0, 0.0, overhead + (1 - overhead) * fractions))
+        cost = (dense_steps + step_cost.sum(1)) / T
+        objective = ((cumulative[bounds] - cumulative[starts]) * np.log(np.array(tuple_, float))).sum(1)
+        feasible = cost <= runtime + 1e-9
+        if not feasible.any():
+            continue
+        score = np.where(feasible, objective + 1e-9 * cost, -np.inf)
+        j = int(np.argmax(score))
+        if best is None or score[j] > best[0]:
+            best = (score[j], cost[j], tuple_, tuple(int(s) for s in sizes[j]))
+    if best is None:
+        least = candidates[0] if budgets is not None else ((T, 1) if groups > 1 and T > 1 else (T,))
+        sizes = (N,) if len(least) == 1 else (1,) + (0,) * (len(least) - 2) + (N - 1,)
+        cheapest = Allocation(T, N, least, sizes, warmup, dense_tail, overhead)
+        raise HSABudgetError(
+            f"HSA cannot reach runtime={runtime:g} at T={T}: with {warmup} dense warm-up and {dense_tail} dense final "
+            f"steps and a per-forward overhead of {overhead:g}, the cheapest allocation costs {cheapest.cost():.3f} of "
+            f"the full run. Raise runtime, or lower warmup / dense_tail / overhead"
+            + (", or give smaller budgets." if budgets is not None else ".")
+        )
+    _, _, tuple_, sizes = best
+    return Allocation(T, N, tuple_, sizes, warmup, dense_tail, overhead)
+
+
+def token_groups(scores: torch.Tensor, sizes: tuple[int, ...]) -> torch.Tensor:
+    """Group id of every token, per sample: ``scores`` ``[B, N]`` → ``[B, N]`` in ``0..K-1``, the highest-scoring
+    ``sizes[0]`` tokens of each sample in group 0, the next ``sizes[1]`` in group 1, …"""
+    order = scores.argsort(dim=1, descending=True, stable=True)
+    rank_group = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+    groups = torch.empty_like(order)
+    groups.scatter_(1, order, rank_group.expand_as(order).contiguous())
+    return groups
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# -- the config -------------------------------------------------------------------------------------------------
+@dataclass
+class HSAConfig(MethodConfig):
+    """``runtime``: the target time of a call as a fraction of the uncached one (presets ``hsa-75``, ``hsa-50``,
+    ``hsa-25``); ``groups``: K; ``budgets``: fixed budgets ``(T, s_2, …)`` instead of choosing them (the group
+    sizes are still chosen for ``runtime``); ``warmup`` / ``dense_tail``: dense steps at the start (where the
+    velocity change is measured) and the end, as step counts or fractions of T, ``None`` = ``T/8`` (at least 2)
+    and ``T/20`` (at least 1); ``hsa-25`` uses ``T/10`` and ``T/40`` to leave room for its budget;
+    ``overhead``: the cost model's non-shrinking share of a forward (0.1 plans for real models; measured about
+    0.2 for the tiny model on a CPU, so there the achieved runtime lands above the target)."""
+
+    PRESETS: ClassVar = {"hsa-75": {"runtime": 0.75}, "hsa-50": {"runtime": 0.5},
+                         "hsa-25": {"runtime": 0.25, "warmup": 1 / 10, "dense_tail": 1 / 40}}
+    DEFAULT_PRESET: ClassVar = "hsa-50"
+
+    runtime: float = 0.5
+    groups: int = 3
+    budgets: tuple | None = None
+    warmup: int | float | None = None
+    dense_tail: int | float | None = None
+    overhead: float = 0.1
+
+    def validate(self) -> None:
+        if isinstance(self.runtime, bool) or not isinstance(self.runtime, (int, float)) or not 0 < self.runtime <= 1:
+            raise ValueError(f"runtime must be a fraction of the uncached run in (0, 1], got {self.runtime!r}")
+        if isinstance(self.groups, bool) or not isinstance(self.groups, int) or self.groups < 1:
+            raise ValueError(f"groups must be an integer >= 1, got {self.groups!r}")
+        if self.budgets is not None:
+            if isinstance(self.budgets, int) or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1
+                                                        for b in self.budgets):
+                raise ValueError(f"budgets must be a list of positive step counts dividing T (the first = T), "
+                                 f"got {self.budgets!r}")
+            self.budgets = tuple(self.budgets)
+        if self.warmup is not None and not (_is_int(self.warmup) and self.warmup >= 2
+                                            or isinstance(self.warmup, float) and 0 < self.warmup < 1):
+            raise ValueError(f"warmup must be a number of steps >= 2 (a velocity change needs two), a fraction of "
+                             f"the steps in (0, 1), or None; got {self.warmup!r}")
+        if self.dense_tail is not None and not (_is_int(self.dense_tail) and self.dense_tail >= 0
+                                                or isinstance(self.dense_tail, float) and 0 <= self.dense_tail < 1):
+            raise ValueError(f"dense_tail must be a number of steps >= 0, a fraction of the steps in [0, 1), or None; "
+                             f"got {self.dense_tail!r}")
+        if isinstance(self.overhead, bool) or not isinstance(self.overhead, (int, float)) or not 0 <= self.overhead < 1:
+            raise ValueError(f"overhead must be a fraction in [0, 1), got {self.overhead!r}")
+
+    def check_model(self, family: str, pipeline) -> None:
+        scheduler = getattr(pipeline, "scheduler", None)
+        if scheduler is None:
+            return
+        name = type(scheduler).__name__
+        if name != "FlowMatchEulerDiscreteScheduler" or getattr(scheduler.config, "stochastic_sampling", False):
+            raise UnsupportedModelError(
+                f"HSA advances skipped tokens with a cached Euler update, which is exact only for deterministic Euler "
+                f"flow-matching sampling; this pipeline uses {name}. Switch it first: "
+                "pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)."
+            )
+
+    def allocation(self, scores: np.ndarray, num_steps: int) -> Allocation:
+        return plan_allocation(scores, num_steps, self.runtime, groups=self.groups, budgets=self.budgets,
+                               warmup=self.warmup, dense_tail=self.dense_tail, overhead=self.overhead)
+
+
+# -- the runtime ------------------------------------------------------------------------------------------------
+class _BranchState:
+    """One CFG branch: its K/V cache per layer, its last full velocity (as tokens) and the previous one."""
+
+    def __init__(self, layers: int):
+        self.kv: list[dict] = [{} for _ in range(layers)]
+        self.velocity: torch.Tensor | None = None
+
+
+class _ForwardHook(ModelHook):
+    def __init__(self, runtime: "HSARuntime"):
+        super().__init__()
+        self.runtime = runtime
+
+    def new_forward(self, module, *args, **kwargs):
+        return self.runtime.model_forward(module, self.fn_ref.original_forward, args, kwargs)
+
+
+class _SelfAttentionHook(ModelHook):
+    def __init__(self, runtime: "HSARuntime", layer: int):
+        super().__init__()
+        self.runtime = runtime
+        self.layer = layer
+
+    def new_forward(self, module, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None,
+                    **kwargs):
+        runtime = self.runtime
+        if runtime.branch is None or encoder_hidden_states is not None or attention_mask is not None:
+            return self.fn_ref.original_forward(hidden_states, encoder_hidden_states, attention_mask, rotary_emb,
+                                                **kwargs)
+        return runtime.adapter.synced_self_attention(module, hidden_states, rotary_emb,
+                                                     runtime.branch.kv[self.layer], runtime.active)
+
+
+class HSARuntime(Runtime):
+    HOOK = "diffcache_hsa"
+
+    def install(self) -> None:
+        if not hasattr(self.adapter, "sparse_forward"):
+            raise UnsupportedModelError(f"HSA needs a token-sparse forward, which the {self.adapter.family} adapter "
+                                        "does not have; HSA supports Wan-family transformers.")
+        self.layers = self.adapter.self_attention_modules(self.model)
+        self.add_hook(self.model, _ForwardHook(self), self.HOOK)
+        for layer, module in enumerate(self.layers):
+            self.add_hook(module, _SelfAttentionHook(self, layer), self.HOOK + "_kv")
+        self.clear()
+
+    def clear(self) -> None:
+        super().clear()
+        self.branches: dict[str, _BranchState] = {}
+        self.branch: _BranchState | None = None  #: the branch of the forward in progress
+        self.active: torch.Tensor | None = None  #: token indices ``[B, n]`` of a sparse forward, None = all
+        self.scores: torch.Tensor | None = None  #: per sample ``[B, N]``: summed relative velocity change
+        self.score_counts = 0
+        self.plan: Allocation | None = None
+        self.groups: torch.Tensor | None = None  #: group id per sample and token ``[B, N]``
+        self.grid: tuple[int, int, int] | None = None
+
+    def begin_call(self, call_index: int, num_steps: int) -> None:
+        super().begin_call(call_index, num_steps)
+        config = self.config
+        if config.budgets is not None:
+            check_budgets(config.budgets, num_steps)
+        warmup = warmup_steps(num_steps, config.warmup)
+        if warmup >= num_steps:
+            raise HSABudgetError(f"HSA's warm-up of {warmup} steps leaves nothing to allocate in a {num_steps}-step "
+                                 "call; lower warmup or use more steps.")
+
+    def could_skip(self, num_steps: int) -> bool:
+        plan = self.plan
+        return plan is None or any(plan.active_fraction(i) < 1 for i in range(num_steps))
+
+    def nothing_skipped_hint(self) -> str:
+        return "Lower runtime, or give budgets smaller than T"
+
+    # -- one forward --------------------------------------------------------------------------------------------
+    def _samples(self, model, args, kwargs, rows: int) -> int:
+        """Samples in a forward of ``rows`` rows: half of them in a batched-CFG forward (``[uncond, cond]``)."""
+        guided = bool(getattr(self.pipeline, "do_classifier_free_guidance", False))
+        return rows // 2 if self.ctx.branch == "cond_uncond" and guided and rows % 2 == 0 else rows
+
+    def model_forward(self, model, forward, args, kwargs):
+        ctx = self.ctx
+        hidden = argument(type(model).forward, args, kwargs, "hidden_states")
+        rows = hidden.shape[0]
+        samples = self._samples(model, args, kwargs, rows)
+        self.grid = self.adapter.token_layout(model, args, kwargs)
+        branch = self.branches.setdefault(ctx.branch, _BranchState(len(self.layers)))
+        if (branch.velocity is not None and branch.velocity.shape[0] != rows):
+            raise RuntimeError(f"HSA: the batch of branch {ctx.branch!r} changed within a call "
+                               f"({branch.velocity.shape[0]} → {rows} rows)")
+        if self.plan is None and ctx.step >= self._warmup(ctx.num_steps):
+            self._make_plan(ctx.num_steps)
+        active_rows = None
+        if self.plan is not None and not self.plan.dense(ctx.step):
+            on = torch.tensor(self.plan.active_groups(ctx.step))
+            mask = on[self.groups].repeat(rows // samples, 1)  # [rows, N]
+            if not mask.all():
+                count = int(mask[0].sum())
+                active_rows = mask.nonzero()[:, 1].view(rows, count).to(hidden.device)
+        self.branch = branch
+        self.active = active_rows
+        try:
+            if active_rows is None:
+                output = forward(*args, **kwargs)
+                velocity = _output_tensor(output)
+                tokens = self.adapter.output_tokens(model, velocity.detach())
+                if self.plan is None:
+                    self._score(branch, tokens, samples)
+                branch.velocity = tokens
+                self.step_record.active_fraction = 1.0
+            else:
+                fresh = self.adapter.sparse_forward(model, args, kwargs, active_rows)
+                index = active_rows[:, :, None].expand(-1, -1, fresh.shape[-1])
+                branch.velocity = branch.velocity.scatter(1, index, fresh.to(branch.velocity.dtype))
+                velocity = self.adapter.tokens_to_output(model, branch.velocity, self.grid)
+                return_dict = argument(type(model).forward, args, kwargs, "return_dict", True)
+                output = Transformer2DModelOutput(sample=velocity) if return_dict else (velocity,)
+                self.step_record.active_fraction = active_rows.shape[1] / branch.velocity.shape[1]
+        finally:
+            self.branch = None
+            self.active = None
+        for _ in self.layers:
+            self.count_block(computed=True)  # every block ran (for the active tokens)
+        record = self.step_record
+        record.computed = True
+        record.values["active"] = record.active_fraction
+        return output
+
+    def _warmup(self, num_steps: int) -> int:
+        return warmup_steps(num_steps, self.config.warmup)
+
+    def _score(self, branch: _BranchState, tokens: torch.Tensor, samples: int) -> None:
+        previous = branch.velocity
+        if previous is None or previous.shape != tokens.shape:
+            return
+        change = ((tokens - previous).float().abs().sum(-1) / previous.float().abs().sum(-1).clamp_min(1e-12))
+        change = change.view(-1, samples, change.shape[-1]).mean(0)  # [samples, N]
+        self.scores = change if self.scores is None else self.scores + change
+        self.score_counts += 1
+
+    def _make_plan(self, num_steps: int) -> None:
+        if self.scores is None:
+            raise RuntimeError("HSA: no velocity change was measured during the warm-up")
+        scores = self.scores / self.score_counts
+        profile = scores.sort(dim=1, descending=True).values.mean(0).cpu().numpy()
+        self.plan = self.config.allocation(profile, num_steps)
+        self.groups = token_groups(scores.cpu(), self.plan.sizes)
+        self.step_record.values.update(budgets=list(self.plan.budgets), sizes=list(self.plan.sizes),
+                                       predicted_runtime=round(self.plan.cost(), 4))
+
+    # -- for people -----------------------------------------------------------------------------------------------
+    def budget_map(self) -> np.ndarray | None:
+        """Steps each token was computed in the last call (dense steps included), per sample, as
+        ``[samples, frames, height, width]`` of the token grid; ``None`` before any allocation."""
+        if self.plan is None or self.groups is None:
+            return None
+        computed = torch.tensor(self.plan.steps_computed())
+        return computed[self.groups].view(self.groups.shape[0], *self.grid).numpy()
+
+
+def _output_tensor(output) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple) else output.sample
+
+
+register(
+    "hsa",
+    "HSA: each token gets its own number of steps (by its velocity change in a warm-up); skipped tokens take a "
+    "cached Euler step and active ones attend to a synchronised K/V cache",
+    HSAConfig,
+    HSARuntime,
+    families=("Wan",),
+)
+
+
+def budget_map_clip(budgets: np.ndarray, clip: np.ndarray, num_steps: int) -> np.ndarray:
+    """The generated ``clip`` ``(F, H, W, 3)`` beside a heat-map of each token's computed steps (``budgets``
+    ``(f, h, w)`` on the token grid, from :meth:`HSARuntime.budget_map`), as in the paper's Figure 6: ``(F, H, 2W,
+    3)`` in [0, 1]. Colours run from dark (0 steps) to bright (``num_steps``, matplotlib's viridis)."""
+    from matplotlib import colormaps
+
+    frames, height, width = clip.shape[:3]
+    grid = torch.as_tensor(budgets, dtype=torch.float32)[None, None]
+    cells = torch.nn.functional.interpolate(grid, size=(frames, height, width), mode="nearest")[0, 0].numpy()
+    heat = colormaps["viridis"](np.clip(cells / num_steps, 0, 1))[..., :3]
+    return np.concatenate([np.asarray(clip, dtype=np.float32), heat.astype(np.float32)], axis=2)
