@@ -222,7 +222,7 @@ def test_report_and_budget_map(shipped_pipe):
         call = handle.report().calls[-1]
     assert len(call.steps) == 16 and all(s.computed for s in call.steps)
     plan_step = next(s for s in call.steps if "budgets" in s.values)
-    assert plan_step.step == 2 and plan_step.values["predicted_runtime"] <= 0.5
+    assert plan_step.step == 3 and plan_step.values["predicted_runtime"] <= 0.5
     assert budgets.shape == (1, 4, 8, 8) and budgets.max() == 16 and budgets.min() < 16
     frames = budget_map_clip(budgets[0], clip, 16)
     assert frames.shape == (8, 32, 64, 3) and 0 <= frames.min() and frames.max() <= 1
