@@ -11,7 +11,9 @@ import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.transformers.transformer_wan import _get_qkv_projections
 
-from .base import Adapter, argument
+from diffusers.utils import scale_lora_layers, unscale_lora_layers
+
+from .base import Adapter, UnsupportedModelError, argument
 
 
 class WanAdapter(Adapter):
@@ -53,6 +55,19 @@ class WanAdapter(Adapter):
     def self_attention_modules(self, model) -> list[torch.nn.Module]:
         return [block.attn1 for block in model.blocks]
 
+    def check_sparse_attention(self, modules) -> None:
+        """The synchronised attention re-implements diffusers' ``WanAttnProcessor``; refuse anything else (a custom
+        processor, context parallelism) rather than silently drop it."""
+        for module in modules:
+            processor = module.processor
+            if type(processor).__name__ != "WanAttnProcessor" or getattr(processor, "_parallel_config", None):
+                raise UnsupportedModelError(
+                    f"HSA's synchronised attention replaces diffusers' WanAttnProcessor, but a self-attention layer "
+                    f"uses {type(processor).__name__}"
+                    + (" with context parallelism" if getattr(processor, "_parallel_config", None) else "")
+                    + "; restore the default processor (model.set_attn_processor(WanAttnProcessor())) to use HSA."
+                )
+
     def synced_self_attention(self, attn, hidden_states, rotary_emb, kv: dict, active: torch.Tensor | None):
         """Self-attention with a K/V cache of the whole sequence (HSA's K/V-cache synchronisation).
 
@@ -69,13 +84,14 @@ class WanAdapter(Adapter):
             query = _apply_rotary(query, *rotary_emb)
             key = _apply_rotary(key, *rotary_emb)
         if active is None:
-            kv["key"], kv["value"] = key, value
+            if kv is not None:  # None: no sparse step follows, nothing to keep
+                kv["key"], kv["value"] = key, value
         else:
-            if "key" not in kv or kv["key"].shape[0] != key.shape[0]:
+            if not kv or kv["key"].shape[0] != key.shape[0]:
                 raise RuntimeError("HSA: a token-sparse step came before any full step of this branch")
             index = active[:, :, None, None].expand(-1, -1, *key.shape[2:])
-            kv["key"] = kv["key"].scatter(1, index, key)
-            kv["value"] = kv["value"].scatter(1, index, value)
+            kv["key"].scatter_(1, index, key)  # the cache is ours alone: overwrite the active slots in place
+            kv["value"].scatter_(1, index, value)
             key, value = kv["key"], kv["value"]
         processor = attn.processor
         out = dispatch_attention_fn(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
@@ -94,6 +110,18 @@ class WanAdapter(Adapter):
         timestep = argument(forward, args, kwargs, "timestep")
         encoder_hidden_states = argument(forward, args, kwargs, "encoder_hidden_states")
         encoder_hidden_states_image = argument(forward, args, kwargs, "encoder_hidden_states_image")
+        lora_scale = (argument(forward, args, kwargs, "attention_kwargs") or {}).get("scale", 1.0)
+        if lora_scale != 1.0:  # as the @apply_lora_scale decorator of the model's own forward
+            scale_lora_layers(model, lora_scale)
+        try:
+            return self._sparse_forward(model, hidden_states, timestep, encoder_hidden_states,
+                                        encoder_hidden_states_image, active)
+        finally:
+            if lora_scale != 1.0:
+                unscale_lora_layers(model, lora_scale)
+
+    def _sparse_forward(self, model, hidden_states, timestep, encoder_hidden_states, encoder_hidden_states_image,
+                        active):
 
         rotary = model.rope(hidden_states)
         rotary = tuple(r[0, :, 0][active][:, :, None] for r in rotary)  # [B, n, 1, head_dim]

@@ -150,6 +150,13 @@ class CallReport:
     def block_forwards(self) -> int:
         return sum(record.blocks_computed for record in self.steps)
 
+    @property
+    def token_fraction(self) -> float:
+        """Share of the token-steps computed (1.0 unless a token-level method such as HSA skipped tokens)."""
+        if not self.steps:
+            return 1.0
+        return sum(1.0 if r.active_fraction is None else r.active_fraction for r in self.steps) / len(self.steps)
+
 
 @dataclass
 class Report:

@@ -19,23 +19,36 @@ step costs 1, a sparse step costs ``overhead + (1 − overhead)·|A_i| / N`` (``
 that does not shrink with fewer tokens: embeddings, per-layer launch cost; about 0.2 for the tiny model on CPU,
 far less for real models on a GPU). Sizes are chosen from the batch-mean score profile and shared by every
 sample; *which* tokens fall in each group is decided **per sample** (so every sample has the same number of
-active tokens at every step and the batch stays rectangular). Both CFG branches of a sample share its groups.
+active tokens at every step and the batch stays rectangular). Both CFG branches of a sample share its groups
+(a batched-CFG forward is recognised by the ``cond_uncond`` cache-context name and the pipeline's guidance flag;
+without them each row of a batch counts as its own sample). Often ``G1`` is only a few tokens: the budget goes
+further on the many tokens that change a little than on the few that change most.
+
+**Memory.** The K/V cache holds the keys and values of every token in every layer, per CFG branch: ``2·L·N·D``
+numbers per sample and branch (Wan 2.1 1.3B at 480p, 81 frames: about 6 GB per branch in bf16), kept from the
+last warm-up step to the first dense final step, where it is freed.
 
 **K/V-cache synchronisation** (in the adapter: ``WanAdapter.synced_self_attention`` / ``sparse_forward``). On a
-sparse step only active tokens enter the transformer: patch embedding, timestep modulation, every block and the
-output projection run on the gathered ``n`` tokens. In each self-attention layer they compute Q, K, V (with their
+sparse step only active tokens go through the transformer: the patch embedding (one cheap convolution) runs on
+the whole latent and the ``n`` active tokens are gathered from it; the timestep modulation, every block and the
+output projection then run on those ``n`` tokens. In each self-attention layer they compute Q, K, V (with their
 own rotary positions), their K/V overwrite their slots in the layer's cache of the full sequence (per CFG branch),
 and their queries attend to all ``N`` cached keys/values. Cross-attention and the MLP run on the active tokens.
 
 **Cached Euler update.** An inactive token's velocity is its last computed one, so the Euler flow-matching step of
 the pipeline's scheduler advances it as ``x ← x + (σ_next − σ)·v_cached`` (over ``s`` skipped steps this is
 ``x_{i+s} = x_i + (σ_{i+s} − σ_i)·v_last``); every token reaches ``σ = 0`` with the scheduler's last step. This is
-exact for ``FlowMatchEulerDiscreteScheduler``, which HSA therefore requires of a pipeline.
+exact for ``FlowMatchEulerDiscreteScheduler``, which HSA therefore requires of a pipeline (enabled on a bare
+denoiser, it warns that the sampling loop must be an Euler flow-matching one).
+
+The presets need enough steps for their dense steps to leave room: ``hsa-25`` works from T = 19, ``hsa-50`` from
+T = 7 (the error says so before any work when a call cannot meet its runtime).
 """
 
 from __future__ import annotations
 
 import itertools
+import warnings
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -108,7 +121,7 @@ class Allocation:
         fraction = self.active_fraction(step)
         if self.dense(step) or fraction == 1.0:
             return 1.0
-        return 0.0 if fraction == 0 else self.overhead + (1 - self.overhead) * fraction
+        return self.overhead + (1 - self.overhead) * fraction
 
     def cost(self) -> float:
         """Predicted time of the call as a fraction of the uncached one (the cost model in the module doc)."""
@@ -185,7 +198,7 @@ def plan_allocation(scores: np.ndarray, num_steps: int, runtime: float, *, group
         starts = np.concatenate([np.zeros((len(bounds), 1), int), bounds[:, :-1]], 1)
         sizes = bounds - starts  # [candidates, K]
         fractions = sizes @ active.T / N  # [candidates, sparse steps]
-        step_cost = np.where(fractions >= 1, 1.0, np.where(fractions == 0, 0.0, overhead + (1 - overhead) * fractions))
+        step_cost = np.where(fractions >= 1, 1.0, overhead + (1 - overhead) * fractions)  # G1 keeps every step busy
         cost = (dense_steps + step_cost.sum(1)) / T
         objective = -((cumulative[bounds] - cumulative[starts]) * (T / np.array(tuple_, float))).sum(1)
         feasible = cost <= runtime + 1e-9
@@ -196,17 +209,30 @@ def plan_allocation(scores: np.ndarray, num_steps: int, runtime: float, *, group
         if best is None or score[j] > best[0]:
             best = (score[j], cost[j], tuple_, tuple(int(s) for s in sizes[j]))
     if best is None:
-        least = candidates[0] if budgets is not None else ((T, 1) if groups > 1 and T > 1 else (T,))
-        sizes = (N,) if len(least) == 1 else (1,) + (0,) * (len(least) - 2) + (N - 1,)
-        cheapest = Allocation(T, N, least, sizes, warmup, dense_tail, overhead)
-        raise HSABudgetError(
-            f"HSA cannot reach runtime={runtime:g} at T={T}: with {warmup} dense warm-up and {dense_tail} dense final "
-            f"steps and a per-forward overhead of {overhead:g}, the cheapest allocation costs {cheapest.cost():.3f} of "
-            f"the full run. Raise runtime, or lower warmup / dense_tail / overhead"
-            + (", or give smaller budgets." if budgets is not None else ".")
-        )
+        raise _unreachable(runtime, T, N, groups, budgets, warmup, dense_tail, overhead)
     _, _, tuple_, sizes = best
     return Allocation(T, N, tuple_, sizes, warmup, dense_tail, overhead)
+
+
+def cheapest_allocation(num_steps: int, num_tokens: int, *, groups: int = 3, budgets=None, warmup=None,
+                        dense_tail=None, overhead: float = 0.1) -> Allocation:
+    """The least costly allocation the rules allow (one token in G1, the rest at the smallest budget): whether a
+    runtime can be met depends only on this, not on the scores, so it is checked before any work."""
+    T, N = num_steps, num_tokens
+    least = check_budgets(budgets, T) if budgets is not None else ((T, 1) if groups > 1 and T > 1 else (T,))
+    sizes = (N,) if len(least) == 1 or N == 1 else (1,) + (0,) * (len(least) - 2) + (N - 1,)
+    return Allocation(T, N, least, sizes, warmup_steps(T, warmup), dense_tail_steps(T, dense_tail), overhead)
+
+
+def _unreachable(runtime, T, N, groups, budgets, warmup, dense_tail, overhead) -> HSABudgetError:
+    cheapest = cheapest_allocation(T, N, groups=groups, budgets=budgets, warmup=warmup, dense_tail=dense_tail,
+                                   overhead=overhead)
+    return HSABudgetError(
+        f"HSA cannot reach runtime={runtime:g} at T={T}: with {cheapest.warmup} dense warm-up and "
+        f"{cheapest.dense_tail} dense final steps and a per-forward overhead of {overhead:g}, the cheapest "
+        f"allocation costs {cheapest.cost():.3f} of the full run. Use more steps or a larger runtime, or lower "
+        f"warmup / dense_tail / overhead" + (", or give smaller budgets." if budgets is not None else ".")
+    )
 
 
 def token_groups(scores: torch.Tensor, sizes: tuple[int, ...]) -> torch.Tensor:
@@ -230,12 +256,13 @@ class HSAConfig(MethodConfig):
     ``hsa-25``); ``groups``: K; ``budgets``: fixed budgets ``(T, s_2, …)`` instead of choosing them (the group
     sizes are still chosen for ``runtime``); ``warmup`` / ``dense_tail``: dense steps at the start (where the
     velocity change is measured) and the end, as step counts or fractions of T, ``None`` = ``T/8`` (5 of 40, at
-    least 2) and the last step; ``hsa-50`` warms up for ``T/5`` (8 of 40; the paper looks at 5–10 of 40);
+    least 2) and the last step; ``hsa-50`` warms up for ``T/5`` (8 of 40; the paper looks at 5–10 of 40) and
+    ``hsa-25`` for ``T/10`` (4 of 40, to leave room for its budget);
     ``overhead``: the cost model's non-shrinking share of a forward (0.1 plans for real models; measured about
     0.2 for the tiny model on a CPU, so there the achieved runtime lands above the target)."""
 
     PRESETS: ClassVar = {"hsa-75": {"runtime": 0.75}, "hsa-50": {"runtime": 0.5, "warmup": 0.2},
-                         "hsa-25": {"runtime": 0.25}}
+                         "hsa-25": {"runtime": 0.25, "warmup": 0.1}}
     DEFAULT_PRESET: ClassVar = "hsa-50"
 
     runtime: float = 0.5
@@ -248,8 +275,8 @@ class HSAConfig(MethodConfig):
     def validate(self) -> None:
         if isinstance(self.runtime, bool) or not isinstance(self.runtime, (int, float)) or not 0 < self.runtime <= 1:
             raise ValueError(f"runtime must be a fraction of the uncached run in (0, 1], got {self.runtime!r}")
-        if isinstance(self.groups, bool) or not isinstance(self.groups, int) or self.groups < 1:
-            raise ValueError(f"groups must be an integer >= 1, got {self.groups!r}")
+        if isinstance(self.groups, bool) or not isinstance(self.groups, int) or not 1 <= self.groups <= 5:
+            raise ValueError(f"groups must be an integer from 1 to 5, got {self.groups!r}")
         if self.budgets is not None:
             if isinstance(self.budgets, int) or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1
                                                         for b in self.budgets):
@@ -270,23 +297,32 @@ class HSAConfig(MethodConfig):
     def check_model(self, family: str, pipeline) -> None:
         scheduler = getattr(pipeline, "scheduler", None)
         if scheduler is None:
+            warnings.warn("HSA enabled on a bare denoiser: it cannot see the sampler. Its cached Euler update is right "
+                          "only if the loop takes deterministic Euler flow-matching steps "
+                          "(x += (sigma_next - sigma) * v, as FlowMatchEulerDiscreteScheduler).", UserWarning,
+                          stacklevel=3)
             return
-        name = type(scheduler).__name__
-        if name != "FlowMatchEulerDiscreteScheduler" or getattr(scheduler.config, "stochastic_sampling", False):
-            raise UnsupportedModelError(
-                f"HSA advances skipped tokens with a cached Euler update, which is exact only for deterministic Euler "
-                f"flow-matching sampling; this pipeline uses {name}. Switch it first: "
-                "pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)."
-            )
+        check_scheduler(scheduler)
 
     def allocation(self, scores: np.ndarray, num_steps: int) -> Allocation:
         return plan_allocation(scores, num_steps, self.runtime, groups=self.groups, budgets=self.budgets,
                                warmup=self.warmup, dense_tail=self.dense_tail, overhead=self.overhead)
 
 
+def check_scheduler(scheduler) -> None:
+    """Refuse a sampler the cached Euler update is not exact for."""
+    name = type(scheduler).__name__
+    if name != "FlowMatchEulerDiscreteScheduler" or getattr(scheduler.config, "stochastic_sampling", False):
+        raise UnsupportedModelError(
+            f"HSA advances skipped tokens with a cached Euler update, which is exact only for deterministic Euler "
+            f"flow-matching sampling; this pipeline uses {name}. Switch it first: "
+            "pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)."
+        )
+
+
 # -- the runtime ------------------------------------------------------------------------------------------------
 class _BranchState:
-    """One CFG branch: its K/V cache per layer, its last full velocity (as tokens) and the previous one."""
+    """One CFG branch: its K/V cache per layer and its last velocity (as tokens)."""
 
     def __init__(self, layers: int):
         self.kv: list[dict] = [{} for _ in range(layers)]
@@ -326,6 +362,7 @@ class HSARuntime(Runtime):
             raise UnsupportedModelError(f"HSA needs a token-sparse forward, which the {self.adapter.family} adapter "
                                         "does not have; HSA supports Wan-family transformers.")
         self.layers = self.adapter.self_attention_modules(self.model)
+        self.adapter.check_sparse_attention(self.layers)
         self.add_hook(self.model, _ForwardHook(self), self.HOOK)
         for layer, module in enumerate(self.layers):
             self.add_hook(module, _SelfAttentionHook(self, layer), self.HOOK + "_kv")
@@ -351,6 +388,17 @@ class HSARuntime(Runtime):
         if warmup >= num_steps:
             raise HSABudgetError(f"HSA's warm-up of {warmup} steps leaves nothing to allocate in a {num_steps}-step "
                                  "call; lower warmup or use more steps.")
+        if self.pipeline is not None:
+            check_scheduler(self.pipeline.scheduler)  # it may have been swapped since enable()
+
+    def _check_reachable(self, num_steps: int, num_tokens: int) -> None:
+        """Before any work: can this call meet the runtime at all? (That depends on T and N, not on the scores.)"""
+        c = self.config
+        cheapest = cheapest_allocation(num_steps, num_tokens, groups=c.groups, budgets=c.budgets, warmup=c.warmup,
+                                       dense_tail=c.dense_tail, overhead=c.overhead)
+        if cheapest.cost() > c.runtime + 1e-9:
+            raise _unreachable(c.runtime, num_steps, num_tokens, c.groups, c.budgets, c.warmup, c.dense_tail,
+                               c.overhead)
 
     def could_skip(self, num_steps: int) -> bool:
         plan = self.plan
@@ -360,7 +408,7 @@ class HSARuntime(Runtime):
         return "Lower runtime, or give budgets smaller than T"
 
     # -- one forward --------------------------------------------------------------------------------------------
-    def _samples(self, model, args, kwargs, rows: int) -> int:
+    def _samples(self, rows: int) -> int:
         """Samples in a forward of ``rows`` rows: half of them in a batched-CFG forward (``[uncond, cond]``)."""
         guided = bool(getattr(self.pipeline, "do_classifier_free_guidance", False))
         return rows // 2 if self.ctx.branch == "cond_uncond" and guided and rows % 2 == 0 else rows
@@ -369,8 +417,10 @@ class HSARuntime(Runtime):
         ctx = self.ctx
         hidden = argument(type(model).forward, args, kwargs, "hidden_states")
         rows = hidden.shape[0]
-        samples = self._samples(model, args, kwargs, rows)
+        samples = self._samples(rows)
         self.grid = self.adapter.token_layout(model, args, kwargs)
+        if ctx.step == 0 and not self.branches:
+            self._check_reachable(ctx.num_steps, self.grid[0] * self.grid[1] * self.grid[2])
         branch = self.branches.setdefault(ctx.branch, _BranchState(len(self.layers)))
         if (branch.velocity is not None and branch.velocity.shape[0] != rows):
             raise RuntimeError(f"HSA: the batch of branch {ctx.branch!r} changed within a call "
@@ -384,13 +434,16 @@ class HSARuntime(Runtime):
             if not mask.all():
                 count = int(mask[0].sum())
                 active_rows = mask.nonzero()[:, 1].view(rows, count).to(hidden.device)
+        tail = self.plan is not None and self.plan.dense(ctx.step) and ctx.step >= self.plan.warmup
+        if tail:  # no sparse step follows: free the K/V cache
+            branch.kv = [None] * len(self.layers)
         self.branch = branch
         self.active = active_rows
         try:
             if active_rows is None:
                 output = forward(*args, **kwargs)
                 velocity = _output_tensor(output)
-                tokens = self.adapter.output_tokens(model, velocity.detach())
+                tokens = self.adapter.output_tokens(model, velocity.detach()).clone()  # updated in place later
                 if self.plan is None:
                     self._score(branch, tokens, samples)
                 branch.velocity = tokens
@@ -398,8 +451,8 @@ class HSARuntime(Runtime):
             else:
                 fresh = self.adapter.sparse_forward(model, args, kwargs, active_rows)
                 index = active_rows[:, :, None].expand(-1, -1, fresh.shape[-1])
-                branch.velocity = branch.velocity.scatter(1, index, fresh.to(branch.velocity.dtype))
-                velocity = self.adapter.tokens_to_output(model, branch.velocity, self.grid)
+                branch.velocity.scatter_(1, index, fresh.to(branch.velocity.dtype))  # ours: not handed out
+                velocity = self.adapter.tokens_to_output(model, branch.velocity, self.grid).clone()
                 return_dict = argument(type(model).forward, args, kwargs, "return_dict", True)
                 output = Transformer2DModelOutput(sample=velocity) if return_dict else (velocity,)
                 self.step_record.active_fraction = active_rows.shape[1] / branch.velocity.shape[1]
