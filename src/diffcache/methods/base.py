@@ -133,6 +133,8 @@ class StepRecord:
     blocks_computed: int = 0  #: block forwards actually run, summed over the step's branches
     blocks_reused: int = 0  #: block forwards answered from the cache
     values: dict[str, Any] = field(default_factory=dict)  #: the method's metric values and decisions
+    #: for token-level methods: the fraction of tokens computed at this step (``None``: all of them when computed)
+    active_fraction: float | None = None
 
 
 @dataclass
