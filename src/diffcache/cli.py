@@ -127,6 +127,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="embedded models: guidance as two calls per step (split, default) or one batched call")
     b.add_argument("--out", default="out/bench", help="output folder (default: out/bench)")
     b.add_argument("--force", action="store_true", help="discard the results in --out and start over")
+    b.add_argument("--height", type=int, default=None, help="frame height in pixels (default: the model's)")
+    b.add_argument("--width", type=int, default=None, help="frame width in pixels (default: the model's)")
+    b.add_argument("--frames", type=int, default=None, help="number of frames (default: the model's)")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     c = sub.add_parser("calibrate", help="fit a method's model-specific constants (TeaCache's polynomial) for any "
@@ -367,11 +370,18 @@ adherence {100 * mean("adherence", 0):.0f}% uncached, {100 * mean("adherence", 1
 def cmd_bench(args) -> int:
     from .bench.benchmark import benchmark
 
-    _positive(prompts=args.prompts, steps=args.steps, repeats=args.repeats, seeds=args.seeds)
-    reports = benchmark(model=args.model, methods=args.methods, out=args.out, prompts=args.prompt,
-                        num_prompts=args.prompts, seeds=args.seeds, steps=args.steps, guidance=args.guidance,
-                        repeats=args.repeats, cfg_mode=args.cfg_mode, force=args.force,
-                        progress=not args.no_progress)
+    _positive(prompts=args.prompts, steps=args.steps, repeats=args.repeats, seeds=args.seeds, height=args.height,
+              width=args.width, frames=args.frames)
+    try:
+        reports = benchmark(model=args.model, methods=args.methods, out=args.out, prompts=args.prompt,
+                            num_prompts=args.prompts, seeds=args.seeds, steps=args.steps, guidance=args.guidance,
+                            repeats=args.repeats, cfg_mode=args.cfg_mode, force=args.force,
+                            progress=not args.no_progress, height=args.height, width=args.width,
+                            frames=args.frames)
+    except KeyboardInterrupt:
+        print(f"diffcache bench: interrupted; the finished videos are in {Path(args.out) / 'results.jsonl'}. Run the "
+              "same command again to resume.", file=sys.stderr)
+        return 130
     if reports is None:  # not rank 0 of a multi-process run: rank 0 prints
         return 0
     print(f"{args.model}: {len(reports['records'])} of {reports['items']} videos, {args.steps} steps, guidance "

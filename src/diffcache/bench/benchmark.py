@@ -12,22 +12,28 @@ from .specs import parse_methods
 
 
 def default_prompts(model: str, pipe, n: int) -> list[str]:
-    """``n`` prompts spread over the shapes grammar for the embedded models."""
+    """``n`` prompts spread over the shapes grammar for the embedded models: ``a {colour} {shape} moving
+    {direction}`` for the text-to-video model, ``a {colour} {shape}`` for an embedded still-image model."""
     from ..models.registry import EMBEDDED_MODELS
 
-    if model not in EMBEDDED_MODELS and type(pipe).__name__ != "TinyShapesT2VPipeline":
-        raise ValueError(f"{model!r} is not an embedded model: give its prompts with --prompt (repeat it).")
-    return [prompt for prompt, _ in bench_prompts(n)]
+    if type(pipe).__name__ == "TinyShapesT2VPipeline":
+        return [prompt for prompt, _ in bench_prompts(n)]
+    if model in EMBEDDED_MODELS:
+        stills = list(dict.fromkeys(prompt.split(" moving ")[0] for prompt, _ in bench_prompts(60)))
+        return [stills[(i * len(stills)) // n % len(stills)] for i in range(n)]
+    raise ValueError(f"{model!r} is not an embedded model: give its prompts with --prompt (repeat it).")
 
 
 def benchmark(model: str = "tiny-shapes-t2v", methods: str = "none,ours", out: str | Path = "out/bench",
               prompts: list[str] | None = None, num_prompts: int = 8, seeds: int = 1, steps: int = 30,
               guidance: float = 5.0, repeats: int = 2, cfg_mode: str | None = None, force: bool = False,
-              progress: bool = True, pipe=None, dist: Distributed | None = None, after_item=None) -> dict | None:
+              progress: bool = True, pipe=None, dist: Distributed | None = None, after_item=None,
+              height: int | None = None, width: int | None = None, frames: int | None = None) -> dict | None:
     """Run (or resume) a benchmark into ``out``; returns the reports on rank 0 (``None`` on other ranks).
 
     ``methods`` as for ``--methods``; ``prompts`` default to ``num_prompts`` grammar prompts of the embedded
-    model; every prompt runs with ``seeds`` seeds.
+    model; every prompt runs with ``seeds`` seeds. ``height`` / ``width`` / ``frames`` override the pipeline's
+    default size (a pipeline folder of a real model defaults to its full size).
     """
     from ..models.registry import EMBEDDED_MODELS, load_pipeline
 
@@ -52,10 +58,12 @@ def benchmark(model: str = "tiny-shapes-t2v", methods: str = "none,ours", out: s
     items = plan_items(prompt_list, seeds)
     config = {"model": model, "methods": [s.label for s in specs], "prompts": prompt_list, "seeds": seeds,
               "steps": steps, "guidance": guidance, "repeats": repeats, "cfg_mode": cfg_mode}
+    size = {"height": height, "width": width, "num_frames": frames}
+    config.update({key: value for key, value in size.items() if value is not None})
     scored = model in EMBEDDED_MODELS and type(pipe).__name__ == "TinyShapesT2VPipeline"
     out = Path(out)
     sweep = Sweep(pipe, specs, steps=steps, guidance=guidance, repeats=repeats, cfg_mode=cfg_mode, scored=scored,
-                  calibration=(items[0].prompt, items[0].seed), clips=out)
+                  calibration=(items[0].prompt, items[0].seed), clips=out, size=size)
     records = run_sweep(sweep, items, out, config, force=force, dist=dist, progress=progress, after_item=after_item)
     if records is None:
         return None

@@ -206,7 +206,7 @@ class Sweep:
 
     def __init__(self, pipe, specs: list[MethodSpec], steps: int = 30, guidance: float = 5.0, repeats: int = 2,
                  cfg_mode: str | None = None, scored: bool = False, calibration: tuple[str, int] = ("", 0),
-                 clips: Path | None = None):
+                 clips: Path | None = None, size: dict | None = None):
         if specs[0].name != BASELINE:
             raise ValueError("the first method must be 'none', the uncached reference")
         self.pipe, self.specs, self.steps, self.guidance, self.repeats = pipe, specs, steps, guidance, repeats
@@ -218,6 +218,12 @@ class Sweep:
         if cfg_mode is not None and "cfg_mode" not in params:
             raise ValueError(f"--cfg-mode is only available for the embedded models; {type(pipe).__name__} "
                              "chooses its own guidance batching.")
+        for key, value in (size or {}).items():  # height / width / num_frames
+            if value is None:
+                continue
+            if key not in params:
+                raise ValueError(f"{type(pipe).__name__} takes no {key!r} argument; leave that option out.")
+            self.extra[key] = value
         self.setup = Setup(steps, cfg_mode, lambda prompt, seed: self.generate(prompt, seed, steps), calibration)
         self.unavailable: dict[str, str] = {}  #: label → why it cannot run (found once, kept for every item)
         self.lpips_note = lpips_unavailable_reason()
@@ -227,7 +233,9 @@ class Sweep:
                                  generator=torch.Generator().manual_seed(seed), output_type="np", **self.extra))
 
     def _denoiser(self):
-        return getattr(self.pipe, "transformer", None) or getattr(self.pipe, "unet")
+        from ..methods.base import denoiser_of
+
+        return denoiser_of(self.pipe)[0]
 
     def run(self, spec: MethodSpec, item: Item, counted: bool):
         """One generation with ``spec`` enabled. Returns ``(video, seconds, cost or None, info)``; raises
