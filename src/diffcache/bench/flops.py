@@ -109,7 +109,7 @@ class _CostMode(TorchDispatchMode):
             if formula is not None:
                 self.flops += int(formula(*args, **kwargs, out_val=out))
         if self.track_memory:
-            for tensor in tree_flatten(out)[0]:
+            for tensor in (out,) if isinstance(out, torch.Tensor) else tree_flatten(out)[0]:
                 if not isinstance(tensor, torch.Tensor) or tensor.device.type == "meta":
                     continue
                 storage = tensor.untyped_storage()

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io import atomic_path, write_text
+from .peers import PEERS
 from .runner import BASELINE, number
 
 #: (key, column title, higher is better, format)
@@ -176,12 +177,15 @@ def plot_pareto(path: Path, summary: list[dict], key: str, title: str, higher: b
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.5, 5), dpi=110)
     points = [(r["speedup"], r[key]) for r in rows]
-    families = sorted({r["method"].split(":")[0].split("[")[0] for r in rows})
+    family = lambda label: label.split(":")[0].split("[")[0]  # noqa: E731
+    families = list(dict.fromkeys(family(r["method"]) for r in summary))  # one colour per family in every plot
     for r, (x, y) in zip(rows, points):
-        family = r["method"].split(":")[0].split("[")[0]
-        peer = "-" in family and family.split("-")[0] in ("diffusers", "cachedit")
-        ax.scatter([x], [y], color=f"C{families.index(family) % 10}", marker="s" if peer else "o", s=36, zorder=3)
+        peer = family(r["method"]) in PEERS
+        ax.scatter([x], [y], color=f"C{families.index(family(r['method'])) % 10}", marker="s" if peer else "o",
+                   s=36, zorder=3, label=None)
         ax.annotate(r["method"], (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    ax.scatter([], [], color="grey", marker="o", label="diffcache")
+    ax.scatter([], [], color="grey", marker="s", label="peer (its own code)")
     front = pareto_front(points, higher)
     ax.plot([points[i][0] for i in front], [points[i][1] for i in front], "--", color="black", lw=1, zorder=2,
             label="Pareto frontier")
@@ -294,7 +298,7 @@ def write_html(path: Path, config: dict, summary: list[dict], records: list[dict
 td,th{{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right;font-size:13px}}
 td:first-child,th.prompt{{text-align:left}}.gallery td{{text-align:center}}
 .gallery img{{image-rendering:pixelated;background:#000}}figure{{display:inline-block;margin:0 1em 1em 0}}
-figure img{{max-width:760px}}</style></head><body>
+figure img{{max-width:600px}}</style></head><body>
 <h1>diffcache bench — {e(config['model'])}</h1>
 <p>{e(described)} Speedup: total uncached time ÷ total method time in the same process. FLOP speedup: denoiser
 FLOPs (torch.utils.flop_counter) of the uncached run ÷ the method's. Overhead efficiency = speedup ÷ FLOP speedup.
