@@ -270,3 +270,14 @@ def test_a_still_image_is_a_one_frame_video():
     assert _frames(SimpleNamespace(frames=image[None])).shape == (2, 8, 8, 3)
     still = image[:1]
     assert quality(still, still)["temporal_stability"] is None
+
+
+def test_timeline_comes_from_the_generic_report():
+    from diffcache.bench.runner import _report_timeline
+    from diffcache.methods.base import CallReport, Report, StepRecord
+
+    steps = [StepRecord(0, True, ["cond"], 5, 0), StepRecord(1, False, ["cond"], 0, 5),
+             StepRecord(2, True, ["cond"], 1, 4), StepRecord(3, True, ["cond"], 5, 0, active_fraction=0.25),
+             StepRecord(4, True, ["cond"], 5, 0, values={"active_fraction": 0.5})]
+    report = Report("m", {}, [CallReport(0, 5, steps)])
+    assert _report_timeline(report) == {"computed_steps": 4, "step_compute": [1.0, 0.0, 0.2, 0.25, 0.5]}

@@ -184,6 +184,10 @@ def _cachedit(pipe, setup: Setup, options: dict) -> ActivePeer:
     denoiser in another pipeline (the embedded models) through a ``BlockAdapter`` as cache-dit's own Wan adapter
     builds it. DBCache's default keeps the first 8 blocks always computed (F8B0); a model with fewer blocks gets
     F1B0, cache-dit's documented fastest setting."""
+    import logging
+    import os
+
+    os.environ.setdefault("CACHE_DIT_LOG_LEVEL", "warning")  # cache-dit logs every enable to stdout at "info"
     try:
         import cache_dit
     except ImportError as error:
@@ -191,6 +195,9 @@ def _cachedit(pipe, setup: Setup, options: dict) -> ActivePeer:
             from error
     from ..adapters import find_adapter
 
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("cache_dit"):
+            logging.getLogger(name).setLevel(max(logging.getLogger(name).level, logging.WARNING))
     model = _denoiser(pipe)
     blocks = find_adapter(model).blocks(model)
     values = {"Fn_compute_blocks": 8 if len(blocks) > 8 else 1, "Bn_compute_blocks": 0, **options}

@@ -348,6 +348,8 @@ def _report_timeline(report) -> dict:
         blocks = record.blocks_computed + record.blocks_reused
         fraction = record.blocks_computed / blocks if blocks else float(record.computed)
         active = getattr(record, "active_fraction", None)
+        if active is None:
+            active = record.values.get("active_fraction")
         fractions.append(round(fraction * (1.0 if active is None else float(active)), 4))
     return {"computed_steps": call.computed_steps, "step_compute": fractions}
 
