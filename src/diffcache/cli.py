@@ -208,6 +208,9 @@ def cmd_generate(args) -> int:
         from .bench.runner import BASELINE, MethodSpec
 
         spec = MethodSpec.parse(args.method)
+        if spec.kind in ("peer", "steps"):
+            raise ValueError(f"--method {args.method}: peers and steps:N run only in 'diffcache bench'; "
+                             "generate takes a diffcache method (see 'diffcache methods').")
         spec = None if spec.name == BASELINE else spec
     pipe = load_pipeline(args.model)
     if type(pipe).__name__ not in SUPPORTED_VIDEO_PIPELINES:
