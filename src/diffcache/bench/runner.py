@@ -244,7 +244,10 @@ class Sweep:
         handle = active = None
         roots = None
         if spec.kind == "method":
-            handle = enable(self.pipe, spec.name, preset=spec.preset, **dict(spec.overrides))
+            try:
+                handle = enable(self.pipe, spec.name, preset=spec.preset, **dict(spec.overrides))
+            except (UnsupportedModelError, ValueError) as error:  # refused before any work: it cannot run here
+                raise UnsupportedModelError(str(error)) from error
             roots = lambda: [handle.runtime]  # noqa: E731
         elif spec.kind == "peer":
             active = PEERS[spec.name].enable(self.pipe, self.setup, dict(spec.overrides))
