@@ -135,6 +135,7 @@ def test_bench_end_to_end_with_skipped_rows(shipped_pipe, tmp_path):
     rows = {r["method"]: r for r in reports["summary"]}
     none, fast, slow = rows["none"], rows["adacache:fast"], rows["adacache:slow"]
     assert none["psnr"] == math.inf and none["flop_speedup"] == 1.0 and none["computed_mean"] == 3
+    assert none["cpu_speedup"] == 1.0 and fast["cpu_speedup"] > 0
     assert fast["computed_mean"] <= slow["computed_mean"] <= 3 and fast["flop_speedup"] >= 1.0
     assert rows["steps:2"]["flop_speedup"] == pytest.approx(1.5) and rows["steps:2"]["computed_mean"] == 2
     # a method the model cannot take, and a peer that crashes on split CFG: skipped rows with the reason

@@ -43,6 +43,10 @@ def summarize(records: list[dict], labels: list[str]) -> list[dict]:
         time_ref = sum(sum(b["seconds"]) for _, b in pairs)
         flops_ref = sum(b["flops"] for _, b in pairs)
         speedup = time_ref / max(sum(sum(row["seconds"]) for row in rows), 1e-12)
+        cpu_speedup = None
+        if all(row.get("cpu_seconds") for row, _ in pairs) and all(b.get("cpu_seconds") for _, b in pairs):
+            cpu_speedup = (sum(sum(b["cpu_seconds"]) for _, b in pairs)
+                           / max(sum(sum(row["cpu_seconds"]) for row in rows), 1e-12))
         flop_speedup = flops_ref / max(sum(row["flops"] for row in rows), 1)
         counts = [row.get("computed_steps") for row in rows]
         if label == BASELINE or label.startswith("steps:"):
@@ -50,7 +54,8 @@ def summarize(records: list[dict], labels: list[str]) -> list[dict]:
         known = [c for c in counts if c is not None]
         cache = [row.get("cache_bytes") for row in rows]
         summary.append({
-            "method": label, "videos": len(rows), "speedup": speedup, "flop_speedup": flop_speedup,
+            "method": label, "videos": len(rows), "speedup": speedup, "cpu_speedup": cpu_speedup,
+            "flop_speedup": flop_speedup,
             "overhead_efficiency": speedup / flop_speedup,
             **{key: _mean(row.get(key) for row in rows) for key, _, _ in METRICS},
             "temporal_stability": _mean(row.get("temporal_stability") for row in rows),
@@ -70,7 +75,7 @@ def _fmt(value, kind: str) -> str:
         return "–"
     if kind == "psnr":
         return "∞" if math.isinf(value) else f"{value:.2f}"
-    if kind in ("speedup", "flop_speedup"):
+    if kind in ("speedup", "flop_speedup", "cpu_speedup"):
         return f"{value:.2f}×"
     if kind == "adherence":
         return f"{100 * value:.1f}%"
@@ -83,7 +88,8 @@ def _fmt(value, kind: str) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
-COLUMNS = (("method", "method"), ("speedup", "speedup"), ("flop_speedup", "FLOP speedup"),
+COLUMNS = (("method", "method"), ("speedup", "speedup"), ("cpu_speedup", "CPU-time speedup"),
+           ("flop_speedup", "FLOP speedup"),
            ("overhead_efficiency", "overhead eff."), ("psnr", "PSNR (dB)"), ("ssim", "SSIM"), ("rel_l1", "rel. L1"),
            ("lpips", "LPIPS"), ("adherence", "adherence"), ("temporal_stability", "temporal stab."),
            ("peak_memory_mb", "peak mem (MiB)"), ("cache_memory_mb", "cache (MiB)"), ("computed", "computed steps"))
@@ -117,7 +123,7 @@ def markdown_table(summary: list[dict]) -> str:
 
 
 def terminal_table(summary: list[dict]) -> str:
-    wanted = ("method", "speedup", "flop_speedup", "overhead_efficiency", "psnr", "ssim", "adherence", "computed")
+    wanted = ("method", "speedup", "cpu_speedup", "flop_speedup", "overhead_efficiency", "psnr", "ssim", "adherence", "computed")
     index = [i for i, (key, _) in enumerate(COLUMNS) if key in wanted]
     rows = [[COLUMNS[i][1] for i in index]]
     skipped = []
@@ -134,7 +140,7 @@ def terminal_table(summary: list[dict]) -> str:
 
 
 def write_csv(path: Path, summary: list[dict]) -> None:
-    keys = ["method", "speedup", "flop_speedup", "overhead_efficiency", "psnr", "ssim", "rel_l1", "lpips", "adherence",
+    keys = ["method", "speedup", "cpu_speedup", "flop_speedup", "overhead_efficiency", "psnr", "ssim", "rel_l1", "lpips", "adherence",
             "temporal_stability", "peak_memory_mb", "cache_memory_mb", "gflops_per_video", "computed_min",
             "computed_max", "computed_mean", "videos", "skipped"]
     buffer = io.StringIO()
@@ -300,7 +306,8 @@ td:first-child,th.prompt{{text-align:left}}.gallery td{{text-align:center}}
 .gallery img{{image-rendering:pixelated;background:#000}}figure{{display:inline-block;margin:0 1em 1em 0}}
 figure img{{max-width:600px}}</style></head><body>
 <h1>diffcache bench — {e(config['model'])}</h1>
-<p>{e(described)} Speedup: total uncached time ÷ total method time in the same process. FLOP speedup: denoiser
+<p>{e(described)} Speedup: total uncached wall-clock time ÷ total method time in the same process; CPU-time
+speedup: the same with the process's CPU time (immune to other processes on a shared machine). FLOP speedup: denoiser
 FLOPs (torch.utils.flop_counter) of the uncached run ÷ the method's. Overhead efficiency = speedup ÷ FLOP speedup.
 Quality against the uncached video of the same prompt and seed.</p>
 <ul>{''.join(f'<li>{e(n)}</li>' for n in notes)}</ul>

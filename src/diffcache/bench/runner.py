@@ -6,7 +6,9 @@ An *item* is one (prompt, seed). Every method runs on it in the same process:
    tensor memory and the method's cache memory (:mod:`.flops`), and the method's own report (computed steps,
    blocks run or reused per step);
 2. ``repeats`` timed runs, the methods interleaved and the order rotated each repeat, so that machine noise hits
-   them alike. Speedup is the uncached run's time over the method's, summed over items.
+   them alike. Speedup is the uncached run's wall-clock time over the method's, summed over items; the same
+   ratio of the process's CPU time (``time.process_time``) is recorded too, since other processes on a shared
+   machine add noise to wall-clock time but not to this process's CPU time.
 
 The uncached video of each item is generated once (``none``'s counted run) and is the reference of every method.
 A finished item is appended to ``results.jsonl`` as one line (flush + fsync), so a killed run leaves a consistent
@@ -16,6 +18,7 @@ are split across processes, each appending to ``parts/rank-R.jsonl``; rank 0 mer
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
@@ -227,6 +230,7 @@ class Sweep:
         self.setup = Setup(steps, cfg_mode, lambda prompt, seed: self.generate(prompt, seed, steps), calibration)
         self.unavailable: dict[str, str] = {}  #: label → why it cannot run (found once, kept for every item)
         self.lpips_note = lpips_unavailable_reason()
+        self.last_cpu_seconds = 0.0
 
     def generate(self, prompt: str, seed: int, steps: int) -> np.ndarray:
         return _frames(self.pipe(prompt, num_inference_steps=steps, guidance_scale=self.guidance,
@@ -260,9 +264,11 @@ class Sweep:
                     video, cost = measure_cost(self._denoiser(), go, roots)
                     seconds = time.perf_counter() - start
                 else:
-                    start = time.perf_counter()
+                    gc.collect()  # as timeit does: no collection of earlier garbage inside a timed run
+                    start, cpu_start = time.perf_counter(), time.process_time()
                     video, cost = go(), None
                     seconds = time.perf_counter() - start
+                    self.last_cpu_seconds = time.process_time() - cpu_start
             except Exception as error:  # noqa: BLE001
                 if spec.kind != "peer":
                     raise
@@ -298,7 +304,7 @@ class Sweep:
                 self.unavailable[spec.label] = skipped[spec.label] = str(error)
                 continue
             videos[spec.label] = video
-            rows[spec.label] = {"seconds": [], "counted_seconds": seconds, "flops": cost.flops,
+            rows[spec.label] = {"seconds": [], "cpu_seconds": [], "counted_seconds": seconds, "flops": cost.flops,
                                 "flops_per_forward": cost.flops_per_forward,
                                 "peak_memory_bytes": cost.peak_memory_bytes, "memory_measure": cost.memory_measure,
                                 "cache_bytes": cost.cache_bytes, **info}
@@ -310,6 +316,7 @@ class Sweep:
             for spec in runnable[shift:] + runnable[:shift]:
                 _, seconds, _, _ = self.run(spec, item, counted=False)
                 rows[spec.label]["seconds"].append(seconds)
+                rows[spec.label]["cpu_seconds"].append(self.last_cpu_seconds)
                 if progress:
                     progress(f"{spec.label} timed {repeat + 1}/{self.repeats}")
         reference = videos[BASELINE]
