@@ -183,6 +183,12 @@ def test_a_different_configuration_is_refused(shipped_pipe, tmp_path, capsys):
     benchmark(methods="steps:2", out=tmp_path, pipe=shipped_pipe, **{**FAST, "num_prompts": 1})
     with pytest.raises(BenchConfigError, match="different configuration.*steps: folder has 3, this run 4"):
         benchmark(methods="steps:2", out=tmp_path, pipe=shipped_pipe, **{**FAST, "num_prompts": 1, "steps": 4})
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "index.html").write_text("keep me")  # e.g. an earlier `diffcache demo`
+    with pytest.raises(BenchConfigError, match="already holds index.html"):
+        benchmark(methods="steps:2", out=other, pipe=shipped_pipe, **{**FAST, "num_prompts": 1})
+    assert (other / "index.html").read_text() == "keep me"
     assert main(["bench", "--methods", "adacache:fastest", "--out", str(tmp_path)]) == 2
     assert "presets: fast" in capsys.readouterr().err
     assert main(["bench", "--prompts", "0", "--out", str(tmp_path)]) == 2

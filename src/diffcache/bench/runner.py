@@ -188,8 +188,10 @@ def prepare_output(out: Path, config: dict, force: bool, write: bool = True) -> 
             raise BenchConfigError(
                 f"{out} holds a benchmark with a different configuration ({detail}). Use another --out, or "
                 "--force to discard its results and start over.")
-    elif out.exists() and (out / RESULTS).exists():
-        raise BenchConfigError(f"{out} has {RESULTS} but no {CONFIG}; use another --out, or --force.")
+    elif out.exists() and any((out / name).exists() for name in (RESULTS, *REPORT_FILES)):
+        found = [name for name in (RESULTS, *REPORT_FILES) if (out / name).exists()]
+        raise BenchConfigError(f"{out} already holds {', '.join(found)} but no benchmark {CONFIG}; use another "
+                               "--out, or --force to replace them.")
     if write and (force or not path.exists()):
         write_text(path, json.dumps(config, indent=1) + "\n", force=True)
 
