@@ -1,4 +1,4 @@
-# Two commands on a fresh machine:  `make demo` (the main job) and `make test`.
+# Two commands on a fresh machine:  `make demo` (the main job: a short benchmark) and `make test`.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -15,8 +15,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# A short benchmark on the embedded model: uncached, every diffcache method at its default preset, two diffusers
+# peers; prints the table and the path of the HTML report. Running it again resumes (finished videos are kept).
 demo: $(STAMP)
-	$(BIN)/diffcache demo --out out/demo --force
+	$(BIN)/diffcache bench --prompts 4 --steps 30 --repeats 2 --out out/demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -1,50 +1,127 @@
-"""The benchmark: method specs, quality metrics by hand, a small end-to-end run and its files."""
+"""The benchmark: method specs and their errors, metrics on known tensors, FLOP and memory counting, the sweep's
+results file (resume after an interruption, torn lines, a different configuration refused), the merge across
+processes (simulated ranks, and a real 2-process run under accelerate, slow), skipped rows with reasons, the
+reports, and the HTML page loaded in headless Chromium."""
 
 import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from diffcache.bench import metrics
-from diffcache.bench.runner import MethodSpec, bench_prompts, parse_methods, run_bench, write_bench
+from diffcache.bench.benchmark import benchmark
+from diffcache.bench.flops import measure_cost, tensor_bytes
+from diffcache.bench.report import markdown_table, pareto_front, summarize
+from diffcache.bench.runner import (RESULTS, BenchConfigError, Distributed, Item, append_record, bench_prompts,
+                                    merge_parts, read_records)
+from diffcache.bench.specs import MethodSpec, parse_methods
 from diffcache.cli import main
-from diffcache.methods import UnknownMethodError
+from diffcache.methods import UnknownMethodError, list_methods
+
+FAST = dict(num_prompts=2, steps=3, repeats=1, progress=False)
 
 
+# -- specs ---------------------------------------------------------------------------------------------------------
 def test_method_specs():
     specs = parse_methods("adacache:fast,adacache, adacache:slow-moreg[moreg_norm=0.24;metric_blocks=(1,2)]")
     assert [s.label for s in specs] == ["none", "adacache:fast", "adacache:fast-moreg",
                                         "adacache:slow-moreg[moreg_norm=0.24;metric_blocks=(1, 2)]"]
     assert dict(specs[3].overrides) == {"moreg_norm": 0.24, "metric_blocks": (1, 2)}
-    assert parse_methods("none,adacache:fast")[0] == MethodSpec("none")
+    assert parse_methods("adacache:fast,none")[0] == MethodSpec("none")  # the reference always runs first
+    peer = parse_methods("diffusers-fbcache[threshold=0.1]")[1]
+    assert peer.kind == "peer" and dict(peer.overrides) == {"threshold": 0.1}
+
+
+def test_ours_and_peers_come_from_the_registries():
+    labels = [s.label for s in parse_methods("ours,peers")]
+    assert labels[0] == "none"
+    for info in list_methods():  # whatever is registered, at its default preset: never a hard-coded list
+        assert f"{info.name}:{info.default_preset}" in labels
+    assert {"diffusers-pab", "diffusers-fastercache", "diffusers-fbcache", "diffusers-taylorseer",
+            "diffusers-magcache", "cachedit-dbcache"} <= set(labels)
 
 
 @pytest.mark.parametrize("text,match", [
-    ("adacash", "methods: .*adacache"),
+    ("adacash", "accepted: none; steps:N; diffcache methods: adacache.*peers: diffusers-pab"),
     ("adacache:fastest", "presets: fast, slow"),
     ("none:fast", "takes no preset"),
+    ("diffusers-pab:fast", "has no presets"),
     ("adacache:fast[speed]", "option=value"),
     ("adacache:fast[thresholds=1]", "no option 'thresholds'"),
     ("adacache:fast[codebook=((0.2,1),(0.1,2))]", "strictly increasing"),
     ("adacache:fast,adacache:fast", "listed twice"),
 ])
-def test_bad_method_specs_say_what_is_accepted(text, match):
+def test_unknown_method_or_preset_lists_the_valid_ones(text, match):
     with pytest.raises((UnknownMethodError, ValueError), match=match):
         parse_methods(text)
 
 
-def test_psnr_and_ssim_by_hand():
+# -- metrics -------------------------------------------------------------------------------------------------------
+def test_metrics_on_known_tensors():
     rng = np.random.default_rng(0)
     video = rng.random((2, 16, 16, 3))
-    assert metrics.psnr(video, video) == metrics.PSNR_CAP
+    assert metrics.psnr(video, video) == math.inf  # identical: inf, not a crash
+    assert metrics.relative_l1(video, video) == 0.0 and metrics.ssim(video, video) == pytest.approx(1.0)
     assert metrics.psnr(np.full((1, 4, 4, 3), 0.1), np.zeros((1, 4, 4, 3))) == pytest.approx(20.0)
-    assert metrics.ssim(video, video) == pytest.approx(1.0)
-    # a constant offset leaves structure and contrast; luminance term only: (2ab + c1) / (a^2 + b^2 + c1)
-    flat = np.full((1, 16, 16, 3), 0.2)
+    assert metrics.relative_l1(np.full((1, 2, 2, 3), 0.3), np.full((1, 2, 2, 3), 0.2)) == pytest.approx(0.5)
+    flat = np.full((1, 16, 16, 3), 0.2)  # a constant offset: luminance term only
     assert metrics.ssim(flat + 0.2, flat) == pytest.approx((2 * 0.4 * 0.2 + 1e-4) / (0.16 + 0.04 + 1e-4))
     assert metrics.ssim(rng.random((1, 16, 16, 3)), video[:1]) < 0.2
+    assert "LPIPS skipped" in (metrics.lpips_unavailable_reason() or "LPIPS skipped")
 
 
+def test_infinite_psnr_survives_json_and_tables(tmp_path):
+    row = {"seconds": [1.0], "flops": 10, "flops_per_forward": [5, 5], "peak_memory_bytes": 0, "steps_run": 1,
+           "memory_measure": "x", "cache_bytes": None, "psnr": math.inf, "ssim": 1.0, "rel_l1": 0.0}
+    append_record(tmp_path / RESULTS, {"item": "0000", "methods": {"none": row}, "skipped": {}})
+    text = (tmp_path / RESULTS).read_text()
+    json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+    summary = summarize(read_records(tmp_path / RESULTS), ["none"])
+    assert summary[0]["psnr"] == math.inf and "| ∞ |" in markdown_table(summary)
+
+
+def test_pareto_front():
+    points = [(1.0, 40.0), (1.5, 35.0), (1.4, 30.0), (2.0, 20.0), (2.0, 25.0)]
+    assert pareto_front(points, higher_is_better=True) == [0, 1, 4]
+    assert pareto_front([(1.0, 0.1), (2.0, 0.05)], higher_is_better=False) == [1]
+
+
+# -- FLOPs and memory ----------------------------------------------------------------------------------------------
+def test_flops_count_matmuls_and_cpu_attention():
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(8, 4, bias=False)
+
+        def forward(self, x):
+            q = self.linear(x).view(1, 1, 3, 4)
+            return torch.nn.functional.scaled_dot_product_attention(q, q, q)
+
+    net = Net()
+    _, cost = measure_cost(net, lambda: [net(torch.ones(3, 8)) for _ in range(2)])
+    # linear 2·3·8·4 = 192; attention: QK^T 2·3·3·4 = 72 and AV 72
+    assert cost.flops_per_forward == [192 + 144, 192 + 144]
+    assert cost.peak_memory_bytes >= 3 * 4 * 4  # at least the output tensor
+
+
+def test_cache_bytes_walk_state_but_not_weights():
+    class State:
+        def __init__(self):
+            self.cache = {"a": torch.zeros(10), "b": [torch.zeros(5, dtype=torch.float64)]}
+            self.view = self.cache["a"][:5]  # same storage: counted once
+            self.model = torch.nn.Linear(100, 100)  # weights are not cache
+
+    assert tensor_bytes(State()) == 10 * 4 + 5 * 8
+
+
+# -- the sweep -----------------------------------------------------------------------------------------------------
 def test_bench_prompts_cover_the_grammar():
     pairs = bench_prompts(16)
     assert [seed for _, seed in pairs] == list(range(16))
@@ -52,32 +129,162 @@ def test_bench_prompts_cover_the_grammar():
     assert {p.split()[-1] for p, _ in pairs} == {"left", "right", "up", "down"}
 
 
-def test_bench_end_to_end(shipped_pipe, tmp_path):
-    result = run_bench(shipped_pipe, parse_methods("adacache:fast,adacache:slow"), num_prompts=2, steps=30,
-                       repeats=1, progress=False, model_name="tiny-shapes-t2v")
-    by_method = {s["method"]: s for s in result.summary}
-    assert by_method["none"]["psnr"] == metrics.PSNR_CAP and by_method["none"]["computed_mean"] == 30
-    fast, slow = by_method["adacache:fast"], by_method["adacache:slow"]
-    assert fast["computed_mean"] < slow["computed_mean"] < 30
-    assert 15 < fast["psnr"] < slow["psnr"] < metrics.PSNR_CAP
-    assert len(result.rows) == 6 and all(len(r["seconds"]) == 1 for r in result.rows)
-    paths = write_bench(result, tmp_path)
-    assert json.loads(paths[0].read_text())["config"]["steps"] == 30
-    assert "| adacache:fast |" in paths[1].read_text()
-    with pytest.raises(FileExistsError):
-        write_bench(result, tmp_path)
+def test_bench_end_to_end_with_skipped_rows(shipped_pipe, tmp_path):
+    reports = benchmark(methods="adacache:fast,adacache:slow,steps:2,teacache:cogvideox-2b,diffusers-fastercache",
+                        out=tmp_path, pipe=shipped_pipe, **FAST)
+    rows = {r["method"]: r for r in reports["summary"]}
+    none, fast, slow = rows["none"], rows["adacache:fast"], rows["adacache:slow"]
+    assert none["psnr"] == math.inf and none["flop_speedup"] == 1.0 and none["computed_mean"] == 3
+    assert none["cpu_speedup"] == 1.0 and fast["cpu_speedup"] > 0
+    assert fast["computed_mean"] <= slow["computed_mean"] <= 3 and fast["flop_speedup"] >= 1.0
+    assert rows["steps:2"]["flop_speedup"] == pytest.approx(1.5) and rows["steps:2"]["computed_mean"] == 2
+    # a method the model cannot take, and a peer that crashes on split CFG: skipped rows with the reason
+    assert "Wan model" in rows["teacache:cogvideox-2b"]["skipped"]
+    assert "IndexError" in rows["diffusers-fastercache"]["skipped"]
+    records = read_records(tmp_path / RESULTS)
+    assert len(records) == 2 and all(len(r["methods"]["none"]["seconds"]) == 1 for r in records)
+    assert "teacache:cogvideox-2b" in records[0]["skipped"]
+    for name in ("summary.csv", "summary.md", "index.html", "timeline.png", "pareto-psnr.png", "pareto-ssim.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    clips = [row["clip"] for r in records for row in r["methods"].values()]
+    assert len(clips) == 2 * 4 and all((tmp_path / c).exists() for c in clips)
+    assert "skipped: TeaCache preset" in reports["table"]
 
 
-def test_bench_cli_refuses_bad_input_before_work(tmp_path, capsys):
+def test_resume_after_an_interruption(shipped_pipe, tmp_path):
+    seen = []
+
+    def stop_after_first(item):
+        seen.append(item.key)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        benchmark(methods="steps:1", out=tmp_path, pipe=shipped_pipe, after_item=stop_after_first, **FAST)
+    assert [r["item"] for r in read_records(tmp_path / RESULTS)] == ["0000"]
+    with open(tmp_path / RESULTS, "a") as handle:  # a kill in the middle of writing the next line
+        handle.write('{"item": "0001", "methods": {"no')
+    done = []
+    reports = benchmark(methods="steps:1", out=tmp_path, pipe=shipped_pipe, after_item=lambda i: done.append(i.key),
+                        **FAST)
+    assert done == ["0001"]  # the finished item was not redone; the torn line was ignored and cut
+    assert [r["item"] for r in read_records(tmp_path / RESULTS)] == ["0000", "0001"]
+    assert all(json.loads(line) for line in (tmp_path / RESULTS).read_text().splitlines())
+    assert len(reports["records"]) == 2
+    again = []
+    benchmark(methods="steps:1", out=tmp_path, pipe=shipped_pipe, after_item=lambda i: again.append(i), **FAST)
+    assert again == []  # everything finished: nothing rerun, reports rewritten
+    forced = []
+    benchmark(methods="steps:1", out=tmp_path, pipe=shipped_pipe, force=True,
+              after_item=lambda i: forced.append(i.key), **FAST)
+    assert forced == ["0000", "0001"]
+
+
+def test_a_different_configuration_is_refused(shipped_pipe, tmp_path, capsys):
+    benchmark(methods="steps:2", out=tmp_path, pipe=shipped_pipe, **{**FAST, "num_prompts": 1})
+    with pytest.raises(BenchConfigError, match="different configuration.*steps: folder has 3, this run 4"):
+        benchmark(methods="steps:2", out=tmp_path, pipe=shipped_pipe, **{**FAST, "num_prompts": 1, "steps": 4})
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "index.html").write_text("keep me")  # e.g. an earlier `diffcache demo`
+    with pytest.raises(BenchConfigError, match="already holds index.html"):
+        benchmark(methods="steps:2", out=other, pipe=shipped_pipe, **{**FAST, "num_prompts": 1})
+    assert (other / "index.html").read_text() == "keep me"
     assert main(["bench", "--methods", "adacache:fastest", "--out", str(tmp_path)]) == 2
     assert "presets: fast" in capsys.readouterr().err
     assert main(["bench", "--prompts", "0", "--out", str(tmp_path)]) == 2
-    (tmp_path / "table.md").write_text("keep me")
-    assert main(["bench", "--prompts", "1", "--out", str(tmp_path)]) == 2
-    assert (tmp_path / "table.md").read_text() == "keep me"
+    assert "--prompts must be at least 1" in capsys.readouterr().err
 
 
-def test_methods_command_lists_presets(capsys):
-    assert main(["methods"]) == 0
-    out = capsys.readouterr().out
-    assert "adacache" in out and "fast-moreg (default)" in out and "LTX-Video" in out
+def test_merge_across_processes(shipped_pipe, tmp_path):
+    """Two ranks (run one after the other here) split the items; rank 0 merges their parts."""
+    kwargs = dict(methods="steps:1", out=tmp_path, pipe=shipped_pipe, **{**FAST, "num_prompts": 3})
+    assert benchmark(dist=Distributed(rank=1, world=2), **kwargs) is None  # rank 1 writes its part only
+    part = read_records(tmp_path / "parts" / "rank-1.jsonl")
+    assert [r["item"] for r in part] == ["0001"] and not (tmp_path / RESULTS).exists()
+    reports = benchmark(dist=Distributed(rank=0, world=2), **kwargs)
+    assert sorted(r["item"] for r in read_records(tmp_path / RESULTS)) == ["0000", "0001", "0002"]
+    assert {r["rank"] for r in reports["records"]} == {0, 1}
+    assert not (tmp_path / "parts").exists()
+    assert merge_parts(tmp_path) == 0
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_under_accelerate(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    accelerate = Path(sys.executable).parent / "accelerate"
+    proc = subprocess.run([str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "-m", "diffcache.cli",
+                           "bench", "--methods", "steps:2,adacache:fast", "--prompts", "2", "--steps", "4",
+                           "--repeats", "1", "--no-progress", "--out", str(tmp_path)],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = read_records(tmp_path / RESULTS)
+    assert sorted(r["item"] for r in records) == ["0000", "0001"] and {r["rank"] for r in records} == {0, 1}
+    assert proc.stdout.count("report:") == 1  # rank 0 reports
+
+
+# -- the HTML report in a real browser -----------------------------------------------------------------------------
+def _chromium():
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _loaded(page: Path) -> tuple[int, int, str]:
+    dom = subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files",
+                          "--virtual-time-budget=10000", "--dump-dom", page.resolve().as_uri()],
+                         capture_output=True, text=True, timeout=120).stdout
+    import re
+
+    match = re.search(r'id="load-check" data-total="(-?\d+)" data-failed="(-?\d+)">([^<]*)<', dom)
+    assert match, dom[-2000:]
+    return int(match.group(1)), int(match.group(2)), match.group(3)
+
+
+@pytest.mark.skipif(_chromium() is None, reason="chromium is not installed (.ci/run installs Debian's chromium)")
+def test_html_report_loads_every_image_in_chromium(shipped_pipe, tmp_path):
+    benchmark(methods="fbcache,steps:2", out=tmp_path, pipe=shipped_pipe, **FAST)
+    total, failed, text = _loaded(tmp_path / "index.html")
+    # 2 prompts × 3 columns of clips, plus the Pareto plots and the timeline
+    assert total >= 2 * 3 + 2 and failed == 0, text
+    (tmp_path / "clips" / "0000" / "steps_2.gif").unlink()  # the check does catch a missing clip
+    total, failed, text = _loaded(tmp_path / "index.html")
+    assert failed == 1 and "steps_2.gif" in text
+
+
+def test_bench_a_pipeline_folder_with_prompts(tmp_path, capsys):
+    """`--model DIR` takes any supported diffusers pipeline; prompts come from --prompt; no checker there."""
+    import tiny_diffusers
+
+    tiny_diffusers.tiny_wan_pipeline().save_pretrained(tmp_path / "wan")
+    out = tmp_path / "bench"
+    args = ["bench", "--model", str(tmp_path / "wan"), "--methods", "steps:1,fbcache,diffusers-taylorseer",
+            "--steps", "3", "--repeats", "1", "--height", "16", "--width", "16", "--frames", "5", "--no-progress"]
+    assert main(args + ["--out", str(out)]) == 2
+    assert "give its prompts with --prompt" in capsys.readouterr().err
+    assert main(args + ["--prompt", "a cat surfing", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "diffusers-taylorseer" in printed and f"report: {out / 'index.html'}" in printed
+    record = read_records(out / RESULTS)[0]
+    assert record["methods"]["none"]["frames"] == 5 and record["methods"]["none"]["adherence"] is None
+    assert record["methods"]["diffusers-taylorseer"]["hooked_modules"] == 2 * 2  # attn1 and attn2 of 2 blocks
+
+
+def test_a_still_image_is_a_one_frame_video():
+    from types import SimpleNamespace
+
+    from diffcache.bench.runner import _frames, quality
+
+    image = np.random.default_rng(0).random((2, 8, 8, 3))
+    assert _frames(SimpleNamespace(images=image)).shape == (1, 8, 8, 3)
+    assert _frames(SimpleNamespace(frames=image[None])).shape == (2, 8, 8, 3)
+    still = image[:1]
+    assert quality(still, still)["temporal_stability"] is None
+
+
+def test_timeline_comes_from_the_generic_report():
+    from diffcache.bench.runner import _report_timeline
+    from diffcache.methods.base import CallReport, Report, StepRecord
+
+    steps = [StepRecord(0, True, ["cond"], 5, 0), StepRecord(1, False, ["cond"], 0, 5),
+             StepRecord(2, True, ["cond"], 1, 4), StepRecord(3, True, ["cond"], 5, 0, active_fraction=0.25),
+             StepRecord(4, True, ["cond"], 5, 0, values={"active_fraction": 0.5})]
+    report = Report("m", {}, [CallReport(0, 5, steps)])
+    assert _report_timeline(report) == {"computed_steps": 4, "step_compute": [1.0, 0.0, 0.2, 0.25, 0.5]}

@@ -25,13 +25,23 @@ EXAMPLES = {
   diffcache evaluate                                # the shipped model: 64 prompts, 30 steps, CFG 5
   diffcache evaluate --model runs/t2v/model --prompts 64 --json gate.json""",
     "bench": """examples:
-  diffcache bench --methods none,adacache:fast,adacache:fast-moreg,adacache:slow --prompts 16 --steps 30 --out out/bench
-  diffcache bench --methods adacache --prompts 4 --repeats 1 --out out/quick   # 'none' is always added
-  diffcache bench --methods "teacache,fbcache,pab,steps:15,fbcache:default[threshold=0.2]" --out out/baselines
-  diffcache bench --cfg-mode batched --methods fastercache,diffusers-fastercache --out out/fastercache
+  diffcache bench --out out/bench        # uncached, every diffcache method at its default, two diffusers peers
+  diffcache bench --methods none,adacache:fast,adacache:slow,steps:15 --prompts 16 --steps 30 --out out/ada
+  diffcache bench --methods "ours,peers" --prompts 8 --seeds 2 --out out/all       # every method and peer
+  diffcache bench --methods "teacache,fbcache[threshold=0.2],diffusers-fbcache[threshold=0.1]" --out out/fb
+  diffcache bench --model ./my-wan-pipeline --prompt "a cat surfing" --prompt "a dog running" --steps 50 --out out/wan
+  accelerate launch --multi_gpu --num_processes 2 -m diffcache.cli bench --out out/bench   # 2 processes (CPU too)
 
-Speedup is the uncached run's total time over the method's, runs interleaved in one process; PSNR and SSIM
-compare each video with the uncached one of the same seed; adherence is the analytic checker's.""",
+--methods names: none (the uncached reference, always added), steps:N (the plain pipeline at N steps),
+METHOD[:PRESET][option=value;...] (see 'diffcache methods'), 'ours' (every diffcache method at its default
+preset), the peers diffusers-pab, diffusers-fastercache, diffusers-fbcache, diffusers-taylorseer,
+diffusers-magcache, cachedit-dbcache (optionally PEER[option=value;...]) and 'peers' (all of them). A method or
+peer that cannot run on the model is a skipped row with the reason.
+
+Per video: speedup (interleaved timed runs in one process), denoiser FLOPs, peak and cache memory, PSNR / SSIM /
+relative L1 against the uncached video of the same prompt and seed, the checker's adherence and temporal
+stability (embedded model). Re-running the same command resumes (finished items are kept); --force starts over.
+Writes results.jsonl, summary.csv / summary.md, pareto-*.png, timeline.png, clips/ and index.html.""",
     "calibrate": """examples:
   diffcache calibrate teacache --prompts 16 --out tiny-teacache.json         # the embedded model
   diffcache calibrate teacache --model ./my-wan-pipeline --prompt "a cat surfing" --prompt "a dog running" \\
@@ -103,21 +113,28 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--json", default=None, help="also write the per-prompt results to this JSON file")
     e.add_argument("--force", action="store_true", help="overwrite --json if it exists")
 
-    b = sub.add_parser("bench", help="compare caching methods on one model: speedup, PSNR, SSIM, adherence",
-                       epilog=EXAMPLES["bench"], formatter_class=fmt)
-    b.add_argument("--model", default="tiny-shapes-t2v", help="embedded model name or pipeline folder")
-    b.add_argument("--methods", default="none,adacache:fast,adacache:fast-moreg,adacache:slow",
-                   help="comma-separated METHOD[:PRESET][option=value;...] list; 'none' is the uncached reference, "
-                   "'steps:N' the plain pipeline at N steps "
-                   "(default: none,adacache:fast,adacache:fast-moreg,adacache:slow)")
-    b.add_argument("--prompts", type=int, default=16, help="number of prompts, spread over the grammar (default: 16)")
+    b = sub.add_parser("bench", help="compare caching methods and peers on one model: speed, FLOPs, memory, "
+                       "quality; resumable; HTML report", epilog=EXAMPLES["bench"], formatter_class=fmt)
+    b.add_argument("--model", default="tiny-shapes-t2v",
+                   help="embedded model name or pipeline folder (default: tiny-shapes-t2v)")
+    b.add_argument("--methods", default=DEFAULT_BENCH_METHODS,
+                   help="comma-separated list, see below (default: %(default)s)")
+    b.add_argument("--prompts", type=int, default=8,
+                   help="embedded models: number of prompts spread over the grammar (default: 8)")
+    b.add_argument("--prompt", action="append", default=None,
+                   help="a prompt (repeat for several); required for models other than the embedded ones")
+    b.add_argument("--seeds", type=int, default=1, help="seeds per prompt (default: 1)")
     b.add_argument("--steps", type=int, default=30, help="denoising steps (default: 30)")
     b.add_argument("--guidance", type=float, default=5.0, help="guidance scale (default: 5)")
-    b.add_argument("--repeats", type=int, default=2, help="timed runs per method and prompt (default: 2)")
+    b.add_argument("--repeats", type=int, default=2, help="timed runs per method and video (default: 2)")
     b.add_argument("--cfg-mode", choices=("split", "batched"), default=None,
                    help="embedded models: guidance as two calls per step (split, default) or one batched call")
-    b.add_argument("--out", default="out/bench", help="folder for results.json and table.md (default: out/bench)")
-    b.add_argument("--force", action="store_true", help="overwrite results in --out")
+    b.add_argument("--out", default="out/bench", help="output folder (default: out/bench)")
+    b.add_argument("--force", action="store_true", help="discard the results in --out and start over")
+    b.add_argument("--height", type=int, default=None, help="frame height in pixels (default: the model's)")
+    b.add_argument("--width", type=int, default=None, help="frame width in pixels (default: the model's)")
+    b.add_argument("--frames", type=int, default=None, help="number of frames (default: the model's)")
+    b.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     c = sub.add_parser("calibrate", help="fit a method's model-specific constants (TeaCache's polynomial) for any "
                        "supported model", epilog=EXAMPLES["calibrate"], formatter_class=fmt)
@@ -195,6 +212,9 @@ def cmd_generate(args) -> int:
         from .bench.runner import BASELINE, MethodSpec
 
         spec = MethodSpec.parse(args.method)
+        if spec.kind in ("peer", "steps"):
+            raise ValueError(f"--method {args.method}: peers and steps:N run only in 'diffcache bench'; "
+                             "generate takes a diffcache method (see 'diffcache methods').")
         spec = None if spec.name == BASELINE else spec
     if args.budget_map is not None:
         if spec is None or spec.name != "hsa":
@@ -287,6 +307,9 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+#: the README's main command: uncached, every registered diffcache method at its default preset, two diffusers peers
+DEFAULT_BENCH_METHODS = "none,ours,diffusers-pab,diffusers-magcache"
+
 DEMO_PROMPTS = (
     "a red circle moving right",
     "a green square moving up",
@@ -369,25 +392,27 @@ adherence {100 * mean("adherence", 0):.0f}% uncached, {100 * mean("adherence", 1
 
 
 def cmd_bench(args) -> int:
-    from .bench.runner import parse_methods, run_bench, write_bench
-    from .io import check_writable
-    from .models.registry import load_pipeline
+    from .bench.benchmark import benchmark
 
-    _positive(prompts=args.prompts, steps=args.steps, repeats=args.repeats)
-    methods = parse_methods(args.methods)
-    out = Path(args.out)
-    from .bench.runner import OUTPUT_FILES
-
-    for name in OUTPUT_FILES:
-        check_writable(out / name, args.force)
-    pipe = load_pipeline(args.model)
-    result = run_bench(pipe, methods, num_prompts=args.prompts, steps=args.steps, guidance=args.guidance,
-                       repeats=args.repeats, model_name=args.model, cfg_mode=args.cfg_mode)
-    paths = write_bench(result, out, force=args.force)
-    print(f"{args.model}, {args.prompts} prompts, {args.steps} steps, guidance {args.guidance:g}, "
-          f"{args.repeats} interleaved repeats:")
-    print(result.table())
-    print(f"results: {paths[0]}; chart: {paths[2]}")
+    _positive(prompts=args.prompts, steps=args.steps, repeats=args.repeats, seeds=args.seeds, height=args.height,
+              width=args.width, frames=args.frames)
+    try:
+        reports = benchmark(model=args.model, methods=args.methods, out=args.out, prompts=args.prompt,
+                            num_prompts=args.prompts, seeds=args.seeds, steps=args.steps, guidance=args.guidance,
+                            repeats=args.repeats, cfg_mode=args.cfg_mode, force=args.force,
+                            progress=not args.no_progress, height=args.height, width=args.width,
+                            frames=args.frames)
+    except KeyboardInterrupt:
+        print(f"diffcache bench: interrupted; the finished videos are in {Path(args.out) / 'results.jsonl'}. Run the "
+              "same command again to resume.", file=sys.stderr)
+        return 130
+    if reports is None:  # not rank 0 of a multi-process run: rank 0 prints
+        return 0
+    print(f"{args.model}: {len(reports['records'])} of {reports['items']} videos, {args.steps} steps, guidance "
+          f"{args.guidance:g}, {args.repeats} interleaved timed repeats")
+    print(reports["table"])
+    print(f"results: {Path(args.out) / 'results.jsonl'}; table: {reports['markdown']}, {reports['csv']}")
+    print(f"report: {reports['html']}")
     return 0
 
 

@@ -1,284 +1,432 @@
-"""Run methods side by side on one model and measure them against the uncached run.
+"""The sweep: methods × prompts × seeds on one model, resumable, split across processes.
 
-For every prompt (seed = its position), every method generates the same video; each method's time is measured
-``repeats`` times, the methods interleaved (the order rotates each repeat) so that machine noise hits them alike.
-Speedup is the uncached run's total time over the method's, in the same process. Quality is PSNR and SSIM against
-the uncached video with the same seed, and adherence by the analytic checker (embedded shapes models only).
+An *item* is one (prompt, seed). Every method runs on it in the same process:
+
+1. one counted run per method (untimed): the video for the quality metrics, denoiser FLOPs per forward, peak
+   tensor memory and the method's cache memory (:mod:`.flops`), and the method's own report (computed steps,
+   blocks run or reused per step);
+2. ``repeats`` timed runs, the methods interleaved and the order rotated each repeat, so that machine noise hits
+   them alike. Speedup is the uncached run's wall-clock time over the method's, summed over items; the same
+   ratio of the process's CPU time (``time.process_time``) is recorded too, since other processes on a shared
+   machine add noise to wall-clock time but not to this process's CPU time.
+
+The uncached video of each item is generated once (``none``'s counted run) and is the reference of every method.
+A finished item is appended to ``results.jsonl`` as one line (flush + fsync), so a killed run leaves a consistent
+file; re-running the same command skips finished items. Under ``accelerate launch`` (or ``torchrun``) the items
+are split across processes, each appending to ``parts/rank-R.jsonl``; rank 0 merges them and writes the reports.
 """
 
 from __future__ import annotations
 
-import ast
+import gc
 import json
-import re
+import math
+import os
+import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..methods.base import UnknownMethodError, enable, method_info
-from ..models.shapes import all_prompts
-from .metrics import psnr, ssim
+from ..adapters.base import UnsupportedModelError
+from ..io import write_text, write_video
+from ..methods.base import enable
+from .flops import measure_cost
+from .metrics import lpips_distance, lpips_unavailable_reason, psnr, relative_l1, ssim
+from .peers import PEERS, PeerUnavailable, Setup
+from .specs import BASELINE, FEWER_STEPS, MethodSpec, parse_methods  # noqa: F401 - re-exported
 
-BASELINE = "none"
-FEWER_STEPS = "steps"  #: "steps:N": the plain pipeline at N steps, the baseline every cache must beat
+RESULTS = "results.jsonl"
+CONFIG = "config.json"
+PARTS = "parts"
+CLIPS = "clips"
+GALLERY_UPSCALE = 4
 
 
-def _diffusers_fastercache(pipe):
-    """diffusers' own FasterCache with its documented defaults (attention weight 0.5), as a peer."""
-    from diffusers import FasterCacheConfig
-
-    return FasterCacheConfig(current_timestep_callback=lambda: pipe.current_timestep,
-                             attention_weight_callback=lambda _: 0.5, tensor_format="BCFHW")
-
-
-PEERS = {"diffusers-fastercache": _diffusers_fastercache}  #: peers' own implementations, run through enable_cache
+class BenchConfigError(ValueError):
+    """The output folder holds results of a different benchmark configuration."""
 
 
 @dataclass(frozen=True)
-class MethodSpec:
-    """One entry of ``--methods``: ``none`` (the uncached run), ``NAME`` (default preset), ``NAME:PRESET``, or
-    ``NAME:PRESET[option=value;option=value]`` with config overrides."""
-
-    name: str
-    preset: str | None = None
-    overrides: tuple[tuple[str, object], ...] = ()
+class Item:
+    index: int
+    prompt: str
+    seed: int
 
     @property
-    def label(self) -> str:
-        if self.preset is None:
-            return self.name
-        extra = ";".join(f"{k}={v}" for k, v in self.overrides)
-        return f"{self.name}:{self.preset}" + (f"[{extra}]" if extra else "")
-
-    @classmethod
-    def parse(cls, text: str) -> "MethodSpec":
-        text = text.strip()
-        match = re.fullmatch(r"([\w-]+)(?::([^\[\],]+))?(?:\[(.*)\])?", text)
-        if not match:
-            raise UnknownMethodError(f"cannot read method {text!r}; write NAME, NAME:PRESET or "
-                                     "NAME:PRESET[option=value;...], e.g. adacache:fast[metric_blocks=(1,2)]")
-        name, preset, options = match.groups()
-        if name in PEERS:
-            if preset or options:
-                raise UnknownMethodError(f"the peer {name!r} runs with its own defaults; it takes no preset or options")
-            return cls(name)
-        if name == FEWER_STEPS:
-            if options or not (preset or "").isdigit() or int(preset) < 1:
-                raise UnknownMethodError(f"{text!r}: write steps:N with N a positive number of steps, e.g. steps:15")
-            return cls(FEWER_STEPS, preset)
-        if name == BASELINE:
-            if preset or options:
-                raise UnknownMethodError(f"'{BASELINE}' (the uncached run) takes no preset or options, got {text!r}")
-            return cls(BASELINE)
-        info = method_info(name)
-        if preset and preset not in info.presets and not preset.endswith(".json"):
-            raise UnknownMethodError(f"unknown preset {preset!r} of {name}; presets: {', '.join(info.presets)}.")
-        overrides = []
-        for item in filter(None, (options or "").split(";")):
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise UnknownMethodError(f"option {item!r} in {text!r} is not of the form option=value")
-            try:
-                value = ast.literal_eval(value.strip())
-            except (ValueError, SyntaxError):
-                value = value.strip()
-            overrides.append((key.strip(), value))
-        spec = cls(name, preset or info.default_preset, tuple(overrides))
-        try:
-            info.config_class.from_preset(spec.preset, **dict(spec.overrides))  # bad options fail now, not mid-run
-        except TypeError as error:
-            raise UnknownMethodError(str(error)) from error
-        return spec
-
-
-def parse_methods(text: str) -> list[MethodSpec]:
-    """``"none,adacache:fast,steps:15"`` → specs; ``none`` is added first when missing (it is the reference)."""
-    parts = re.split(r",(?![^\[]*\])", text)  # commas inside [...] belong to option values
-    specs = [MethodSpec.parse(part) for part in parts if part.strip()]
-    if not specs:
-        raise UnknownMethodError("no methods given; e.g. --methods none,adacache:fast")
-    labels = [s.label for s in specs]
-    duplicated = sorted({label for label in labels if labels.count(label) > 1})
-    if duplicated:
-        raise UnknownMethodError(f"methods listed twice: {', '.join(duplicated)}")
-    if BASELINE not in labels:
-        specs.insert(0, MethodSpec(BASELINE))
-    return specs
+    def key(self) -> str:
+        return f"{self.index:04d}"
 
 
 def bench_prompts(n: int) -> list[tuple[str, int]]:
-    """``n`` (prompt, seed) pairs spread evenly over the 60 prompts of the shapes grammar."""
+    """``n`` (prompt, seed) pairs spread evenly over the 60 prompts of the shapes grammar (seed = position)."""
+    from ..models.shapes import all_prompts
+
     prompts = all_prompts()
     return [(prompts[(i * len(prompts)) // n % len(prompts)], i) for i in range(n)]
 
 
-@dataclass
-class BenchResult:
-    config: dict
-    rows: list[dict] = field(default_factory=list)  #: one per (method, prompt)
-    summary: list[dict] = field(default_factory=list)  #: one per method
-    skipped: dict[str, str] = field(default_factory=dict)  #: peers that could not run here, with the reason
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=1)
-
-    def table(self) -> str:
-        """The summary as a Markdown table."""
-        head = ("| method | speedup | PSNR (dB) | SSIM | adherence | computed steps per video (min–max, mean) |\n"
-                "|---|---:|---:|---:|---:|---|")
-        lines = [head]
-        for s in self.summary:
-            adherence = "–" if s["adherence"] is None else f"{100 * s['adherence']:.1f}%"
-            steps = ("– (not reported)" if s["computed_mean"] is None
-                     else f"{s['computed_min']}–{s['computed_max']}, {s['computed_mean']:.1f}")
-            lines.append(f"| {s['method']} | {s['speedup']:.2f}× | {s['psnr']:.2f} | {s['ssim']:.3f} | {adherence} | "
-                         f"{steps} |")
-        lines += [f"\nskipped {label}: {reason}" for label, reason in self.skipped.items()]
-        return "\n".join(lines)
+def plan_items(prompts: list[str], seeds: int = 1) -> list[Item]:
+    """Every prompt with ``seeds`` seeds; seeds are numbered by position (prompt ``i``, seed ``j`` → ``i·seeds+j``)."""
+    items = []
+    for i, prompt in enumerate(prompts):
+        for j in range(seeds):
+            items.append(Item(len(items), prompt, i * seeds + j))
+    return items
 
 
-def _generate(pipe, prompt: str, seed: int, steps: int, guidance: float, **extra) -> np.ndarray:
-    return pipe(prompt, num_inference_steps=steps, guidance_scale=guidance,
-                generator=torch.Generator().manual_seed(seed), output_type="np", **extra).frames[0]
+# -- JSON lines ----------------------------------------------------------------------------------------------------
+def _encode(value):
+    """JSON has no infinity: non-finite floats become the strings 'inf', '-inf', 'nan'."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {k: _encode(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_encode(v) for v in value]
+    return value
 
 
-def run_bench(pipe, methods: list[MethodSpec], num_prompts: int = 8, steps: int = 30, guidance: float = 5.0,
-              repeats: int = 2, progress: bool = True, model_name: str = "", cfg_mode: str | None = None) -> BenchResult:
-    """Benchmark ``methods`` (the first must be ``none``) on ``pipe``; see the module docs for the protocol."""
-    from ..models.checker import check
+NUMERIC = ("psnr", "ssim", "rel_l1", "lpips")
 
-    if methods[0].name != BASELINE:
-        raise ValueError("the first method must be 'none', the uncached reference")
-    if num_prompts < 1 or steps < 1 or repeats < 1:
-        raise ValueError("num_prompts, steps and repeats must be >= 1")
-    pairs = bench_prompts(num_prompts)
-    scored = type(pipe).__name__ == "TinyShapesT2VPipeline"
-    pipe.set_progress_bar_config(disable=True)
-    extra = {} if cfg_mode is None else {"cfg_mode": cfg_mode}
-    result = BenchResult(config={"model": model_name, "methods": [m.label for m in methods], "prompts": num_prompts,
-                                 "steps": steps, "guidance": guidance, "repeats": repeats, "cfg_mode": cfg_mode,
-                                 "torch_threads": torch.get_num_threads()})
 
-    def run(spec: MethodSpec, prompt: str, seed: int):
-        if spec.name in (BASELINE, FEWER_STEPS):
-            n = steps if spec.name == BASELINE else int(spec.preset)
-            start = time.perf_counter()
-            video = _generate(pipe, prompt, seed, n, guidance, **extra)
-            return video, time.perf_counter() - start, n
-        if spec.name in PEERS:
-            pipe.transformer.enable_cache(PEERS[spec.name](pipe))
-            try:
-                start = time.perf_counter()
-                video = _generate(pipe, prompt, seed, steps, guidance, **extra)
-                return video, time.perf_counter() - start, None  # peers do not report computed steps
-            except Exception as error:  # noqa: BLE001 - a peer's crash becomes a one-line reason
-                raise ValueError(f"{spec.name} failed on {type(pipe).__name__} (cfg_mode={cfg_mode or 'default'}): "
-                                 f"{type(error).__name__}: {error}") from error
-            finally:
-                pipe.transformer.disable_cache()
-        with enable(pipe, spec.name, preset=spec.preset, **dict(spec.overrides)) as handle:
-            start = time.perf_counter()
-            video = _generate(pipe, prompt, seed, steps, guidance, **extra)
-            elapsed = time.perf_counter() - start
-        return video, elapsed, handle.report().computed_steps()
+def number(value) -> float | None:
+    """A metric read back from JSON: 'inf' → ``inf``."""
+    if isinstance(value, str):
+        return float(value)
+    return value
 
-    for spec in list(methods):  # warm-up: first-call costs stay out of the timings
+
+def read_records(path: Path) -> list[dict]:
+    """The finished items in a JSONL file; a torn line (a process killed while writing it) is ignored."""
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
         try:
-            run(spec, *pairs[0])
-        except ValueError as error:
-            if spec.name not in PEERS:
-                raise
-            methods = [m for m in methods if m != spec]  # a peer that cannot run here is listed, not fatal
-            result.skipped[spec.label] = str(error)
-    bar = tqdm(total=len(pairs) * len(methods) * repeats, desc="bench", disable=not progress)
-    for prompt, seed in pairs:
-        videos, times, computed = {}, {m.label: [] for m in methods}, {}
-        for repeat in range(repeats):
-            order = methods[repeat % len(methods):] + methods[:repeat % len(methods)]
-            for spec in order:
-                video, elapsed, n = run(spec, prompt, seed)
-                times[spec.label].append(elapsed)
-                if repeat == 0:
-                    videos[spec.label], computed[spec.label] = video, n
-                bar.update()
-        reference = videos[BASELINE]
-        for spec in methods:
-            video = videos[spec.label]
-            result.rows.append({
-                "method": spec.label, "prompt": prompt, "seed": seed, "seconds": times[spec.label],
-                "computed_steps": computed[spec.label], "psnr": psnr(video, reference), "ssim": ssim(video, reference),
-                "adherence": check(video, prompt).adherence if scored else None,
-            })
-    bar.close()
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and "item" in record and "methods" in record:
+            records.append(record)
+    return records
 
-    baseline_time = sum(sum(r["seconds"]) for r in result.rows if r["method"] == BASELINE)
-    for spec in methods:
-        rows = [r for r in result.rows if r["method"] == spec.label]
-        counts = [r["computed_steps"] for r in rows]
-        known = None not in counts
-        result.summary.append({
-            "method": spec.label,
-            "speedup": baseline_time / sum(sum(r["seconds"]) for r in rows),
-            "psnr": float(np.mean([r["psnr"] for r in rows])),
-            "ssim": float(np.mean([r["ssim"] for r in rows])),
-            "adherence": float(np.mean([r["adherence"] for r in rows])) if scored else None,
-            "computed_mean": float(np.mean(counts)) if known else None,
-            "computed_min": min(counts) if known else None, "computed_max": max(counts) if known else None,
-            "computed_distinct": len(set(counts)) if known else None,
-        })
+
+def append_record(path: Path, record: dict) -> None:
+    """Append one line atomically enough for a crash: a torn tail is cut first, the line is written in one call,
+    then flushed and fsynced."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = (json.dumps(_encode(record), allow_nan=False) + "\n").encode("utf-8")
+    with open(path, "a+b") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        if size:
+            handle.seek(size - 1)
+            if handle.read(1) != b"\n":  # a torn last line: drop it
+                handle.seek(0)
+                data = handle.read()
+                handle.truncate(data.rfind(b"\n") + 1)
+                handle.seek(0, os.SEEK_END)
+        handle.write(line)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def finished(out: Path) -> dict[str, dict]:
+    """Item key → record, from ``results.jsonl`` and any per-process parts not merged yet."""
+    records = read_records(out / RESULTS)
+    for part in sorted((out / PARTS).glob("rank-*.jsonl")) if (out / PARTS).exists() else []:
+        records += read_records(part)
+    return {r["item"]: r for r in records}
+
+
+def merge_parts(out: Path) -> int:
+    """Rank 0: move the per-process lines into ``results.jsonl`` (items not already there); returns how many."""
+    have = {r["item"] for r in read_records(out / RESULTS)}
+    moved = 0
+    parts = sorted((out / PARTS).glob("rank-*.jsonl")) if (out / PARTS).exists() else []
+    for part in parts:
+        for record in read_records(part):
+            if record["item"] not in have:
+                append_record(out / RESULTS, record)
+                have.add(record["item"])
+                moved += 1
+    for part in parts:
+        part.unlink()
+    if (out / PARTS).exists() and not any((out / PARTS).iterdir()):
+        (out / PARTS).rmdir()
+    return moved
+
+
+# -- the output folder ---------------------------------------------------------------------------------------------
+REPORT_FILES = ("summary.csv", "summary.md", "index.html", "timeline.png")
+
+
+def prepare_output(out: Path, config: dict, force: bool, write: bool = True) -> None:
+    """Refuse a folder holding a different configuration; with ``force`` start it over. ``write``: this process
+    writes (rank 0); the others only check."""
+    path = out / CONFIG
+    if force:
+        if write:
+            for name in (RESULTS, CONFIG, *REPORT_FILES):
+                (out / name).unlink(missing_ok=True)
+            for old in out.glob("pareto-*.png") if out.exists() else []:
+                old.unlink()
+            for folder in (PARTS, CLIPS):
+                shutil.rmtree(out / folder, ignore_errors=True)
+    elif path.exists():
+        try:
+            stored = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            stored = {}
+        differ = sorted(k for k in set(stored) | set(config) if stored.get(k) != config.get(k))
+        if differ:
+            detail = "; ".join(f"{k}: folder has {stored.get(k)!r}, this run {config.get(k)!r}" for k in differ[:4])
+            raise BenchConfigError(
+                f"{out} holds a benchmark with a different configuration ({detail}). Use another --out, or "
+                "--force to discard its results and start over.")
+    elif out.exists() and any((out / name).exists() for name in (RESULTS, *REPORT_FILES)):
+        found = [name for name in (RESULTS, *REPORT_FILES) if (out / name).exists()]
+        raise BenchConfigError(f"{out} already holds {', '.join(found)} but no benchmark {CONFIG}; use another "
+                               "--out, or --force to replace them.")
+    if write and (force or not path.exists()):
+        write_text(path, json.dumps(config, indent=1) + "\n", force=True)
+
+
+# -- one item ------------------------------------------------------------------------------------------------------
+def _frames(output) -> np.ndarray:
+    """A pipeline's first output as ``(frames, H, W, 3)``: video pipelines' ``.frames[0]``; image pipelines'
+    ``.images[0]`` as a one-frame video."""
+    if hasattr(output, "frames") and output.frames is not None:
+        return np.asarray(output.frames[0])
+    image = np.asarray(output.images[0])
+    return image[None]
+
+
+class Sweep:
+    """Runs items on one pipeline; see the module docs."""
+
+    def __init__(self, pipe, specs: list[MethodSpec], steps: int = 30, guidance: float = 5.0, repeats: int = 2,
+                 cfg_mode: str | None = None, scored: bool = False, calibration: tuple[str, int] = ("", 0),
+                 clips: Path | None = None, size: dict | None = None):
+        if specs[0].name != BASELINE:
+            raise ValueError("the first method must be 'none', the uncached reference")
+        self.pipe, self.specs, self.steps, self.guidance, self.repeats = pipe, specs, steps, guidance, repeats
+        self.cfg_mode, self.scored, self.clips = cfg_mode, scored, clips
+        import inspect
+
+        params = inspect.signature(pipe.__call__).parameters
+        self.extra = {} if cfg_mode is None else {"cfg_mode": cfg_mode}
+        if cfg_mode is not None and "cfg_mode" not in params:
+            raise ValueError(f"--cfg-mode is only available for the embedded models; {type(pipe).__name__} "
+                             "chooses its own guidance batching.")
+        for key, value in (size or {}).items():  # height / width / num_frames
+            if value is None:
+                continue
+            if key not in params:
+                raise ValueError(f"{type(pipe).__name__} takes no {key!r} argument; leave that option out.")
+            self.extra[key] = value
+        self.setup = Setup(steps, cfg_mode, lambda prompt, seed: self.generate(prompt, seed, steps), calibration)
+        self.unavailable: dict[str, str] = {}  #: label → why it cannot run (found once, kept for every item)
+        self.lpips_note = lpips_unavailable_reason()
+        self.last_cpu_seconds = 0.0
+
+    def generate(self, prompt: str, seed: int, steps: int) -> np.ndarray:
+        return _frames(self.pipe(prompt, num_inference_steps=steps, guidance_scale=self.guidance,
+                                 generator=torch.Generator().manual_seed(seed), output_type="np", **self.extra))
+
+    def _denoiser(self):
+        from ..methods.base import denoiser_of
+
+        return denoiser_of(self.pipe)[0]
+
+    def run(self, spec: MethodSpec, item: Item, counted: bool):
+        """One generation with ``spec`` enabled. Returns ``(video, seconds, cost or None, info)``; raises
+        :class:`PeerUnavailable` / :class:`UnsupportedModelError` when the method cannot run here."""
+        steps = int(spec.preset) if spec.kind == "steps" else self.steps
+        handle = active = None
+        roots = None
+        if spec.kind == "method":
+            try:
+                handle = enable(self.pipe, spec.name, preset=spec.preset, **dict(spec.overrides))
+            except (UnsupportedModelError, ValueError) as error:  # refused before any work: it cannot run here
+                raise UnsupportedModelError(str(error)) from error
+            roots = lambda: [handle.runtime]  # noqa: E731
+        elif spec.kind == "peer":
+            active = PEERS[spec.name].enable(self.pipe, self.setup, dict(spec.overrides))
+            roots = (lambda: active.state_roots) if active.hooked_modules is not None else None
+        try:
+            go = lambda: self.generate(item.prompt, item.seed, steps)  # noqa: E731
+            try:
+                if counted:
+                    start = time.perf_counter()
+                    video, cost = measure_cost(self._denoiser(), go, roots)
+                    seconds = time.perf_counter() - start
+                else:
+                    gc.collect()  # as timeit does: no collection of earlier garbage inside a timed run
+                    start, cpu_start = time.perf_counter(), time.process_time()
+                    video, cost = go(), None
+                    seconds = time.perf_counter() - start
+                    self.last_cpu_seconds = time.process_time() - cpu_start
+            except Exception as error:  # noqa: BLE001
+                if spec.kind != "peer":
+                    raise
+                raise PeerUnavailable(f"{spec.label} failed on {type(self.pipe).__name__} (cfg_mode="
+                                      f"{self.cfg_mode or 'default'}): {type(error).__name__}: {error}") from error
+        finally:
+            if handle is not None:
+                handle.disable()
+            if active is not None:
+                active.disable()
+        info = {"steps_run": steps}
+        if handle is not None and counted:
+            info.update(_report_timeline(handle.report()))
+        if active is not None and active.notes:
+            info["notes"] = active.notes
+        if active is not None and active.hooked_modules is not None:
+            info["hooked_modules"] = active.hooked_modules
+        return video, seconds, cost, info
+
+    def run_item(self, item: Item, progress: Callable[[str], None] | None = None) -> dict:
+        """Every method on one item; returns the item's record (one JSONL line)."""
+        videos, rows, skipped = {}, {}, {}
+        runnable = []
+        for spec in self.specs:
+            if spec.label in self.unavailable:
+                skipped[spec.label] = self.unavailable[spec.label]
+                continue
+            try:
+                video, seconds, cost, info = self.run(spec, item, counted=True)
+            except (PeerUnavailable, UnsupportedModelError) as error:
+                if spec.kind == "baseline":
+                    raise
+                self.unavailable[spec.label] = skipped[spec.label] = str(error)
+                continue
+            videos[spec.label] = video
+            rows[spec.label] = {"seconds": [], "cpu_seconds": [], "counted_seconds": seconds, "flops": cost.flops,
+                                "flops_per_forward": cost.flops_per_forward,
+                                "peak_memory_bytes": cost.peak_memory_bytes, "memory_measure": cost.memory_measure,
+                                "cache_bytes": cost.cache_bytes, **info}
+            runnable.append(spec)
+            if progress:
+                progress(f"{spec.label} counted")
+        for repeat in range(self.repeats):
+            shift = repeat % len(runnable)
+            for spec in runnable[shift:] + runnable[:shift]:
+                _, seconds, _, _ = self.run(spec, item, counted=False)
+                rows[spec.label]["seconds"].append(seconds)
+                rows[spec.label]["cpu_seconds"].append(self.last_cpu_seconds)
+                if progress:
+                    progress(f"{spec.label} timed {repeat + 1}/{self.repeats}")
+        reference = videos[BASELINE]
+        for spec in runnable:
+            video, row = videos[spec.label], rows[spec.label]
+            row.update(quality(video, reference, item.prompt if self.scored else None,
+                               lpips=self.lpips_note is None))
+            row["frames"] = int(video.shape[0])
+            if self.clips is not None:
+                name = Path(CLIPS) / item.key / f"{_slug(spec.label)}.gif"
+                write_video(self.clips / name, video, upscale=GALLERY_UPSCALE, force=True)
+                row["clip"] = str(name)
+        return {"item": item.key, "prompt": item.prompt, "seed": item.seed, "methods": rows, "skipped": skipped,
+                "torch_threads": torch.get_num_threads()}
+
+
+def quality(video: np.ndarray, reference: np.ndarray, prompt: str | None = None, lpips: bool = False) -> dict:
+    """Metrics of ``video`` against ``reference`` (and the checker's, given the prompt of an embedded model)."""
+    result = {"psnr": psnr(video, reference), "ssim": ssim(video, reference), "rel_l1": relative_l1(video, reference),
+              "lpips": lpips_distance(video, reference) if lpips else None, "adherence": None,
+              "temporal_stability": None}
+    if prompt is not None:
+        from ..models.checker import check
+
+        checked = check(video, prompt)
+        result["adherence"] = checked.adherence
+        result["temporal_stability"] = checked.temporal_stability if video.shape[0] > 1 else None
     return result
 
 
-OUTPUT_FILES = ("results.json", "table.md", "chart.png")
+def _report_timeline(report) -> dict:
+    """From a diffcache method's report: computed steps, and per step the fraction of block forwards run (times
+    the fraction of active tokens when the method reports one)."""
+    if not report.calls:
+        return {"computed_steps": None}
+    call = report.calls[-1]
+    fractions = []
+    for record in call.steps:
+        blocks = record.blocks_computed + record.blocks_reused
+        fraction = record.blocks_computed / blocks if blocks else float(record.computed)
+        active = getattr(record, "active_fraction", None)
+        if active is None:
+            active = record.values.get("active_fraction")
+        fractions.append(round(fraction * (1.0 if active is None else float(active)), 4))
+    return {"computed_steps": call.computed_steps, "step_compute": fractions}
 
 
-def plot_chart(result: BenchResult, path: str | Path) -> None:
-    """Quality (PSNR) against speedup, one point per method row, one colour per method family (PNG, atomic)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..io import atomic_path
-
-    fig, ax = plt.subplots(figsize=(7, 5), dpi=120)
-    families = sorted({s["method"].split(":")[0] for s in result.summary})
-    for colour, family in enumerate(families):
-        rows = [s for s in result.summary if s["method"].split(":")[0] == family and s["method"] != BASELINE]
-        if not rows:
-            continue
-        rows.sort(key=lambda s: s["speedup"])
-        ax.plot([s["speedup"] for s in rows], [s["psnr"] for s in rows], "o-" if len(rows) > 1 else "o",
-                color=f"C{colour}", label=family)
-        for s in rows:
-            ax.annotate(s["method"].split(":", 1)[-1], (s["speedup"], s["psnr"]), fontsize=7,
-                        xytext=(3, 3), textcoords="offset points")
-    ax.axvline(1.0, color="grey", lw=0.5)
-    ax.set_xlabel("speedup vs uncached (interleaved wall-clock)")
-    ax.set_ylabel("PSNR vs uncached (dB)")
-    config = result.config
-    ax.set_title(f"{config.get('model', '')}: {config['prompts']} prompts, {config['steps']} steps", fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path, force=True) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+def _slug(label: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in label)[:80]
 
 
-def write_bench(result: BenchResult, out: str | Path, force: bool = False) -> list[Path]:
-    """Write ``results.json``, ``table.md`` and ``chart.png`` (PSNR vs speedup) into ``out`` (atomically;
-    existing files need ``force``)."""
-    from ..io import check_writable, write_text
+# -- the whole sweep -----------------------------------------------------------------------------------------------
+@dataclass
+class Distributed:
+    """Which process this is; ``barrier`` waits for every process (a no-op alone)."""
 
+    rank: int = 0
+    world: int = 1
+    barrier: Callable[[], None] = lambda: None
+
+    @classmethod
+    def from_environment(cls) -> "Distributed":
+        """Under ``accelerate launch`` / ``torchrun`` (``WORLD_SIZE`` > 1): accelerate's ``PartialState`` (gloo on
+        CPU); otherwise a single process."""
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            return cls()
+        from accelerate import PartialState
+
+        state = PartialState(cpu=not torch.cuda.is_available())
+        return cls(state.process_index, state.num_processes, state.wait_for_everyone)
+
+
+def run_sweep(sweep: Sweep, items: list[Item], out: Path, config: dict, force: bool = False,
+              dist: Distributed | None = None, progress: bool = True,
+              after_item: Callable[[Item], None] | None = None) -> list[dict] | None:
+    """Run the items of this process that are not finished yet, appending each to the results; then (rank 0)
+    merge the processes' parts. Returns every finished record on rank 0, ``None`` on the others."""
+    dist = dist or Distributed()
     out = Path(out)
-    paths = [out / name for name in OUTPUT_FILES]
-    for path in paths:
-        check_writable(path, force)
-    write_text(paths[0], result.to_json() + "\n", force=force)
-    write_text(paths[1], result.table() + "\n", force=force)
-    plot_chart(result, paths[2])
-    return paths
+    prepare_output(out, config, force, write=dist.rank == 0)
+    dist.barrier()
+    done = finished(out)
+    mine = [it for it in items if it.index % dist.world == dist.rank and it.key not in done]
+    target = out / RESULTS if dist.world == 1 else out / PARTS / f"rank-{dist.rank}.jsonl"
+    bar = tqdm(total=len(mine), desc=f"bench{f' [rank {dist.rank}]' if dist.world > 1 else ''}", unit="item",
+               position=dist.rank, disable=not progress, dynamic_ncols=True)
+    if done and progress and dist.rank == 0:
+        bar.write(f"resuming: {len(done)} of {len(items)} items already finished in {out / RESULTS}")
+    try:
+        for item in mine:
+            bar.set_postfix_str(item.prompt[:40])
+            record = sweep.run_item(item, progress=lambda what: bar.set_postfix_str(f"{item.prompt[:30]}: {what}"))
+            record["rank"] = dist.rank
+            append_record(target, record)
+            bar.update()
+            if after_item is not None:
+                after_item(item)
+    finally:
+        bar.close()
+    dist.barrier()
+    if dist.rank != 0:
+        return None
+    if dist.world > 1:
+        merge_parts(out)
+    keys = {it.key for it in items}
+    return [r for r in read_records(out / RESULTS) if r["item"] in keys]
+
+
+
+# the earlier one-shot API, for its callers (see .legacy)
+from .legacy import OUTPUT_FILES, BenchResult, plot_chart, run_bench, write_bench  # noqa: E402,F401

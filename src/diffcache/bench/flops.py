@@ -1,0 +1,176 @@
+"""What a generation costs besides time: denoiser FLOPs per forward, the peak of tensor memory, the bytes of
+tensors a method keeps in its cache.
+
+* FLOPs: the formulas of :mod:`torch.utils.flop_counter` (those ``FlopCounterMode`` uses) applied to every operator
+  run inside a denoiser forward (torch module hooks on the denoiser, so forwards that a method answers from its
+  cache count what they really ran). Scaled-dot-product
+  attention on CPU (``_scaled_dot_product_flash_attention_for_cpu``) is counted with torch's own SDPA formula,
+  which torch registers only for the GPU kernels.
+* Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` over the call, minus what was allocated before it. On
+  CPU, where torch has no allocator statistics, the peak of the bytes of tensor storages created during the call
+  and still referenced (tracked per operator output with a dispatch mode): activations and caches, not weights
+  or inputs.
+* Cache memory: the bytes of the distinct tensor storages reachable from a method's state (diffcache's runtime,
+  or a peer's diffusers hook registries), measured after every denoiser forward; the maximum is reported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import weakref
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+from torch.utils.flop_counter import flop_registry, sdpa_flop_count, shape_wrapper
+
+
+
+def _cpu_sdpa_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+_FORMULAS = dict(flop_registry)  #: torch's own formulas (torch.utils.flop_counter), keyed by overload packet
+if hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu"):
+    _FORMULAS[torch.ops.aten._scaled_dot_product_flash_attention_for_cpu] = shape_wrapper(_cpu_sdpa_flop)
+
+
+def _opaque_types() -> tuple[type, ...]:
+    """Objects whose tensors are not a method's cache: modules (weights), pipelines, schedulers."""
+    from diffusers import DiffusionPipeline, SchedulerMixin
+
+    return (torch.nn.Module, DiffusionPipeline, SchedulerMixin, types.FunctionType, types.MethodType,
+            types.BuiltinFunctionType, types.ModuleType, type)
+
+
+def tensor_bytes(*roots) -> int:
+    """Bytes of the distinct tensor storages reachable from ``roots`` through attributes, dicts, lists, tuples and
+    dataclasses. Modules (the model's weights), pipelines and schedulers are not entered (a root itself is)."""
+    opaque = _opaque_types()
+    root_ids = {id(root) for root in roots}
+    seen_objects, seen_storages, total = set(), set(), 0
+    stack = list(roots)
+    while stack:
+        obj = stack.pop()
+        if obj is None or isinstance(obj, (str, bytes, int, float, bool, complex)) or id(obj) in seen_objects:
+            continue
+        seen_objects.add(id(obj))
+        if isinstance(obj, torch.Tensor):
+            if isinstance(obj, torch.nn.Parameter):
+                continue
+            storage = obj.untyped_storage()
+            key = (storage.data_ptr(), str(obj.device))
+            if storage.data_ptr() != 0 and key not in seen_storages:
+                seen_storages.add(key)
+                total += storage.nbytes()
+        elif isinstance(obj, opaque) and id(obj) not in root_ids:
+            continue
+        elif isinstance(obj, dict):
+            stack.extend(obj.values())
+        elif isinstance(obj, (list, tuple, set, frozenset)):
+            stack.extend(obj)
+        elif hasattr(obj, "__dict__"):
+            stack.extend(vars(obj).values())
+        elif hasattr(obj, "__slots__"):
+            stack.extend(getattr(obj, name, None) for name in obj.__slots__)
+    return total
+
+
+class _CostMode(TorchDispatchMode):
+    """One dispatch mode for both counts: FLOPs of the operators that torch's flop counter has formulas for (only
+    while ``counting``), and the peak bytes of tensor storages created under the mode and still referenced by some
+    tensor (``track_memory``). Lighter than nesting ``FlopCounterMode``, whose module tracker also walks the module
+    tree (and recurses forever on models whose blocks reference their parent, as cache-dit's wrappers do)."""
+
+    def __init__(self, track_memory: bool):
+        super().__init__()
+        self.track_memory = track_memory
+        self.counting = False
+        self.flops = 0
+        self.live: dict[int, list[int]] = {}  # storage pointer -> [bytes, tensors referencing it]
+        self.current = 0
+        self.peak = 0
+
+    def _release(self, key: int) -> None:
+        entry = self.live.get(key)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] <= 0:
+            self.current -= entry[0]
+            del self.live[key]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if self.counting:
+            formula = _FORMULAS.get(func._overloadpacket)
+            if formula is not None:
+                self.flops += int(formula(*args, **kwargs, out_val=out))
+        if self.track_memory:
+            for tensor in (out,) if isinstance(out, torch.Tensor) else tree_flatten(out)[0]:
+                if not isinstance(tensor, torch.Tensor) or tensor.device.type == "meta":
+                    continue
+                storage = tensor.untyped_storage()
+                key = storage.data_ptr()
+                if key == 0:
+                    continue
+                entry = self.live.get(key)
+                if entry is None:
+                    entry = self.live[key] = [storage.nbytes(), 0]
+                    self.current += entry[0]
+                    self.peak = max(self.peak, self.current)
+                entry[1] += 1
+                weakref.finalize(tensor, self._release, key)
+        return out
+
+
+@dataclasses.dataclass
+class Cost:
+    flops_per_forward: list[int]  #: denoiser FLOPs of each forward, in call order
+    peak_memory_bytes: int
+    memory_measure: str  #: what peak_memory_bytes measures
+    cache_bytes: int | None  #: max over forwards of the method's cached tensor bytes (None: not measurable)
+
+    @property
+    def flops(self) -> int:
+        return sum(self.flops_per_forward)
+
+
+def measure_cost(denoiser: torch.nn.Module, run, state_roots=None) -> tuple[object, Cost]:
+    """Run ``run()`` (one generation) counting the denoiser's FLOPs per forward, the peak tensor memory and,
+    when ``state_roots`` is given (a callable returning the objects that hold the method's state), the cache
+    bytes. Returns ``(run's result, Cost)``."""
+    cuda = torch.cuda.is_available() and any(p.is_cuda for p in denoiser.parameters())
+    mode = _CostMode(track_memory=not cuda)
+    flops: list[int] = []
+    cache = [0]
+
+    def before(module, args):
+        mode.counting, mode.flops = True, 0
+
+    def after(module, args, output):
+        mode.counting = False
+        flops.append(mode.flops)
+        if state_roots is not None:
+            cache[0] = max(cache[0], tensor_bytes(*state_roots()))
+
+    handles = [denoiser.register_forward_pre_hook(before), denoiser.register_forward_hook(after)]
+    try:
+        if cuda:
+            torch.cuda.synchronize()
+            start = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            with mode:
+                result = run()
+            torch.cuda.synchronize()
+            peak, measure = torch.cuda.max_memory_allocated() - start, "CUDA allocator peak during the call"
+        else:
+            with mode:
+                result = run()
+            peak, measure = mode.peak, "peak of tensor storages created during the call (CPU)"
+    finally:
+        for handle in handles:
+            handle.remove()
+    return result, Cost(flops, int(peak), measure, cache[0] if state_roots is not None else None)

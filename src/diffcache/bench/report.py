@@ -1,0 +1,350 @@
+"""Reports of a finished sweep: the summary (terminal, CSV, Markdown), a quality–speed Pareto plot per metric, the
+per-step compute timeline of each method, and ``index.html`` with the side-by-side gallery, the table and plots."""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+
+from ..io import atomic_path, write_text
+from .peers import PEERS
+from .runner import BASELINE, number
+
+#: (key, column title, higher is better, format)
+METRICS = (("psnr", "PSNR (dB)", True), ("ssim", "SSIM", True), ("rel_l1", "rel. L1", False),
+           ("lpips", "LPIPS", False), ("adherence", "adherence", True))
+
+
+def _mean(values) -> float | None:
+    values = [number(v) for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+def summarize(records: list[dict], labels: list[str]) -> list[dict]:
+    """One row per method: speedup (Σ uncached time ÷ Σ method time over the items and repeats), FLOP speedup,
+    overhead efficiency (speedup ÷ FLOP speedup), mean quality, memory; a method that could not run has its
+    ``skipped`` reason instead."""
+    base_rows = [r["methods"][BASELINE] for r in records if BASELINE in r["methods"]]
+    base_time = sum(sum(row["seconds"]) for row in base_rows)
+    base_flops = sum(row["flops"] for row in base_rows)
+    summary = []
+    for label in labels:
+        pairs = [(r["methods"][label], r["methods"][BASELINE]) for r in records if label in r["methods"]]
+        if not pairs:
+            reasons = [r["skipped"][label] for r in records if label in r.get("skipped", {})]
+            summary.append({"method": label, "skipped": reasons[0] if reasons else "no finished item"})
+            continue
+        rows = [row for row, _ in pairs]
+        time_ref = sum(sum(b["seconds"]) for _, b in pairs)
+        flops_ref = sum(b["flops"] for _, b in pairs)
+        speedup = time_ref / max(sum(sum(row["seconds"]) for row in rows), 1e-12)
+        cpu_speedup = None
+        if all(row.get("cpu_seconds") for row, _ in pairs) and all(b.get("cpu_seconds") for _, b in pairs):
+            cpu_speedup = (sum(sum(b["cpu_seconds"]) for _, b in pairs)
+                           / max(sum(sum(row["cpu_seconds"]) for row in rows), 1e-12))
+        flop_speedup = flops_ref / max(sum(row["flops"] for row in rows), 1)
+        counts = [row.get("computed_steps") for row in rows]
+        if label == BASELINE or label.startswith("steps:"):
+            counts = [row["steps_run"] for row in rows]
+        known = [c for c in counts if c is not None]
+        cache = [row.get("cache_bytes") for row in rows]
+        summary.append({
+            "method": label, "videos": len(rows), "speedup": speedup, "cpu_speedup": cpu_speedup,
+            "flop_speedup": flop_speedup,
+            "overhead_efficiency": speedup / flop_speedup,
+            **{key: _mean(row.get(key) for row in rows) for key, _, _ in METRICS},
+            "temporal_stability": _mean(row.get("temporal_stability") for row in rows),
+            "peak_memory_mb": float(np.mean([row["peak_memory_bytes"] for row in rows])) / 2**20,
+            "cache_memory_mb": None if None in cache else max(cache) / 2**20,
+            "computed_min": min(known) if len(known) == len(counts) else None,
+            "computed_max": max(known) if len(known) == len(counts) else None,
+            "computed_mean": float(np.mean(known)) if len(known) == len(counts) else None,
+            "gflops_per_video": float(np.mean([row["flops"] for row in rows])) / 1e9,
+        })
+    del base_time, base_flops
+    return summary
+
+
+def _fmt(value, kind: str) -> str:
+    if value is None:
+        return "–"
+    if kind == "psnr":
+        return "∞" if math.isinf(value) else f"{value:.2f}"
+    if kind in ("speedup", "flop_speedup", "cpu_speedup"):
+        return f"{value:.2f}×"
+    if kind == "adherence":
+        return f"{100 * value:.1f}%"
+    if kind in ("ssim", "overhead_efficiency", "temporal_stability", "lpips"):
+        return f"{value:.3f}"
+    if kind == "rel_l1":
+        return f"{value:.4f}"
+    if kind.endswith("_mb"):
+        return f"{value:.2f}"
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+COLUMNS = (("method", "method"), ("speedup", "speedup"), ("cpu_speedup", "CPU-time speedup"),
+           ("flop_speedup", "FLOP speedup"),
+           ("overhead_efficiency", "overhead eff."), ("psnr", "PSNR (dB)"), ("ssim", "SSIM"), ("rel_l1", "rel. L1"),
+           ("lpips", "LPIPS"), ("adherence", "adherence"), ("temporal_stability", "temporal stab."),
+           ("peak_memory_mb", "peak mem (MiB)"), ("cache_memory_mb", "cache (MiB)"), ("computed", "computed steps"))
+
+
+def _cells(row: dict) -> list[str]:
+    if "skipped" in row:
+        return [row["method"], f"skipped: {row['skipped']}"] + [""] * (len(COLUMNS) - 2)
+    cells = []
+    for key, _ in COLUMNS:
+        if key == "method":
+            cells.append(row["method"])
+        elif key == "computed":
+            cells.append("–" if row["computed_mean"] is None else
+                         f"{row['computed_min']}–{row['computed_max']}, {row['computed_mean']:.1f}"
+                         if row["computed_min"] != row["computed_max"] else str(row["computed_min"]))
+        else:
+            cells.append(_fmt(row.get(key), key))
+    return cells
+
+
+def markdown_table(summary: list[dict]) -> str:
+    lines = ["| " + " | ".join(title for _, title in COLUMNS) + " |",
+             "|---|" + "---:|" * (len(COLUMNS) - 2) + "---|"]
+    for row in summary:
+        cells = _cells(row)
+        if "skipped" in row:
+            cells = cells[:2] + [""] * (len(COLUMNS) - 2)
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def terminal_table(summary: list[dict]) -> str:
+    wanted = ("method", "speedup", "cpu_speedup", "flop_speedup", "overhead_efficiency", "psnr", "ssim", "adherence", "computed")
+    index = [i for i, (key, _) in enumerate(COLUMNS) if key in wanted]
+    rows = [[COLUMNS[i][1] for i in index]]
+    skipped = []
+    for row in summary:
+        if "skipped" in row:
+            skipped.append(f"  {row['method']}: skipped: {row['skipped']}")
+            continue
+        cells = _cells(row)
+        rows.append([cells[i] for i in index])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(index))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines + skipped)
+
+
+def write_csv(path: Path, summary: list[dict]) -> None:
+    keys = ["method", "speedup", "cpu_speedup", "flop_speedup", "overhead_efficiency", "psnr", "ssim", "rel_l1", "lpips", "adherence",
+            "temporal_stability", "peak_memory_mb", "cache_memory_mb", "gflops_per_video", "computed_min",
+            "computed_max", "computed_mean", "videos", "skipped"]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=keys, extrasaction="ignore")
+    writer.writeheader()
+    for row in summary:
+        writer.writerow({k: ("inf" if isinstance(row.get(k), float) and math.isinf(row[k]) else row.get(k))
+                         for k in keys})
+    write_text(path, buffer.getvalue(), force=True)
+
+
+# -- plots ---------------------------------------------------------------------------------------------------------
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def pareto_front(points: list[tuple[float, float]], higher_is_better: bool) -> list[int]:
+    """Indices of the points no other point beats on both speedup (higher) and quality."""
+    sign = 1 if higher_is_better else -1
+    front = []
+    for i, (x, y) in enumerate(points):
+        dominated = any((x2 >= x and sign * y2 >= sign * y) and (x2 > x or sign * y2 > sign * y)
+                        for j, (x2, y2) in enumerate(points) if j != i)
+        if not dominated:
+            front.append(i)
+    return sorted(front, key=lambda i: points[i][0])
+
+
+def plot_pareto(path: Path, summary: list[dict], key: str, title: str, higher: bool, caption: str) -> bool:
+    """Quality ``key`` against speedup, one point per method, the Pareto frontier drawn; False when no method has
+    a finite value of that metric."""
+    rows = [r for r in summary if "skipped" not in r and r.get(key) is not None and math.isfinite(r[key])]
+    if not rows:
+        return False
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 5), dpi=110)
+    points = [(r["speedup"], r[key]) for r in rows]
+    family = lambda label: label.split(":")[0].split("[")[0]  # noqa: E731
+    families = list(dict.fromkeys(family(r["method"]) for r in summary))  # one colour per family in every plot
+    for r, (x, y) in zip(rows, points):
+        peer = family(r["method"]) in PEERS
+        ax.scatter([x], [y], color=f"C{families.index(family(r['method'])) % 10}", marker="s" if peer else "o",
+                   s=36, zorder=3, label=None)
+        ax.annotate(r["method"], (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    ax.scatter([], [], color="grey", marker="o", label="diffcache")
+    ax.scatter([], [], color="grey", marker="s", label="peer (its own code)")
+    front = pareto_front(points, higher)
+    ax.plot([points[i][0] for i in front], [points[i][1] for i in front], "--", color="black", lw=1, zorder=2,
+            label="Pareto frontier")
+    ax.axvline(1.0, color="grey", lw=0.5)
+    ax.set_xlabel("speedup vs uncached (interleaved wall-clock)")
+    ax.set_ylabel(title + ("" if higher else " (lower is better)"))
+    ax.set_title(caption, fontsize=9)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    with atomic_path(path, force=True) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return True
+
+
+def plot_timeline(path: Path, records: list[dict], labels: list[str], caption: str) -> bool:
+    """Per method and step, averaged over the items: left, the fraction of block forwards run (× active tokens)
+    from the method's own report; right, denoiser FLOPs of the step ÷ the uncached step's (every method, peers
+    too)."""
+    labels = [label for label in labels if any(label in r["methods"] for r in records)]
+    if not labels:
+        return False
+    width = max(max(len(r["methods"][label]["flops_per_forward"]) for r in records if label in r["methods"])
+                for label in labels)
+    base = [r["methods"][BASELINE] for r in records if BASELINE in r["methods"]]
+    per_step_forwards = max(1, len(base[0]["flops_per_forward"]) // base[0]["steps_run"]) if base else 1
+    steps_axis = width // per_step_forwards
+    reported = np.full((len(labels), steps_axis), np.nan)
+    measured = np.full((len(labels), steps_axis), np.nan)
+    step_cost = (sum(base[0]["flops_per_forward"]) / base[0]["steps_run"]) if base else 1
+    for i, label in enumerate(labels):
+        rows = [r["methods"][label] for r in records if label in r["methods"]]
+        fl = [np.add.reduceat(np.asarray(row["flops_per_forward"], float),
+                              np.arange(0, len(row["flops_per_forward"]), per_step_forwards)) for row in rows]
+        n = min(len(f) for f in fl)
+        measured[i, :n] = np.mean([f[:n] for f in fl], axis=0) / max(step_cost, 1)
+        if label == BASELINE or label.startswith("steps:"):
+            reported[i, :n] = 1.0
+        elif all(row.get("step_compute") for row in rows):
+            m = min(len(row["step_compute"]) for row in rows)
+            reported[i, :m] = np.mean([row["step_compute"][:m] for row in rows], axis=0)
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.45 * len(labels) + 1.8), dpi=110, sharey=True)
+    for ax, data, title in ((axes[0], reported, "method's report: block forwards run (× active tokens)"),
+                            (axes[1], measured, "measured: denoiser FLOPs per step ÷ uncached step")):
+        image = ax.imshow(np.ma.masked_invalid(data), aspect="auto", cmap="viridis", vmin=0, vmax=1,
+                          interpolation="nearest")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("step")
+        ax.set_yticks(range(len(labels)))
+        ax.set_yticklabels(labels, fontsize=7)
+        ax.set_facecolor("#dddddd")
+    fig.colorbar(image, ax=axes, fraction=0.025, pad=0.01, label="fraction computed")
+    fig.suptitle(caption + "  (grey: not reported / no step)", fontsize=9)
+    with atomic_path(path, force=True) as tmp:
+        fig.savefig(tmp, format="png", bbox_inches="tight")
+    plt.close(fig)
+    return True
+
+
+# -- HTML ----------------------------------------------------------------------------------------------------------
+#: records in the page whether every image and clip loaded (read by the browser test)
+LOAD_CHECK = """<script>
+window.addEventListener("load", function () {
+  var media = Array.prototype.slice.call(document.querySelectorAll("img, video"));
+  var bad = media.filter(function (m) {
+    return m.tagName === "IMG" ? !(m.complete && m.naturalWidth > 0) : m.readyState < 2;
+  }).map(function (m) { return m.getAttribute("src"); });
+  var out = document.getElementById("load-check");
+  out.setAttribute("data-total", media.length);
+  out.setAttribute("data-failed", bad.length);
+  out.textContent = bad.length ? "not loaded: " + bad.join(", ") : "all " + media.length + " images loaded";
+});
+</script>"""
+
+
+def write_html(path: Path, config: dict, summary: list[dict], records: list[dict], labels: list[str],
+               plots: list[str], notes: list[str]) -> None:
+    e = html.escape
+    by_method = {row["method"]: row for row in summary}
+    runnable = [label for label in labels if "skipped" not in by_method.get(label, {"skipped": 1})]
+    head = "".join(f"<th>{e(label)}</th>" for label in runnable)
+    body = []
+    for record in sorted(records, key=lambda r: r["item"]):
+        cells = []
+        for label in runnable:
+            row = record["methods"].get(label)
+            if row is None or "clip" not in row:
+                cells.append("<td>–</td>")
+                continue
+            p = number(row["psnr"])
+            caption = "reference" if label == BASELINE else f"PSNR {'∞' if math.isinf(p) else f'{p:.1f}'} dB"
+            if row.get("computed_steps") is not None:
+                caption += f", {row['computed_steps']}/{row['steps_run']} steps"
+            cells.append(f"<td><img src='{e(row['clip'])}' alt='{e(label)}' width=128 height=128>"
+                         f"<br><small>{e(caption)}</small></td>")
+        body.append(f"<tr><th class=prompt>{e(record['prompt'])}<br><small>seed {record['seed']}</small></th>"
+                    + "".join(cells) + "</tr>")
+    table = "\n".join(
+        "<tr>" + "".join(f"<td>{e(c)}</td>" for c in _cells(row)[: 2 if "skipped" in row else None]) + "</tr>"
+        for row in summary)
+    columns = "".join(f"<th>{e(t)}</th>" for _, t in COLUMNS)
+    images = "\n".join(f"<figure><img src='{e(p)}' alt='{e(p)}'><figcaption>{e(p)}</figcaption></figure>"
+                       for p in plots)
+    described = (f"{config['model']}: {len(records)} videos ({config['steps']} steps, guidance "
+                 f"{config['guidance']:g}, cfg {config.get('cfg_mode') or 'default'}), {config['repeats']} "
+                 "interleaved timed repeats per method and video.")
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>diffcache bench — {e(config['model'])}</title>
+<style>body{{font-family:sans-serif;margin:1.5em}}table{{border-collapse:collapse}}
+td,th{{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right;font-size:13px}}
+td:first-child,th.prompt{{text-align:left}}.gallery td{{text-align:center}}
+.gallery img{{image-rendering:pixelated;background:#000}}figure{{display:inline-block;margin:0 1em 1em 0}}
+figure img{{max-width:600px}}</style></head><body>
+<h1>diffcache bench — {e(config['model'])}</h1>
+<p>{e(described)} Speedup: total uncached wall-clock time ÷ total method time in the same process; CPU-time
+speedup: the same with the process's CPU time (immune to other processes on a shared machine). FLOP speedup: denoiser
+FLOPs (torch.utils.flop_counter) of the uncached run ÷ the method's. Overhead efficiency = speedup ÷ FLOP speedup.
+Quality against the uncached video of the same prompt and seed.</p>
+<ul>{''.join(f'<li>{e(n)}</li>' for n in notes)}</ul>
+<h2>Summary</h2>
+<table><tr>{columns}</tr>
+{table}
+</table>
+<h2>Quality against speed, and where each method computed</h2>
+{images}
+<h2>Side by side</h2>
+<table class=gallery><tr><th class=prompt>prompt</th>{head}</tr>
+{''.join(body)}
+</table>
+<p id="load-check" data-total="-1" data-failed="-1">checking images…</p>
+{LOAD_CHECK}
+</body></html>
+"""
+    write_text(path, page, force=True)
+
+
+def write_reports(out: Path, config: dict, records: list[dict], labels: list[str], notes: list[str]) -> dict:
+    """Every report file from the finished records; returns ``{"summary": rows, "table": terminal text,
+    "html": path, ...}``."""
+    out = Path(out)
+    summary = summarize(records, labels)
+    write_csv(out / "summary.csv", summary)
+    write_text(out / "summary.md", markdown_table(summary) + "\n", force=True)
+    caption = f"{config['model']}: {len(records)} videos, {config['steps']} steps"
+    plots = []
+    for key, title, higher in METRICS:
+        name = f"pareto-{key}.png"
+        if plot_pareto(out / name, summary, key, title, higher, caption):
+            plots.append(name)
+        else:
+            (out / name).unlink(missing_ok=True)
+    if plot_timeline(out / "timeline.png", records, labels, caption):
+        plots.append("timeline.png")
+    write_html(out / "index.html", config, summary, records, labels, plots, notes)
+    return {"summary": summary, "table": terminal_table(summary), "html": out / "index.html",
+            "csv": out / "summary.csv", "markdown": out / "summary.md", "plots": [out / p for p in plots]}

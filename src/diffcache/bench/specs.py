@@ -1,0 +1,121 @@
+"""What ``--methods`` names: the uncached run, diffcache's methods (from the registry, by name), ``steps:N``, and
+the peers' own implementations."""
+
+from __future__ import annotations
+
+import ast
+import re
+from dataclasses import dataclass
+
+from ..methods.base import UnknownMethodError, list_methods, method_info
+from .peers import PEERS
+
+BASELINE = "none"  #: the uncached run, the reference of every quality metric and of the speedup
+FEWER_STEPS = "steps"  #: "steps:N": the plain pipeline at N steps, the baseline every cache must beat
+OURS = "ours"  #: every registered diffcache method at its default preset
+ALL_PEERS = "peers"  #: every peer with its defaults
+
+
+def accepted_names() -> str:
+    ours = ", ".join(info.name for info in list_methods())
+    return (f"{BASELINE}; {FEWER_STEPS}:N; diffcache methods: {ours}; peers: {', '.join(PEERS)}; "
+            f"'{OURS}' (every diffcache method at its default preset), '{ALL_PEERS}' (every peer)")
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One entry of ``--methods``: ``none`` (the uncached run), ``NAME`` (default preset), ``NAME:PRESET``, or
+    ``NAME:PRESET[option=value;option=value]`` with config overrides; ``steps:N``; a peer, optionally with
+    ``[option=value;...]`` passed to its config."""
+
+    name: str
+    preset: str | None = None
+    overrides: tuple[tuple[str, object], ...] = ()
+
+    @property
+    def kind(self) -> str:
+        """``baseline``, ``steps``, ``peer`` or ``method``."""
+        if self.name == BASELINE:
+            return "baseline"
+        if self.name == FEWER_STEPS:
+            return "steps"
+        return "peer" if self.name in PEERS else "method"
+
+    @property
+    def label(self) -> str:
+        extra = ";".join(f"{k}={v}" for k, v in self.overrides)
+        head = self.name if self.preset is None else f"{self.name}:{self.preset}"
+        return head + (f"[{extra}]" if extra else "")
+
+    @classmethod
+    def parse(cls, text: str) -> "MethodSpec":
+        text = text.strip()
+        match = re.fullmatch(r"([\w-]+)(?::([^\[\],]+))?(?:\[(.*)\])?", text)
+        if not match:
+            raise UnknownMethodError(f"cannot read method {text!r}; write NAME, NAME:PRESET or "
+                                     "NAME:PRESET[option=value;...], e.g. adacache:fast[metric_blocks=(1,2)]")
+        name, preset, options = match.groups()
+        overrides = tuple(_options(text, options))
+        if name in PEERS:
+            if preset:
+                raise UnknownMethodError(f"the peer {name!r} has no presets; give its config options as "
+                                         f"{name}[option=value;...]")
+            return cls(name, None, overrides)
+        if name == FEWER_STEPS:
+            if options or not (preset or "").isdigit() or int(preset) < 1:
+                raise UnknownMethodError(f"{text!r}: write steps:N with N a positive number of steps, e.g. steps:15")
+            return cls(FEWER_STEPS, preset)
+        if name == BASELINE:
+            if preset or options:
+                raise UnknownMethodError(f"'{BASELINE}' (the uncached run) takes no preset or options, got {text!r}")
+            return cls(BASELINE)
+        try:
+            info = method_info(name)
+        except UnknownMethodError:
+            raise UnknownMethodError(f"unknown method {name!r}; accepted: {accepted_names()}.") from None
+        if preset and preset not in info.presets and not preset.endswith(".json"):
+            raise UnknownMethodError(f"unknown preset {preset!r} of {name}; presets: {', '.join(info.presets)}.")
+        spec = cls(name, preset or info.default_preset, overrides)
+        try:
+            info.config_class.from_preset(spec.preset, **dict(spec.overrides))  # bad options fail now, not mid-run
+        except TypeError as error:
+            raise UnknownMethodError(str(error)) from error
+        return spec
+
+
+def _options(text: str, options: str | None):
+    for item in filter(None, (options or "").split(";")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UnknownMethodError(f"option {item!r} in {text!r} is not of the form option=value")
+        try:
+            value = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            value = value.strip()
+        yield key.strip(), value
+
+
+def parse_methods(text: str) -> list[MethodSpec]:
+    """``"none,adacache:fast,steps:15,diffusers-pab"`` → specs. ``ours`` expands to every registered diffcache
+    method at its default preset, ``peers`` to every peer; ``none`` is added first when missing (it is the
+    reference)."""
+    parts = [p.strip() for p in re.split(r",(?![^\[]*\])", text) if p.strip()]  # commas in [...] are values
+    specs = []
+    for part in parts:
+        if part == OURS:
+            specs += [MethodSpec(info.name, info.default_preset) for info in list_methods()]
+        elif part == ALL_PEERS:
+            specs += [MethodSpec(name) for name in PEERS]
+        else:
+            specs.append(MethodSpec.parse(part))
+    if not specs:
+        raise UnknownMethodError(f"no methods given; e.g. --methods none,adacache:fast. Accepted: {accepted_names()}")
+    labels = [s.label for s in specs]
+    duplicated = sorted({label for label in labels if labels.count(label) > 1})
+    if duplicated:
+        raise UnknownMethodError(f"methods listed twice: {', '.join(duplicated)}")
+    if BASELINE not in labels:
+        specs.insert(0, MethodSpec(BASELINE))
+    elif labels[0] != BASELINE:
+        specs.insert(0, specs.pop(labels.index(BASELINE)))
+    return specs
