@@ -245,7 +245,8 @@ class TinyShapesT2VPipeline(DiffusionPipeline):
                             )[0]
                 if do_cfg:
                     noise_pred = noise_uncond + guidance_scale * (noise_pred - noise_uncond)
-                latents = self.scheduler.step(noise_pred.float(), t, latents, return_dict=False)[0]
+                # generator: a stochastic scheduler (the consistency sampler's re-noising) draws from the caller's seed
+                latents = self.scheduler.step(noise_pred.float(), t, latents, generator=generator, return_dict=False)[0]
                 if callback_on_step_end is not None:
                     local = {"latents": latents}
                     outputs = callback_on_step_end(
