@@ -462,8 +462,6 @@ def cmd_distill(args) -> int:
     import shutil
     from dataclasses import replace
 
-    import torch
-
     from .distill.rounds import CONFIG_FILE, DistillConfig, Distiller, finished_rounds
     from .io import OutputExistsError
 
@@ -480,7 +478,6 @@ def cmd_distill(args) -> int:
                      *(p.name for p in out.glob(".round-*.partial"))):
             path = out / name
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
     distiller = Distiller(config, out)
     distiller.run()
     last = finished_rounds(out)[-1]

@@ -22,11 +22,10 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -274,7 +273,7 @@ class Distiller:
         self.optimizer.step()
         self.optimizer_steps += 1
         with torch.no_grad():
-            for (name, p_t), p_s in zip(self.target.named_parameters(), self.params.values()):
+            for p_t, p_s in zip(self.target.parameters(), self.params.values()):
                 p_t.lerp_(p_s.detach(), 1 - c.target_decay)
         return loss.item()
 
@@ -452,9 +451,9 @@ class Distiller:
                 m = metrics
                 steps_txt = ", ".join(f"{s}-step adherence {100 * m[str(s)]['adherence']:.0f}% "
                                       f"PSNR {m[str(s)]['psnr']:.1f} dB" for s in c.eval_steps)
-                tqdm.write(f"round {r}/{c.rounds}: loss {info['loss_last']:.4f}; {steps_txt} "
-                           f"[{info['seconds']['total']:.0f} s]") if self.progress else self.log(
-                    f"round {r}/{c.rounds}: {steps_txt}")
+                line = (f"round {r}/{c.rounds}: loss {info['loss_last']:.4f}; {steps_txt} "
+                        f"[{info['seconds']['total']:.0f} s]")
+                tqdm.write(line) if self.progress else self.log(line)
                 bar.update()
         finally:
             bar.close()

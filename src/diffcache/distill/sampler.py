@@ -17,7 +17,7 @@ from typing import Callable
 
 import torch
 from diffusers import FlowMatchLCMScheduler
-from diffusers import SchedulerMixin  # noqa: F401 - diffusers' loader finds the base class by name in this module
+from diffusers import SchedulerMixin  # noqa: F401 - diffusers' loader looks the base class up in this module
 
 from ..models import shapes
 from ..models.pipeline import TinyShapesT2VPipeline
