@@ -139,7 +139,7 @@ def write_gallery(run: str | os.PathLike, page: str | os.PathLike, prompts: int 
                 clip = np.asarray(clip, dtype=np.float32)
                 clip = clip / 255.0 if clip.max() > 1.0 else clip
                 name = f"{row}-data-cache-{'vanilla' if r is None else f'iter{r}'}-step{s}.gif"
-                clips.append(write_video(files / name, clip, force=True))
+                clips.append(write_video(files / name, clip, upscale=4, force=True))  # 128 px; shown at 192
                 verdict = check(clip, prompt)
                 seen = " ".join(x or "?" for x in (verdict.colour, verdict.shape, verdict.direction))
                 cells.append(f'<td><img src="{html.escape(files.name)}/{name}" alt="{html.escape(label)}, '
