@@ -12,6 +12,7 @@ Public API::
 
 from .adapters import UnsupportedModelError
 from .context import StepContext, StepTrackingError
+from .distill.sampler import DistilledShapesT2VPipeline
 from .methods import (Handle, MethodAlreadyEnabledError, MethodSilentWarning, NothingSkippedWarning, Report,
                       UnknownMethodError, enable, list_methods)
 from .methods.adacache import AdaCacheConfig
@@ -49,6 +50,7 @@ __all__ = [
     "ModelLoadError",
     "PromptError",
     "Report",
+    "DistilledShapesT2VPipeline",
     "ShapesTextEncoder",
     "StepContext",
     "StepTrackingError",

@@ -50,6 +50,10 @@ then: diffcache.enable(pipe, "teacache", preset="tiny-teacache.json"), or --meth
 supported in bench; use teacache[coefficients=...;threshold=...] there.""",
     "methods": """examples:
   diffcache methods""",
+    "distill": """examples:
+  diffcache distill tiny-shapes-t2v --rounds 16 --out runs/distill     # resumes at the first unfinished round
+  diffcache distill gallery runs/distill --out runs/distill-gallery.html
+  diffcache generate --model runs/distill/round-06 --steps 4 --prompt "a red circle moving left" --out fast.gif""",
     "demo": """examples:
   diffcache demo --out out/demo
   diffcache demo --out out/demo --force             # replace an earlier demo
@@ -73,8 +77,10 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--negative-prompt", default=None, help="negative prompt for guidance (default: empty)")
     g.add_argument("--model", default="tiny-shapes-t2v",
                    help="embedded model name, local pipeline folder, or diffusers hub id (default: tiny-shapes-t2v)")
-    g.add_argument("--steps", type=int, default=30, help="number of denoising steps (default: 30)")
-    g.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale (default: 5)")
+    g.add_argument("--steps", type=int, default=None, help="number of denoising steps (default: the pipeline's; "
+                   "30 for tiny-shapes-t2v, 4 for a distilled student)")
+    g.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the "
+                   "pipeline's; 5 for tiny-shapes-t2v; a distilled student has none)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     g.add_argument("--cfg-mode", choices=("split", "batched"), default="split",
                    help="guidance as two calls per step (split, as WanPipeline) or one batched call (embedded "
@@ -151,6 +157,28 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("methods", help="list the caching methods, their presets and supported model families",
                    epilog=EXAMPLES["methods"], formatter_class=fmt)
 
+    dist = sub.add_parser("distill", help="few-step students by iterative consistency distillation with a data cache",
+                          epilog=EXAMPLES["distill"], formatter_class=fmt)
+    dsub = dist.add_subparsers(dest="distill_command", required=True, metavar="TEACHER|gallery")
+    dr = dsub.add_parser("tiny-shapes-t2v", help="distil the embedded model in rounds (resumable)",
+                         epilog=EXAMPLES["distill"], formatter_class=fmt)
+    dr.add_argument("--out", required=True, help="run folder: cache/, eval/, round-01/ … (each a loadable pipeline)")
+    dr.add_argument("--rounds", type=int, default=16, help="rounds to run in all (default: 16); a finished run "
+                    "can be continued with a larger number")
+    dr.add_argument("--slice-clips", type=int, default=None, help="teacher trajectories added to the data cache "
+                    "per round (default: 16)")
+    dr.add_argument("--train-steps", type=int, default=None, help="optimiser steps per round (default: 32)")
+    dr.add_argument("--batch-size", type=int, default=None, help="pairs per optimiser step (default: 16)")
+    dr.add_argument("--eval-prompts", type=int, default=None, help="prompts of the per-round evaluation (default: 60)")
+    dr.add_argument("--seed", type=int, default=None, help="seed of the data cache and training (default: 0)")
+    dr.add_argument("--force", action="store_true", help="start over, deleting the run's rounds, cache and eval")
+    dg = dsub.add_parser("gallery", help="comparison page (Baseline / Iter=3 / Iter=6 / final at 2, 4, 8 steps) "
+                         "and the per-round plot", epilog=EXAMPLES["distill"], formatter_class=fmt)
+    dg.add_argument("run", help="a distillation run folder (the --out of `diffcache distill tiny-shapes-t2v`)")
+    dg.add_argument("--out", required=True, help="the HTML page; its clips and plot go to <name>_files/ beside it")
+    dg.add_argument("--prompts", type=int, default=4, help="prompts (row groups) on the page (default: 4)")
+    dg.add_argument("--force", action="store_true", help="overwrite the page and its files")
+
     d = sub.add_parser("demo", help="the main job: generate clips uncached and accelerated, compare, write a report",
                        epilog=EXAMPLES["demo"], formatter_class=fmt)
     d.add_argument("--out", default="out/demo", help="output folder (default: out/demo)")
@@ -166,8 +194,9 @@ def _generate_one(pipe, prompt: str, steps: int, guidance: float, seed: int, cfg
     """Run a supported video pipeline; return the first clip as floats in [0, 1], shape (F, H, W, 3)."""
     import torch
 
-    kwargs = dict(num_inference_steps=steps, guidance_scale=guidance, output_type="np",
-                  generator=torch.Generator().manual_seed(seed))
+    kwargs = dict(num_inference_steps=steps, output_type="np", generator=torch.Generator().manual_seed(seed))
+    if guidance is not None:  # None: the pipeline's own default
+        kwargs["guidance_scale"] = guidance
     params = inspect.signature(pipe.__call__).parameters
     if "cfg_mode" in params:
         kwargs["cfg_mode"] = cfg_mode
@@ -235,13 +264,17 @@ def cmd_generate(args) -> int:
 
         handle = enable(pipe, spec.name, preset=spec.preset, **dict(spec.overrides))
     start = time.perf_counter()
-    clip = _generate_one(pipe, args.prompt, args.steps, args.guidance, args.seed, args.cfg_mode,
+    steps = args.steps
+    if steps is None:  # the pipeline's own default (30 for the embedded model, 4 for a distilled student)
+        default = inspect.signature(pipe.__call__).parameters.get("num_inference_steps")
+        steps = default.default if default is not None and isinstance(default.default, int) else 30
+    clip = _generate_one(pipe, args.prompt, steps, args.guidance, args.seed, args.cfg_mode,
                          args.negative_prompt, height=args.height, width=args.width, num_frames=args.frames)
     took = time.perf_counter() - start
     write_video(out, clip, fps=args.fps, upscale=args.upscale, force=args.force)
     extra = ""
     if handle is not None:
-        extra = f", {spec.label}: {handle.report().computed_steps()}/{args.steps} steps computed"
+        extra = f", {spec.label}: {handle.report().computed_steps()}/{steps} steps computed"
         fractions = [s.active_fraction for s in handle.report().calls[-1].steps if s.active_fraction is not None]
         if fractions:
             extra += f" with {sum(fractions) / len(fractions):.0%} of the tokens on average"
@@ -249,12 +282,12 @@ def cmd_generate(args) -> int:
             from .methods.hsa import budget_map_clip
 
             budgets = handle.runtime.budget_map()  # HSA refuses a call too short to allocate before it starts
-            write_video(args.budget_map, budget_map_clip(budgets[0], clip, args.steps), fps=args.fps,
+            write_video(args.budget_map, budget_map_clip(budgets[0], clip, steps), fps=args.fps,
                         upscale=args.upscale, force=args.force)
             extra += (f"; budget map ({int(budgets.min())}–{int(budgets.max())} steps per token, dark = few): "
                       f"{args.budget_map}")
         handle.disable()
-    print(f"generated in {took:.2f} s ({args.steps} steps{extra}): {out}")
+    print(f"generated in {took:.2f} s ({steps} steps{extra}): {out}")
     return 0
 
 
@@ -463,9 +496,47 @@ def cmd_methods(args) -> int:
     return 0
 
 
+def cmd_distill(args) -> int:
+    if args.distill_command == "gallery":
+        from .distill.gallery import write_gallery
+
+        _positive(prompts=args.prompts)
+        result = write_gallery(args.run, args.out, prompts=args.prompts, force=args.force)
+        print(f"gallery: {result['page']} ({len(result['clips'])} clips; columns {', '.join(result['columns'])}); "
+              f"plot: {result['plot']}")
+        return 0
+    import shutil
+    from dataclasses import replace
+
+    from .distill.rounds import CONFIG_FILE, DistillConfig, Distiller, finished_rounds
+    from .io import OutputExistsError
+
+    overrides = {k: v for k, v in {"slice_clips": args.slice_clips, "train_steps": args.train_steps,
+                                   "batch_size": args.batch_size, "eval_prompts": args.eval_prompts,
+                                   "seed": args.seed}.items() if v is not None}
+    _positive(rounds=args.rounds, **overrides)  # before anything in --out is touched
+    config = replace(DistillConfig(teacher=args.distill_command, rounds=args.rounds), **overrides)
+    out = Path(args.out)
+    if out.exists() and not (out / CONFIG_FILE).exists() and any(out.iterdir()) and not args.force:
+        raise OutputExistsError(f"{out} exists and is not a distillation run; choose another --out or pass --force.")
+    if args.force and out.exists():
+        for name in (CONFIG_FILE, "cache", "eval", *(p.name for p in out.glob("round-*")),
+                     *(p.name for p in out.glob(".round-*.partial"))):
+            path = out / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    distiller = Distiller(config, out)
+    distiller.run()
+    last = finished_rounds(out)[-1]
+    print(f"student after round {last}: {out / f'round-{last:02d}'}\n"
+          f"try it: diffcache generate --model {out / f'round-{last:02d}'} --steps 4 "
+          f"--prompt \"a red circle moving left\" --out clip.gif\n"
+          f"compare: diffcache distill gallery {out} --out {out}-gallery.html")
+    return 0
+
+
 COMMANDS = {"generate": cmd_generate, "train": cmd_train, "evaluate": cmd_evaluate, "bench": cmd_bench,
             "calibrate": cmd_calibrate,
-            "methods": cmd_methods, "demo": cmd_demo}
+            "methods": cmd_methods, "demo": cmd_demo, "distill": cmd_distill}
 
 
 def main(argv: list[str] | None = None) -> int:

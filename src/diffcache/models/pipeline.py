@@ -8,6 +8,7 @@ diffcache serves this model and real Wan models alike.
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable
 
 import numpy as np
@@ -212,6 +213,9 @@ class TinyShapesT2VPipeline(DiffusionPipeline):
             raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}.")
         dtype = self.transformer.dtype
         self._num_timesteps = len(timesteps)
+        # a stochastic scheduler (the consistency sampler's re-noising) draws from the caller's generator
+        takes_generator = "generator" in inspect.signature(self.scheduler.step).parameters
+        step_kwargs = {"generator": generator} if takes_generator else {}
 
         with self.progress_bar(total=len(timesteps)) as progress_bar:
             for i, t in enumerate(timesteps):
@@ -245,7 +249,7 @@ class TinyShapesT2VPipeline(DiffusionPipeline):
                             )[0]
                 if do_cfg:
                     noise_pred = noise_uncond + guidance_scale * (noise_pred - noise_uncond)
-                latents = self.scheduler.step(noise_pred.float(), t, latents, return_dict=False)[0]
+                latents = self.scheduler.step(noise_pred.float(), t, latents, return_dict=False, **step_kwargs)[0]
                 if callback_on_step_end is not None:
                     local = {"latents": latents}
                     outputs = callback_on_step_end(

@@ -18,6 +18,7 @@ SUPPORTED_VIDEO_PIPELINES = (
     "LTXPipeline",
     "HunyuanVideoPipeline",
     "TinyShapesT2VPipeline",
+    "DistilledShapesT2VPipeline",
 )
 
 
@@ -54,10 +55,11 @@ def load_pipeline(name_or_path: str | os.PathLike = "tiny-shapes-t2v", **kwargs)
     from diffusers import DiffusionPipeline
     from diffusers.utils import logging as diffusers_logging
 
+    from ..distill.sampler import DistilledShapesT2VPipeline
     from .pipeline import TinyShapesT2VPipeline
 
     # diffusers resolves a model_index.json's class only among its own pipelines; ours are looked up here
-    own_pipelines = {cls.__name__: cls for cls in (TinyShapesT2VPipeline,)}
+    own_pipelines = {cls.__name__: cls for cls in (TinyShapesT2VPipeline, DistilledShapesT2VPipeline)}
 
     name = str(name_or_path)
     if name in EMBEDDED_MODELS:
