@@ -15,10 +15,12 @@ from .context import StepContext, StepTrackingError
 from .methods import (Handle, MethodAlreadyEnabledError, MethodSilentWarning, NothingSkippedWarning, Report,
                       UnknownMethodError, enable, list_methods)
 from .methods.adacache import AdaCacheConfig
+from .methods.deepcache import DeepCacheConfig
 from .methods.fbcache import FBCacheConfig
 from .methods.pab import PABConfig
 from .methods.teacache import TeaCacheConfig
 from .models.pipeline import TinyShapesT2VPipeline
+from .models.pipeline_t2i import TinyShapesT2IPipeline
 from .models.registry import EMBEDDED_MODELS, ModelLoadError, load_pipeline
 from .models.shapes import PromptError
 from .models.text import ShapesTextEncoder
@@ -39,6 +41,7 @@ def disable(target) -> None:
 __all__ = [
     "EMBEDDED_MODELS",
     "AdaCacheConfig",
+    "DeepCacheConfig",
     "FBCacheConfig",
     "PABConfig",
     "TeaCacheConfig",
@@ -53,6 +56,7 @@ __all__ = [
     "StepContext",
     "StepTrackingError",
     "TinyShapesT2VPipeline",
+    "TinyShapesT2IPipeline",
     "UnknownMethodError",
     "UnsupportedModelError",
     "disable",

@@ -19,7 +19,8 @@ EXAMPLES = {
   diffcache generate --model ./my-wan-pipeline --prompt "a cat surfing" --out cat.mp4""",
     "train": """examples:
   diffcache train tiny-shapes-t2v --out runs/t2v            # resumes from runs/t2v/checkpoint if present
-  diffcache train tiny-shapes-t2v --out runs/smoke --steps 20 --batch-size 4""",
+  diffcache train tiny-shapes-t2v --out runs/smoke --steps 20 --batch-size 4
+  diffcache train tiny-shapes-t2i --out runs/t2i            # the text-to-image U-Net (3000 steps, ~35 min)""",
     "evaluate": """examples:
   diffcache evaluate                                # the shipped model: 64 prompts, 30 steps, CFG 5
   diffcache evaluate --model runs/t2v/model --prompts 64 --json gate.json""",
@@ -82,10 +83,10 @@ def _parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train an embedded model from scratch (resumable)", epilog=EXAMPLES["train"],
                        formatter_class=fmt)
-    t.add_argument("model", choices=("tiny-shapes-t2v",), help="which embedded model to train")
+    t.add_argument("model", choices=("tiny-shapes-t2v", "tiny-shapes-t2i"), help="which embedded model to train")
     t.add_argument("--out", required=True, help="run folder: checkpoint/ while training, model/ when done")
-    t.add_argument("--steps", type=int, default=None, help="optimiser steps (default: the shipped recipe, 6000)")
-    t.add_argument("--batch-size", type=int, default=None, help="clips per step (default: 24)")
+    t.add_argument("--steps", type=int, default=None, help="optimiser steps (default: the shipped recipe, 6000 for t2v, 3000 for t2i)")
+    t.add_argument("--batch-size", type=int, default=None, help="clips or images per step (default: 24)")
     t.add_argument("--seed", type=int, default=None, help="training seed (default: 0)")
     t.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints (default: 250)")
     t.add_argument("--force", action="store_true", help="start over, discarding a checkpoint or model in --out")
@@ -234,6 +235,8 @@ def cmd_train(args) -> int:
         shutil.rmtree(model_dir, ignore_errors=True)
     elif model_dir.exists():
         raise OutputExistsError(f"{model_dir} already holds a trained model; pass --force to train again.")
+    if args.model == "tiny-shapes-t2i":
+        from .models.train_t2i import T2ITrainConfig as TrainConfig, T2ITrainer as Trainer  # noqa: N814
     config = replace(TrainConfig(), **overrides)
     trainer = Trainer(config, out)
     if trainer.load_checkpoint():
@@ -242,7 +245,7 @@ def cmd_train(args) -> int:
     trainer.export(model_dir)
     last = trainer.history[-1]["loss"] if trainer.history else float("nan")
     print(f"trained {config.steps} steps (final loss {last:.4f}); pipeline saved to {model_dir}")
-    print(f"measure it: diffcache evaluate --model {model_dir}")
+    print(f"measure it: diffcache evaluate --model {model_dir}" + (" --steps 50" if args.model == "tiny-shapes-t2i" else ""))
     return 0
 
 
