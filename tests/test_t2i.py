@@ -59,10 +59,10 @@ def test_pipeline_outputs_like_stable_diffusion(scratch):
 
 
 def test_the_scheduler_is_the_training_schedule(scratch):
-    # 50 DDIM steps spaced like Stable Diffusion's, on the linear betas the model is trained with
+    # 50 DDIM steps spaced like Stable Diffusion's, on the scaled-linear betas the model is trained with
     scratch.scheduler.set_timesteps(50)
     assert scratch.scheduler.timesteps[0] == 981 and scratch.scheduler.timesteps[-1] == 1
-    assert scratch.scheduler.config.beta_schedule == "linear" and scratch.scheduler.config.prediction_type == "epsilon"
+    assert scratch.scheduler.config.beta_schedule == "scaled_linear" and scratch.scheduler.config.prediction_type == "epsilon"
 
 
 def test_save_and_load_pipeline(scratch, tmp_path):
@@ -159,3 +159,27 @@ def test_shipped_t2i_model_meets_the_adherence_gate():
     report = evaluate_adherence(pipe, num_prompts=60, num_inference_steps=50, guidance_scale=5.0, progress=False)
     assert report.images and report.adherence >= 0.90, report.summary()
     assert min(report.colour, report.shape) >= 0.8, report.summary()
+
+
+def test_image_bench_measures_deepcache(scratch):
+    from diffcache.bench.images import run_image_bench
+    from diffcache.bench.runner import parse_methods
+
+    result = run_image_bench(scratch, parse_methods("deepcache:uniform-3,deepcache:nonuniform[center=2]"),
+                             num_prompts=2, steps=6, repeats=1, progress=False)
+    rows = {s["method"]: s for s in result.summary}
+    assert list(rows) == ["none", "deepcache:uniform-3", "deepcache:nonuniform[center=2]"]
+    assert rows["none"]["computed_mean"] == 6 and rows["deepcache:uniform-3"]["computed_mean"] == 2
+    assert rows["deepcache:nonuniform[center=2]"]["computed_mean"] == 2  # ceil(6 / 5)
+    assert rows["none"]["psnr"] == 100 and rows["deepcache:uniform-3"]["psnr"] < 100
+    assert all(0 <= s["adherence"] <= 1 and s["speedup"] > 0 for s in result.summary)
+
+
+def test_same_images_as_the_deepcache_package_on_the_embedded_unet(scratch):
+    pytest.importorskip("DeepCache", reason="the peer package DeepCache is not installed (pip install "
+                                            "'diffcache[test]')")
+    from diffcache.bench.images import compare_with_deepcache_package
+
+    result = compare_with_deepcache_package(scratch, interval=3, branch=1, num_prompts=1, steps=7, repeats=1,
+                                            progress=False)
+    assert result["max_abs_difference"] <= 1e-6 and result["speed_ratio"] > 0

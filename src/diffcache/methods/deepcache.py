@@ -148,7 +148,7 @@ class DeepCacheRuntime(Runtime):
         self.skipped: list[str] = []  #: names of the modules a cached step does not run (outermost ones)
         down, up = list(self.model.down_blocks), list(self.model.up_blocks)
         for i, down_block in enumerate(down):
-            if i > block:
+            if i > block or (i == block and layer == 0):  # (all of block b's layers skipped: skip the block)
                 self._skip(down_block, f"down_blocks.{i}")
             elif i == block:  # layers producing branches deeper than b, and the downsampler
                 for index in range(layer, self.adapter.num_layers(down_block)):

@@ -5,7 +5,7 @@ text-to-video model there is no VAE: the image in [0, 1] is mapped to [-1, 1] an
 a ``12 × 16 × 16`` latent (``pack_images`` / ``unpack_images``). The denoiser is a real diffusers
 ``UNet2DConditionModel`` with the layout of Stable Diffusion in miniature (cross-attention down blocks, a
 mid block, cross-attention up blocks, two layers per down block and three per up block), trained with
-ε-prediction on a DDPM schedule and sampled with ``DDIMScheduler`` (50 steps, classifier-free guidance on
+ε-prediction on Stable Diffusion's noise schedule and sampled with ``DDIMScheduler`` (50 steps, classifier-free guidance on
 the batch ``[uncond, cond]``), so DeepCache's U-Net code paths serve it and real Stable Diffusion alike.
 """
 
@@ -55,9 +55,10 @@ def tiny_unet_config() -> dict:
 
 
 def tiny_scheduler() -> DDIMScheduler:
-    """DDIM over the DDPM linear β schedule the model was trained on, spaced as Stable Diffusion's."""
+    """DDIM over Stable Diffusion's β schedule (scaled linear, 0.00085 … 0.012, the schedule the model is trained
+    on), spaced as Stable Diffusion's; predicted clean samples are clipped to the pixel range [-1, 1]."""
     return DDIMScheduler(
-        num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear", clip_sample=True,
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=True,
         clip_sample_range=1.0, set_alpha_to_one=False, steps_offset=1, timestep_spacing="leading",
         prediction_type="epsilon",
     )

@@ -1,6 +1,7 @@
 """Training recipe of the embedded ``tiny-shapes-t2i`` model (``diffcache train tiny-shapes-t2i``).
 
-ε-prediction on the DDPM linear β schedule (1e-4 … 0.02, 1000 steps), as Stable Diffusion is trained:
+ε-prediction on Stable Diffusion's β schedule (scaled linear, 0.00085 … 0.012, 1000 steps), as Stable Diffusion
+is trained:
 ``x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε`` with ``t`` uniform over the 1000 training timesteps, and the U-Net predicts
 ``ε``. Data: one still shape per 32 × 32 image (the text-to-video model's procedural shapes, one frame, no
 motion), prompt ``"a {colour} {shape}"``, rendered on the fly from a per-step seed.
@@ -35,12 +36,12 @@ PROMPT_DROPOUT = 0.1
 
 @dataclass
 class T2ITrainConfig:
-    steps: int = 3000
-    batch_size: int = 24
+    steps: int = 1500
+    batch_size: int = 16
     lr: float = 1e-3
-    warmup_steps: int = 200
+    warmup_steps: int = 100
     weight_decay: float = 0.01
-    ema_decay: float = 0.999
+    ema_decay: float = 0.995
     seed: int = 0
     checkpoint_every: int = 250
 
