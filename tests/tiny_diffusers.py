@@ -101,3 +101,125 @@ VIDEO_FAMILIES = {
     "cogvideox": (tiny_cogvideox_pipeline, dict(height=16, width=16, num_frames=9)),
     "ltx": (tiny_ltx_pipeline, dict(height=32, width=32, num_frames=9)),
 }
+
+
+# -- U-Net pipelines (DeepCache) -------------------------------------------------------------------------------------
+def _clip_text(tokenizer, hidden_size: int = 32, projection: bool = False):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=37,
+                            num_attention_heads=4, num_hidden_layers=1, max_position_embeddings=16,
+                            projection_dim=hidden_size, pad_token_id=0, bos_token_id=1, eos_token_id=1)
+    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config)
+
+
+def _clip_tokenizer():
+    tokenizer = word_tokenizer()
+    tokenizer.model_max_length = 16
+    return tokenizer
+
+
+def _tiny_vae(latent_channels: int = 4):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(block_out_channels=(8, 8), in_channels=3, out_channels=3, latent_channels=latent_channels,
+                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                         norm_num_groups=4, layers_per_block=1)
+
+
+def tiny_sd_unet(seed: int = 0):
+    """A ``UNet2DConditionModel`` with Stable Diffusion 1.5's layout (4 blocks, 2 layers each, cross-attention in
+    the first three), 8–16 channels wide."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16, 16, 16), layers_per_block=2,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=2, norm_num_groups=4)
+
+
+def tiny_sd_pipeline(seed: int = 0, scheduler: str = "ddim"):
+    """A ``StableDiffusionPipeline`` (batched CFG) with SD 1.5's U-Net layout in miniature, a tiny CLIP text
+    encoder and a tiny VAE (factor 2): 32 × 32 images from a 16 × 16 latent."""
+    from diffusers import DDIMScheduler, PNDMScheduler, StableDiffusionPipeline
+
+    unet = tiny_sd_unet(seed)
+    torch.manual_seed(seed + 1)
+    tokenizer = _clip_tokenizer()
+    sched = (DDIMScheduler if scheduler == "ddim" else PNDMScheduler)(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, set_alpha_to_one=False,
+        clip_sample=False, skip_prk_steps=True) if scheduler == "pndm" else DDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, set_alpha_to_one=False,
+        clip_sample=False)
+    return _eval(StableDiffusionPipeline(vae=_tiny_vae(), text_encoder=_clip_text(tokenizer), tokenizer=tokenizer,
+                                         unet=unet, scheduler=sched, safety_checker=None, feature_extractor=None,
+                                         requires_safety_checker=False))
+
+
+def tiny_sdxl_pipeline(seed: int = 0):
+    """A ``StableDiffusionXLPipeline`` with SDXL's U-Net layout (3 blocks: plain, then two with cross-attention,
+    the deepest with 2 transformer layers; added text/time embedding) and two tiny CLIP text encoders."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16, 16), layers_per_block=2,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), transformer_layers_per_block=(1, 1, 2),
+        cross_attention_dim=64, attention_head_dim=2, norm_num_groups=4, use_linear_projection=True,
+        addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=80)
+    tokenizer = _clip_tokenizer()
+    return _eval(StableDiffusionXLPipeline(
+        vae=_tiny_vae(), text_encoder=_clip_text(tokenizer), text_encoder_2=_clip_text(tokenizer, projection=True),
+        tokenizer=tokenizer, tokenizer_2=_clip_tokenizer(), unet=unet,
+        scheduler=EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                         steps_offset=1, timestep_spacing="leading"),
+        force_zeros_for_empty_prompt=True, add_watermarker=False))
+
+
+def tiny_modelscope_pipeline(seed: int = 0):
+    """A ``TextToVideoSDPipeline`` (ModelScope text-to-video) with a tiny ``UNet3DConditionModel`` (3 blocks of
+    2 layers: resnet, temporal conv, spatial and temporal attention)."""
+    from diffusers import DDIMScheduler, TextToVideoSDPipeline, UNet3DConditionModel
+
+    torch.manual_seed(seed)
+    unet = UNet3DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16, 16), layers_per_block=2,
+        down_block_types=("CrossAttnDownBlock3D", "CrossAttnDownBlock3D", "DownBlock3D"),
+        up_block_types=("UpBlock3D", "CrossAttnUpBlock3D", "CrossAttnUpBlock3D"),
+        cross_attention_dim=32, attention_head_dim=4, norm_num_groups=4)
+    tokenizer = _clip_tokenizer()
+    return _eval(TextToVideoSDPipeline(
+        vae=_tiny_vae(), text_encoder=_clip_text(tokenizer), tokenizer=tokenizer, unet=unet,
+        scheduler=DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
+                                set_alpha_to_one=False, clip_sample=False)))
+
+
+def tiny_svd_pipeline(seed: int = 0):
+    """A ``StableVideoDiffusionPipeline`` (image-to-video, batched CFG, Karras Euler) with a tiny
+    ``UNetSpatioTemporalConditionModel``, CLIP image encoder and temporal-decoder VAE."""
+    from diffusers import (AutoencoderKLTemporalDecoder, EulerDiscreteScheduler, StableVideoDiffusionPipeline,
+                           UNetSpatioTemporalConditionModel)
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(seed)
+    unet = UNetSpatioTemporalConditionModel(
+        sample_size=8, in_channels=8, out_channels=4, block_out_channels=(32, 64), layers_per_block=2,
+        down_block_types=("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
+        up_block_types=("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"),
+        cross_attention_dim=32, num_attention_heads=4, projection_class_embeddings_input_dim=96,
+        addition_time_embed_dim=32)
+    vae = AutoencoderKLTemporalDecoder(block_out_channels=(32, 32), in_channels=3, out_channels=3, latent_channels=4,
+                                       down_block_types=("DownEncoderBlock2D",) * 2, layers_per_block=1)
+    image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=32, projection_dim=32, num_hidden_layers=1, num_attention_heads=4, image_size=224,
+        intermediate_size=37, patch_size=32))  # the pipeline resizes to 224
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", interpolation_type="linear",
+        prediction_type="v_prediction", sigma_max=700.0, sigma_min=0.002, steps_offset=1, timestep_spacing="leading",
+        timestep_type="continuous", use_karras_sigmas=True)
+    return _eval(StableVideoDiffusionPipeline(
+        vae=vae, image_encoder=image_encoder, unet=unet, scheduler=scheduler,
+        feature_extractor=CLIPImageProcessor(crop_size=32, size=32, do_center_crop=True)))

@@ -16,10 +16,12 @@ from .distill.sampler import DistilledShapesT2VPipeline
 from .methods import (Handle, MethodAlreadyEnabledError, MethodSilentWarning, NothingSkippedWarning, Report,
                       UnknownMethodError, enable, list_methods)
 from .methods.adacache import AdaCacheConfig
+from .methods.deepcache import DeepCacheConfig
 from .methods.fbcache import FBCacheConfig
 from .methods.pab import PABConfig
 from .methods.teacache import TeaCacheConfig
 from .models.pipeline import TinyShapesT2VPipeline
+from .models.pipeline_t2i import TinyShapesT2IPipeline
 from .models.registry import EMBEDDED_MODELS, ModelLoadError, load_pipeline
 from .models.shapes import PromptError
 from .models.text import ShapesTextEncoder
@@ -40,6 +42,7 @@ def disable(target) -> None:
 __all__ = [
     "EMBEDDED_MODELS",
     "AdaCacheConfig",
+    "DeepCacheConfig",
     "FBCacheConfig",
     "PABConfig",
     "TeaCacheConfig",
@@ -55,6 +58,7 @@ __all__ = [
     "StepContext",
     "StepTrackingError",
     "TinyShapesT2VPipeline",
+    "TinyShapesT2IPipeline",
     "UnknownMethodError",
     "UnsupportedModelError",
     "disable",

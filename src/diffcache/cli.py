@@ -17,13 +17,17 @@ EXAMPLES = {
   diffcache generate --prompt "a red circle moving left" --method adacache:fast --out fast.gif
   diffcache generate --prompt "a red circle moving left" --steps 40 --method hsa:hsa-50 --budget-map map.gif --out hsa.gif
   diffcache generate --prompt "a blue square moving up" --steps 30 --guidance 5 --seed 3 --cfg-mode batched --out clip.mp4
-  diffcache generate --model ./my-wan-pipeline --prompt "a cat surfing" --out cat.mp4""",
+  diffcache generate --model ./my-wan-pipeline --prompt "a cat surfing" --out cat.mp4
+  diffcache generate --model tiny-shapes-t2i --prompt "a red circle" --steps 50 --out red.png
+  diffcache generate --model tiny-shapes-t2i --prompt "a red circle" --steps 50 --method deepcache --out fast.png""",
     "train": """examples:
   diffcache train tiny-shapes-t2v --out runs/t2v            # resumes from runs/t2v/checkpoint if present
-  diffcache train tiny-shapes-t2v --out runs/smoke --steps 20 --batch-size 4""",
+  diffcache train tiny-shapes-t2v --out runs/smoke --steps 20 --batch-size 4
+  diffcache train tiny-shapes-t2i --out runs/t2i            # the text-to-image U-Net (1500 steps)""",
     "evaluate": """examples:
   diffcache evaluate                                # the shipped model: 64 prompts, 30 steps, CFG 5
-  diffcache evaluate --model runs/t2v/model --prompts 64 --json gate.json""",
+  diffcache evaluate --model runs/t2v/model --prompts 64 --json gate.json
+  diffcache evaluate --model tiny-shapes-t2i        # the text-to-image gate: 64 prompts, 50 steps, CFG 5""",
     "bench": """examples:
   diffcache bench --out out/bench        # uncached, every diffcache method at its default, two diffusers peers
   diffcache bench --methods none,adacache:fast,adacache:slow,steps:15 --prompts 16 --steps 30 --out out/ada
@@ -72,13 +76,13 @@ def _parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="generate one clip (GIF or MP4) from a prompt", epilog=EXAMPLES["generate"],
                        formatter_class=fmt)
-    g.add_argument("--prompt", required=True, help="text prompt; the embedded model takes "
-                   "'a {colour} {shape} moving {direction}'")
+    g.add_argument("--prompt", required=True, help="text prompt; the embedded models take "
+                   "'a {colour} {shape} moving {direction}' (tiny-shapes-t2v) or 'a {colour} {shape}' (tiny-shapes-t2i)")
     g.add_argument("--negative-prompt", default=None, help="negative prompt for guidance (default: empty)")
     g.add_argument("--model", default="tiny-shapes-t2v",
                    help="embedded model name, local pipeline folder, or diffusers hub id (default: tiny-shapes-t2v)")
     g.add_argument("--steps", type=int, default=None, help="number of denoising steps (default: the pipeline's; "
-                   "30 for tiny-shapes-t2v, 4 for a distilled student)")
+                   "30 for tiny-shapes-t2v, 50 for tiny-shapes-t2i, 4 for a distilled student)")
     g.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the "
                    "pipeline's; 5 for tiny-shapes-t2v; a distilled student has none)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
@@ -97,24 +101,28 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     g.add_argument("--method", default=None, help="accelerate with METHOD[:PRESET], e.g. adacache:fast "
                    "(see 'diffcache methods'; default: none)")
-    g.add_argument("--out", required=True, help="output file: .gif or .mp4")
+    g.add_argument("--out", required=True, help="output file: .gif or .mp4 (a text-to-image model: .png)")
     g.add_argument("--force", action="store_true", help="overwrite --out if it exists")
 
     t = sub.add_parser("train", help="train an embedded model from scratch (resumable)", epilog=EXAMPLES["train"],
                        formatter_class=fmt)
-    t.add_argument("model", choices=("tiny-shapes-t2v",), help="which embedded model to train")
+    t.add_argument("model", choices=("tiny-shapes-t2v", "tiny-shapes-t2i"), help="which embedded model to train")
     t.add_argument("--out", required=True, help="run folder: checkpoint/ while training, model/ when done")
-    t.add_argument("--steps", type=int, default=None, help="optimiser steps (default: the shipped recipe, 6000)")
-    t.add_argument("--batch-size", type=int, default=None, help="clips per step (default: 24)")
+    t.add_argument("--steps", type=int, default=None, help="optimiser steps (default: the shipped recipe, 6000 for t2v, 1500 for t2i)")
+    t.add_argument("--batch-size", type=int, default=None, help="clips or images per step (default: 24)")
     t.add_argument("--seed", type=int, default=None, help="training seed (default: 0)")
     t.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints (default: 250)")
+    t.add_argument("--stop-at", type=int, default=None,
+                   help="train only up to this step of the recipe, then export (the schedule stays that of --steps; "
+                   "running again without --stop-at, after removing DIR/model, continues to the end)")
     t.add_argument("--force", action="store_true", help="start over, discarding a checkpoint or model in --out")
 
-    e = sub.add_parser("evaluate", help="adherence gate of an embedded text-to-video model (analytic checker)",
+    e = sub.add_parser("evaluate", help="adherence gate of an embedded model (analytic checker)",
                        epilog=EXAMPLES["evaluate"], formatter_class=fmt)
     e.add_argument("--model", default="tiny-shapes-t2v", help="embedded model name or pipeline folder")
     e.add_argument("--prompts", type=int, default=64, help="number of prompts, cycling over the grammar (default: 64)")
-    e.add_argument("--steps", type=int, default=30, help="denoising steps (default: 30)")
+    e.add_argument("--steps", type=int, default=None,
+                   help="denoising steps (default: 30; 50 for tiny-shapes-t2i)")
     e.add_argument("--guidance", type=float, default=5.0, help="guidance scale (default: 5)")
     e.add_argument("--json", default=None, help="also write the per-prompt results to this JSON file")
     e.add_argument("--force", action="store_true", help="overwrite --json if it exists")
@@ -225,14 +233,14 @@ def _positive(**values) -> None:
 def cmd_generate(args) -> int:
     import torch
 
-    from .io import VIDEO_SUFFIXES, check_writable, write_video
+    from .io import IMAGE_SUFFIXES, VIDEO_SUFFIXES, check_writable, write_video
     from .models.pipeline import TinyShapesT2VPipeline
     from .models.registry import SUPPORTED_VIDEO_PIPELINES, ModelLoadError, load_pipeline
     from .models.shapes import parse_prompt
 
     out = Path(args.out)
-    if out.suffix.lower() not in VIDEO_SUFFIXES:
-        raise ValueError(f"--out {out.name!r}: use a file name ending in .gif or .mp4.")
+    if out.suffix.lower() not in VIDEO_SUFFIXES + IMAGE_SUFFIXES:
+        raise ValueError(f"--out {out.name!r}: use a file name ending in .gif or .mp4 (a video), or .png (an image).")
     _positive(steps=args.steps, fps=args.fps, upscale=args.upscale, height=args.height, width=args.width,
               frames=args.frames, seed=args.seed)
     check_writable(out, args.force)
@@ -251,6 +259,8 @@ def cmd_generate(args) -> int:
         if Path(args.budget_map).suffix.lower() not in VIDEO_SUFFIXES:
             raise ValueError(f"--budget-map {Path(args.budget_map).name!r}: use a file name ending in .gif or .mp4.")
         check_writable(Path(args.budget_map), args.force)
+    if args.model == "tiny-shapes-t2i" or out.suffix.lower() in IMAGE_SUFFIXES:
+        return _generate_image(args, spec)
     pipe = load_pipeline(args.model)
     if type(pipe).__name__ not in SUPPORTED_VIDEO_PIPELINES:
         raise ModelLoadError(f"{args.model!r} is a {type(pipe).__name__}; `generate` supports text-to-video "
@@ -291,6 +301,53 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def _generate_image(args, spec) -> int:
+    """`generate` for a text-to-image pipeline (tiny-shapes-t2i, Stable Diffusion, SDXL): one PNG."""
+    import torch
+
+    from .io import IMAGE_SUFFIXES, write_image
+    from .models.registry import SUPPORTED_IMAGE_PIPELINES, ModelLoadError, load_pipeline
+    from .models.shapes import parse_prompt
+
+    out = Path(args.out)
+    if out.suffix.lower() not in IMAGE_SUFFIXES:
+        raise ValueError(f"--out {out.name!r}: {args.model} makes images; use a file name ending in .png.")
+    if args.frames is not None or args.cfg_mode != "split":
+        raise ValueError("--frames and --cfg-mode apply to video models only; a text-to-image pipeline runs guidance "
+                         "batched, as Stable Diffusion does.")
+    if args.model == "tiny-shapes-t2i":
+        parse_prompt(args.prompt, require_direction=False)  # reject a bad prompt before any work
+    pipe = load_pipeline(args.model)
+    if type(pipe).__name__ not in SUPPORTED_IMAGE_PIPELINES:
+        raise ModelLoadError(f"{args.model!r} is a {type(pipe).__name__}; `generate --out *.png` supports text-to-image "
+                             f"pipelines: {', '.join(SUPPORTED_IMAGE_PIPELINES)}.")
+    pipe.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    handle = None
+    if spec is not None:
+        from .methods import enable
+
+        handle = enable(pipe, spec.name, preset=spec.preset, **dict(spec.overrides))
+    args.steps = args.steps or 50
+    kwargs = dict(num_inference_steps=args.steps, guidance_scale=5.0 if args.guidance is None else args.guidance,
+                  output_type="np",
+                  generator=torch.Generator().manual_seed(args.seed))
+    for key in ("height", "width"):
+        if getattr(args, key) is not None:
+            kwargs[key] = getattr(args, key)
+    if args.negative_prompt is not None:
+        kwargs["negative_prompt"] = args.negative_prompt
+    start = time.perf_counter()
+    image = pipe(args.prompt, **kwargs).images[0]
+    took = time.perf_counter() - start
+    write_image(out, image, upscale=args.upscale, force=args.force)
+    extra = ""
+    if handle is not None:
+        extra = f", {spec.label}: {handle.report().computed_steps()}/{args.steps} steps computed"
+        handle.disable()
+    print(f"generated in {took:.2f} s ({args.steps} steps{extra}): {out}")
+    return 0
+
+
 def cmd_train(args) -> int:
     import shutil
     from dataclasses import replace
@@ -308,15 +365,23 @@ def cmd_train(args) -> int:
         shutil.rmtree(model_dir, ignore_errors=True)
     elif model_dir.exists():
         raise OutputExistsError(f"{model_dir} already holds a trained model; pass --force to train again.")
+    if args.model == "tiny-shapes-t2i":
+        from .models.train_t2i import T2ITrainConfig as TrainConfig, T2ITrainer as Trainer  # noqa: N814
     config = replace(TrainConfig(), **overrides)
     trainer = Trainer(config, out)
     if trainer.load_checkpoint():
         print(f"resuming from {trainer.checkpoint_dir} at step {trainer.step}/{config.steps}")
-    trainer.run(progress=True)
+    if args.stop_at is not None and not 1 <= args.stop_at <= config.steps:
+        raise ValueError(f"--stop-at must be between 1 and the recipe's {config.steps} steps, got {args.stop_at}.")
+    if args.stop_at is not None and trainer.step > args.stop_at:
+        raise ValueError(f"the checkpoint in {trainer.checkpoint_dir} is already at step {trainer.step}, past "
+                         f"--stop-at {args.stop_at}; use another --out.")
+    trainer.run(progress=True, until=args.stop_at)
     trainer.export(model_dir)
     last = trainer.history[-1]["loss"] if trainer.history else float("nan")
-    print(f"trained {config.steps} steps (final loss {last:.4f}); pipeline saved to {model_dir}")
-    print(f"measure it: diffcache evaluate --model {model_dir}")
+    done = f"{trainer.step} of {config.steps}" if trainer.step < config.steps else f"{config.steps}"
+    print(f"trained {done} steps (final loss {last:.4f}); pipeline saved to {model_dir}")
+    print(f"measure it: diffcache evaluate --model {model_dir}" + (" --steps 50" if args.model == "tiny-shapes-t2i" else ""))
     return 0
 
 
@@ -329,6 +394,10 @@ def cmd_evaluate(args) -> int:
         check_writable(args.json, args.force)
     _positive(prompts=args.prompts, steps=args.steps)
     pipe = load_pipeline(args.model)
+    if args.steps is None:
+        from .models.evaluate import is_image_pipeline
+
+        args.steps = 50 if is_image_pipeline(pipe) else 30
     start = time.perf_counter()
     report = evaluate_adherence(pipe, num_prompts=args.prompts, num_inference_steps=args.steps,
                                 guidance_scale=args.guidance)

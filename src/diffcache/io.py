@@ -101,3 +101,25 @@ def _write_mp4(path: Path, data: np.ndarray, fps: int) -> None:
     for frame in data:
         writer.send(np.ascontiguousarray(frame))
     writer.close()
+
+
+IMAGE_SUFFIXES = (".png",)
+
+
+def write_image(path: str | os.PathLike, image: np.ndarray, upscale: int | None = None, force: bool = False) -> Path:
+    """Write one image ``(H, W, 3)`` of floats in [0, 1] as a PNG, atomically. ``upscale=None`` enlarges small
+    images (nearest neighbour) so that their short side is at least 256 pixels."""
+    import imageio.v3 as iio
+
+    path = Path(path)
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise ValueError(f"cannot write an image to {path.name!r}: use a file name ending in .png.")
+    if upscale is not None and upscale < 1:
+        raise ValueError(f"upscale must be at least 1, got {upscale}.")
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"expected an image of shape (height, width, 3), got {image.shape}.")
+    scale = auto_upscale(*image.shape[:2]) if upscale is None else upscale
+    with atomic_path(path, force) as tmp:
+        iio.imwrite(tmp, to_uint8(image, scale), extension=".png")
+    return path

@@ -101,9 +101,10 @@ class Adapter:
 def registered_adapters() -> list[type[Adapter]]:
     from .cogvideox import CogVideoXAdapter
     from .ltx import LTXVideoAdapter
+    from .unet import UNet2DAdapter, UNet3DAdapter, UNetSpatioTemporalAdapter
     from .wan import WanAdapter
 
-    return [WanAdapter, CogVideoXAdapter, LTXVideoAdapter]
+    return [WanAdapter, CogVideoXAdapter, LTXVideoAdapter, UNet2DAdapter, UNet3DAdapter, UNetSpatioTemporalAdapter]
 
 
 def supported_families() -> list[str]:

@@ -1,3 +1,3 @@
 """Importing this module registers every built-in method."""
 
-from . import adacache, fastercache, fbcache, hsa, pab, teacache  # noqa: F401
+from . import adacache, deepcache, fastercache, fbcache, hsa, pab, teacache  # noqa: F401

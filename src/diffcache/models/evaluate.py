@@ -1,4 +1,8 @@
-"""The adherence gate of the embedded text-to-video model: generate a fixed prompt set, score it with the checker."""
+"""The adherence gates of the embedded models: generate a fixed prompt set, score it with the checker.
+
+tiny-shapes-t2v is scored on colour, shape and direction; tiny-shapes-t2i (still images, ``"a {colour} {shape}"``)
+on colour and shape.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +16,19 @@ from .checker import check
 from .shapes import all_prompts
 
 
-def gate_prompts(n: int = 64) -> list[tuple[str, int]]:
-    """``n`` (prompt, seed) pairs cycling through all 60 prompts of the grammar; seed = position in the list."""
-    prompts = all_prompts()
+def is_image_pipeline(pipe) -> bool:
+    """A text-to-image pipeline (returns ``.images``), as opposed to the text-to-video one (``.frames``)."""
+    from .pipeline_t2i import TinyShapesT2IPipeline
+
+    return isinstance(pipe, TinyShapesT2IPipeline)
+
+
+def gate_prompts(n: int = 64, image: bool = False) -> list[tuple[str, int]]:
+    """``n`` (prompt, seed) pairs cycling through all prompts of the grammar (60 for video; 15 still-image ones with
+    ``image=True``); seed = position in the list."""
+    from .pipeline_t2i import all_image_prompts
+
+    prompts = all_image_prompts() if image else all_prompts()
     return [(prompts[i % len(prompts)], i) for i in range(n)]
 
 
@@ -27,8 +41,12 @@ class AdherenceReport:
     temporal_stability: float
     num_prompts: int
     per_prompt: list[dict]
+    images: bool = False  #: still images: only colour and shape are scored
 
     def summary(self) -> str:
+        if self.images:
+            return (f"adherence {100 * self.adherence:.1f}% over {self.num_prompts} prompts "
+                    f"(colour {100 * self.colour:.1f}%, shape {100 * self.shape:.1f}%)")
         return (
             f"adherence {100 * self.adherence:.1f}% over {self.num_prompts} prompts "
             f"(colour {100 * self.colour:.1f}%, shape {100 * self.shape:.1f}%, direction {100 * self.direction:.1f}%), "
@@ -39,6 +57,7 @@ class AdherenceReport:
 def score_clips(clips, prompts: list[str]) -> AdherenceReport:
     """Checker scores for clips ``(N, frames, H, W, 3)`` against their prompts."""
     results = [check(c, p) for c, p in zip(clips, prompts)]
+    images = all("direction" not in r.matches for r in results)
     per = [{"prompt": r.prompt, "adherence": r.adherence, "seen": [r.colour, r.shape, r.direction],
             "temporal_stability": r.temporal_stability} for r in results]
     mean = lambda key: float(np.mean([r.matches.get(key, False) for r in results]))  # noqa: E731
@@ -50,6 +69,7 @@ def score_clips(clips, prompts: list[str]) -> AdherenceReport:
         temporal_stability=float(np.mean([r.temporal_stability for r in results])),
         num_prompts=len(results),
         per_prompt=per,
+        images=images,
     )
 
 
@@ -58,8 +78,9 @@ def evaluate_adherence(
     batch_size: int = 16, progress: bool = True, return_clips: bool = False,
 ):
     """Generate the gate's prompt set with fixed seeds and score it. Returns an :class:`AdherenceReport`
-    (and the clips, with ``return_clips=True``)."""
-    pairs = gate_prompts(num_prompts)
+    (and the clips — images for a text-to-image pipeline — with ``return_clips=True``)."""
+    image = is_image_pipeline(pipe)
+    pairs = gate_prompts(num_prompts, image=image)
     clips = []
     saved = dict(getattr(pipe, "_progress_bar_config", {}))
     pipe.set_progress_bar_config(**{**saved, "disable": True})
@@ -73,7 +94,7 @@ def evaluate_adherence(
                 generator=[torch.Generator().manual_seed(s) for _, s in chunk],
                 output_type="np",
             )
-            clips.append(out.frames)
+            clips.append(out.images if image else out.frames)
     finally:
         pipe.set_progress_bar_config(**saved)
     clips = np.concatenate(clips)

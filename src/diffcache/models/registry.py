@@ -9,7 +9,11 @@ from pathlib import Path
 
 EMBEDDED_MODELS: dict[str, str] = {
     "tiny-shapes-t2v": "text-to-video, a tiny Wan transformer trained on procedural shape clips (8×32×32)",
+    "tiny-shapes-t2i": "text-to-image, a tiny Stable Diffusion-style U-Net trained on procedural shape images (32×32)",
 }
+
+# Text-to-image pipelines `diffcache generate` writes PNGs for (class names).
+SUPPORTED_IMAGE_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline", "TinyShapesT2IPipeline")
 
 # Real video pipelines diffcache is built for (class names from diffusers).
 SUPPORTED_VIDEO_PIPELINES = (
@@ -57,9 +61,11 @@ def load_pipeline(name_or_path: str | os.PathLike = "tiny-shapes-t2v", **kwargs)
 
     from ..distill.sampler import DistilledShapesT2VPipeline
     from .pipeline import TinyShapesT2VPipeline
+    from .pipeline_t2i import TinyShapesT2IPipeline
 
     # diffusers resolves a model_index.json's class only among its own pipelines; ours are looked up here
-    own_pipelines = {cls.__name__: cls for cls in (TinyShapesT2VPipeline, DistilledShapesT2VPipeline)}
+    own_pipelines = {cls.__name__: cls for cls in (TinyShapesT2VPipeline, TinyShapesT2IPipeline,
+                                                   DistilledShapesT2VPipeline)}
 
     name = str(name_or_path)
     if name in EMBEDDED_MODELS:

@@ -110,7 +110,7 @@ class Trainer:
     def __init__(self, config: TrainConfig, out_dir: str | os.PathLike):
         self.config = config
         self.out = Path(out_dir)
-        self.pipe = TinyShapesT2VPipeline.from_scratch(seed=config.seed)
+        self.pipe = self.build_pipeline()
         self.params = dict(self.trainable().named_parameters())
         self.ema = {k: p.detach().clone() for k, p in self.params.items()}
         self.optimizer = torch.optim.AdamW(
@@ -119,8 +119,20 @@ class Trainer:
         self.step = 0
         self.history: list[dict] = []
 
+    def build_pipeline(self):
+        """The randomly initialised pipeline training starts from."""
+        return TinyShapesT2VPipeline.from_scratch(seed=self.config.seed)
+
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        return self.pipe.transformer
+
     def trainable(self) -> torch.nn.Module:
         return torch.nn.ModuleDict({"transformer": self.pipe.transformer, "text_encoder": self.pipe.text_encoder})
+
+    def compute_loss(self) -> tuple[torch.Tensor, dict]:
+        """The loss of the current step's batch."""
+        return loss_fn(self.pipe, *make_batch(self.config, self.step))
 
     # -- checkpoints -------------------------------------------------------------------------------------
     @property
@@ -189,7 +201,7 @@ class Trainer:
         cfg = self.config
         for group in self.optimizer.param_groups:
             group["lr"] = _lr_at(cfg, self.step)
-        loss, parts = loss_fn(self.pipe, *make_batch(cfg, self.step))
+        loss, parts = self.compute_loss()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(self.params.values()), 1.0)
@@ -203,7 +215,7 @@ class Trainer:
 
     def run(self, progress: bool = True, until: int | None = None) -> None:
         """Train to ``config.steps`` (or to ``until``), checkpointing every ``checkpoint_every`` steps."""
-        self.pipe.transformer.train()
+        self.denoiser.train()
         end = min(self.config.steps, until) if until is not None else self.config.steps
         bar = tqdm(total=self.config.steps, initial=self.step, disable=not progress, desc="training",
                    unit="step", dynamic_ncols=True)
@@ -227,4 +239,4 @@ class Trainer:
             raise
         finally:
             bar.close()
-            self.pipe.transformer.eval()
+            self.denoiser.eval()

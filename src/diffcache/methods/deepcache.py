@@ -1,0 +1,217 @@
+"""DeepCache (Ma, Fang and Wang, CVPR 2024) for U-Nets: on a *cached* step only the shallow part of the U-Net runs.
+
+As in ``shared/METHODS.md`` and the official code (the ``DeepCache`` package's ``DeepCacheSDHelper`` and the
+repository's Stable Diffusion pipeline):
+
+- **Branch** ``b`` (``branch``, shallowest = 0) is a skip connection of the U-Net: 0 is ``conv_in``'s output, then
+  the outputs of the down layers and downsamplers in order. It maps to (block ``b // 3``, layer ``b % 3``) in a
+  Stable Diffusion-style U-Net (:mod:`diffcache.adapters.unet`).
+- On a **full** step the whole U-Net runs and the modules a cached step will skip keep their outputs. On a
+  **cached** step everything that produces skip branches ``0 … b`` runs (``conv_in``, the down path up to branch
+  ``b``) and everything that consumes them (the up path from the layer that takes branch ``b`` to the output); the
+  rest — the deeper down layers and downsamplers, the mid block, the deeper up layers — returns its output from the
+  last full step. So the up layer at branch ``b`` receives, as its input before concatenation with the fresh skip,
+  the deep feature cached at the last full step: exactly what the official helper does, module by module.
+- **Uniform 1:N** (``uniform=True``, ``interval=N``): full steps ``0, N, 2N, …`` counted from the first step of the
+  call. **Non-uniform 1:N** (``uniform=False``): ``k = ceil(T/N)`` full steps, denser around step ``center``
+  (paper Eq. 7), by the official ``sample_from_quad_center``: ``x = linspace((−c)^(1/p), (T−c)^(1/p), k+1)``, full
+  steps ``[0] + [int(v) + c for v in unique(int32(x^p))[1:−1]]``, ``p`` lowered by 0.02 until there are ``k`` of
+  them. ``(−c)^(1/p)`` is a complex number there and numpy drops its imaginary part when casting to ``int32``;
+  :func:`nonuniform_schedule` does the same, so the worked examples of the official code come out identical.
+- State is kept per CFG branch (one batched ``[uncond, cond]`` call per step, as Stable Diffusion pipelines do,
+  shares one), and reset at every pipeline call; a branch seen for the first time computes fully.
+
+Departure, documented: the repository's research script numbers branches with ``--layer``/``--block`` one further
+down the skip list (its (block ``B``, layer ``L``) is branch ``3B + L + 1`` here); the ``DeepCache`` package, and
+this module, count ``conv_in``'s skip as branch 0.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+from diffusers.hooks.hooks import ModelHook
+
+from ..adapters.base import UnsupportedModelError
+from .base import MethodConfig, Runtime, detached, register
+
+FAMILIES = ("Stable Diffusion U-Net", "ModelScope U-Net", "Stable Video Diffusion U-Net")
+POWER_STEP = 0.02  #: the official code lowers p by this much until the schedule has k distinct full steps
+
+
+class ScheduleError(ValueError):
+    """No non-uniform DeepCache schedule exists for these settings."""
+
+
+def uniform_schedule(num_steps: int, interval: int) -> list[int]:
+    """Full steps of uniform 1:N: ``0, N, 2N, …`` below ``num_steps``."""
+    return list(range(0, num_steps, interval))
+
+
+def nonuniform_schedule(num_steps: int, interval: int, center: int = 15, power: float = 1.4) -> tuple[list[int], float]:
+    """Full steps of non-uniform 1:N and the power ``p`` that produced them (official ``sample_from_quad_center``).
+
+    ``nonuniform_schedule(50, 5, 15, 1.4)`` → ``([0, 5, 9, 13, 17, 21, 26, 31, 37, 43], 1.4)``. Raises
+    :class:`ScheduleError` when no ``p > 1`` gives ``ceil(T/N)`` distinct steps.
+    """
+    if interval == 1:
+        return list(range(num_steps)), power
+    count = num_steps // interval + (1 if num_steps % interval else 0)
+    p = power
+    while p > 1:
+        # (-c) ** (1/p) is complex in Python; numpy's int32 cast keeps the real part, as in the official code
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", np.exceptions.ComplexWarning)
+            x = np.linspace((-center) ** (1 / p), (num_steps - center) ** (1 / p), count + 1)
+            indices = [0] + [int(v) + center for v in np.unique(np.int32(x**p))[1:-1]]
+        if len(indices) == count:
+            return sorted(indices), p
+        p -= POWER_STEP
+    raise ScheduleError(
+        f"DeepCache non-uniform: no power p in (1, {power:g}] spreads {count} full steps (ceil({num_steps}/{interval})) "
+        f"over {num_steps} steps around center={center}. Lower center (it must be well inside 0..{num_steps - 1}), "
+        f"raise power, lower interval, or use the uniform schedule (uniform=True)."
+    )
+
+
+@dataclass
+class DeepCacheConfig(MethodConfig):
+    PRESETS: ClassVar = {
+        "default": {},
+        "uniform-2": {"interval": 2},
+        "uniform-3": {"interval": 3},
+        "uniform-5": {"interval": 5},
+        "nonuniform": {"interval": 5, "uniform": False, "center": 15, "power": 1.4},
+    }
+    DEFAULT_PRESET: ClassVar = "default"
+
+    interval: int = 3  #: N of 1:N: one full step per N steps (on average, for non-uniform)
+    branch: int = 0  #: skip branch whose up layer gets the cached feature (0 = shallowest = fastest)
+    uniform: bool = True  #: uniform 1:N; False: non-uniform (denser around ``center``)
+    center: int = 15  #: non-uniform: the step the full steps crowd around (official: 15 of 50)
+    power: float = 1.4  #: non-uniform: starting power p (lowered by 0.02 until the schedule fits)
+
+    def validate(self) -> None:
+        for name, low in (("interval", 1), ("branch", 0), ("center", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        if not isinstance(self.uniform, bool):
+            raise ValueError(f"uniform must be True or False, got {self.uniform!r}")
+        if isinstance(self.power, bool) or not isinstance(self.power, (int, float)) or not self.power > 1:
+            raise ValueError(f"power must be a number > 1, got {self.power!r}")
+
+    def full_steps(self, num_steps: int) -> list[int]:
+        """The steps (0-based, from the call's first step) on which the whole U-Net runs."""
+        if self.uniform:
+            return uniform_schedule(num_steps, self.interval)
+        return nonuniform_schedule(num_steps, self.interval, self.center, self.power)[0]
+
+
+class _SkipHook(ModelHook):
+    """On a module a cached step skips: runs it (and keeps its output) on full steps, returns that output otherwise."""
+
+    def __init__(self, runtime: "DeepCacheRuntime", name: str):
+        super().__init__()
+        self.runtime = runtime
+        self.name = name
+
+    def new_forward(self, module, *args, **kwargs):
+        runtime = self.runtime
+        cache = runtime.cache_of_branch()
+        if runtime.full:
+            output = self.fn_ref.original_forward(*args, **kwargs)
+            cache[self.name] = detached(output)
+            runtime.count_block(computed=True)
+            return output
+        runtime.count_block(computed=False)
+        return cache[self.name]
+
+
+class DeepCacheRuntime(Runtime):
+    HOOK = "diffcache_deepcache"
+
+    def install(self) -> None:
+        layout = self.adapter.layout(self.model)
+        branch = self.config.branch
+        if branch >= layout.num_branches:
+            raise ValueError(
+                f"branch={branch} is out of range for this {type(self.model).__name__}: its skip branches are "
+                f"0..{layout.num_branches - 1} ({layout.num_blocks} blocks × {layout.layers_per_up_block} layers; "
+                f"0 = conv_in's skip, the shallowest and fastest; {layout.num_branches - 1} skips only the mid block)."
+            )
+        block, layer = layout.locate(branch)
+        self.layout, self.block, self.layer = layout, block, layer
+        self.skipped: list[str] = []  #: names of the modules a cached step does not run (outermost ones)
+        down, up = list(self.model.down_blocks), list(self.model.up_blocks)
+        for i, down_block in enumerate(down):
+            if i > block or (i == block and layer == 0):  # (all of block b's layers skipped: skip the block)
+                self._skip(down_block, f"down_blocks.{i}")
+            elif i == block:  # layers producing branches deeper than b, and the downsampler
+                for index in range(layer, self.adapter.num_layers(down_block)):
+                    for name, module in self.adapter.layer_modules(down_block, index):
+                        self._skip(module, f"down_blocks.{i}.{name}")
+                for name, module in self.adapter.samplers(down_block, "downsamplers"):
+                    self._skip(module, f"down_blocks.{i}.{name}")
+        if self.model.mid_block is not None:
+            self._skip(self.model.mid_block, "mid_block")
+        for u, up_block in enumerate(up):
+            mirrored = len(up) - 1 - u  # up block j consumes the skips of down block j
+            if mirrored > block:
+                self._skip(up_block, f"up_blocks.{u}")
+            elif mirrored == block:  # layers consuming branches deeper than b (counted from the block's end)
+                k = self.adapter.num_layers(up_block)
+                for index in range(k):
+                    if k - 1 - index > layer:
+                        for name, module in self.adapter.layer_modules(up_block, index):
+                            self._skip(module, f"up_blocks.{u}.{name}")
+        self.clear()
+
+    def _skip(self, module, name: str) -> None:
+        self.add_hook(module, _SkipHook(self, name))
+        self.skipped.append(name)
+
+    def clear(self) -> None:
+        self.caches: dict[str, dict] = {}
+        self.full = True
+        self.first_step: int | None = None
+        self.schedule: set[int] = set()
+        super().clear()
+
+    def begin_call(self, call_index: int, num_steps: int) -> None:
+        super().begin_call(call_index, num_steps)
+        self.schedule = set(self.config.full_steps(num_steps))  # ScheduleError before any step runs
+
+    def begin_forward(self, ctx, args, kwargs) -> None:
+        super().begin_forward(ctx, args, kwargs)
+        if self.first_step is None:
+            self.first_step = ctx.step
+        scheduled = (ctx.step - self.first_step) in self.schedule
+        self.full = scheduled or ctx.branch not in self.caches
+        self.caches.setdefault(ctx.branch, {})
+        record = self.step_record
+        record.computed = record.computed or self.full
+        record.values["full"] = record.computed
+
+    def cache_of_branch(self) -> dict:
+        return self.caches[self.ctx.branch]
+
+    def could_skip(self, num_steps: int) -> bool:
+        return len(self.config.full_steps(num_steps)) < num_steps
+
+    def nothing_skipped_hint(self) -> str:
+        return f"Its interval is {self.config.interval}: raise it (interval=3 is the usual setting)"
+
+
+register(
+    "deepcache",
+    "DeepCache: on cached steps run only the U-Net's shallow layers and reuse the deep feature of the last full step",
+    DeepCacheConfig,
+    DeepCacheRuntime,
+    families=FAMILIES,
+)
+
+__all__ = ["DeepCacheConfig", "ScheduleError", "nonuniform_schedule", "uniform_schedule"]
