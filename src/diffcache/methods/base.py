@@ -134,8 +134,6 @@ class StepRecord:
     blocks_reused: int = 0  #: block forwards answered from the cache
     active_fraction: float | None = None  #: share of the tokens computed (token-level methods such as HSA)
     values: dict[str, Any] = field(default_factory=dict)  #: the method's metric values and decisions
-    #: for token-level methods: the fraction of tokens computed at this step (``None``: all of them when computed)
-    active_fraction: float | None = None
 
 
 @dataclass
