@@ -10,7 +10,7 @@ import torch
 from tiny_diffusers import VIDEO_FAMILIES, tiny_wan_pipeline
 
 import diffcache
-from diffcache.bench.runner import MethodSpec, parse_methods, run_bench
+from diffcache.bench.runner import MethodSpec, parse_methods
 from diffcache.cli import main
 from diffcache.methods import NothingSkippedWarning
 from diffcache.methods.teacache import (TeaCacheConfig, calibrate_teacache, fit_polynomial, teacache_schedule,
@@ -245,6 +245,4 @@ def test_fewer_steps_is_a_bench_method(shipped_pipe):
     assert MethodSpec.parse("steps:15") == MethodSpec("steps", "15")
     with pytest.raises(diffcache.UnknownMethodError, match="steps:N"):
         parse_methods("steps:0")
-    result = run_bench(shipped_pipe, parse_methods("steps:10"), num_prompts=1, steps=30, repeats=1, progress=False)
-    row = {s["method"]: s for s in result.summary}["steps:10"]
-    assert row["computed_mean"] == 10 and row["speedup"] > 1.5 and row["psnr"] < 100
+    # measured in the sweep: tests/test_bench.py::test_bench_end_to_end_with_skipped_rows (steps:2 of 3)

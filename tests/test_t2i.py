@@ -161,18 +161,18 @@ def test_shipped_t2i_model_meets_the_adherence_gate():
     assert min(report.colour, report.shape) >= 0.8, report.summary()
 
 
-def test_image_bench_measures_deepcache(scratch):
-    from diffcache.bench.images import run_image_bench
-    from diffcache.bench.runner import parse_methods
+def test_bench_measures_deepcache_on_images(scratch, tmp_path):
+    from diffcache.bench.benchmark import benchmark
 
-    result = run_image_bench(scratch, parse_methods("deepcache:uniform-3,deepcache:nonuniform[center=2]"),
-                             num_prompts=2, steps=6, repeats=1, progress=False)
-    rows = {s["method"]: s for s in result.summary}
+    reports = benchmark(model="tiny-shapes-t2i", methods="deepcache:uniform-3,deepcache:nonuniform[center=2]",
+                        out=tmp_path, pipe=scratch, num_prompts=2, steps=6, repeats=1, progress=False)
+    rows = {r["method"]: r for r in reports["summary"]}
     assert list(rows) == ["none", "deepcache:uniform-3", "deepcache:nonuniform[center=2]"]
     assert rows["none"]["computed_mean"] == 6 and rows["deepcache:uniform-3"]["computed_mean"] == 2
     assert rows["deepcache:nonuniform[center=2]"]["computed_mean"] == 2  # ceil(6 / 5)
     assert rows["none"]["psnr"] == float("inf") and rows["deepcache:uniform-3"]["psnr"] < 100
-    assert all(0 <= s["adherence"] <= 1 and s["speedup"] > 0 for s in result.summary)
+    assert rows["deepcache:uniform-3"]["flop_speedup"] > 1.5  # 4 of 6 steps run only the shallow layers
+    assert all(0 <= r["adherence"] <= 1 and r["temporal_stability"] is None for r in rows.values())
 
 
 def test_same_images_as_the_deepcache_package_on_the_embedded_unet(scratch):

@@ -187,7 +187,8 @@ def _parser() -> argparse.ArgumentParser:
     dg.add_argument("--prompts", type=int, default=4, help="prompts (row groups) on the page (default: 4)")
     dg.add_argument("--force", action="store_true", help="overwrite the page and its files")
 
-    d = sub.add_parser("demo", help="the main job: generate clips uncached and accelerated, compare, write a report",
+    d = sub.add_parser("demo", help="clips of one method beside the uncached ones, with a report (the main job, "
+                       "`make demo`, is a short `diffcache bench`)",
                        epilog=EXAMPLES["demo"], formatter_class=fmt)
     d.add_argument("--out", default="out/demo", help="output folder (default: out/demo)")
     d.add_argument("--steps", type=int, default=30, help="denoising steps (default: 30)")

@@ -425,8 +425,3 @@ def run_sweep(sweep: Sweep, items: list[Item], out: Path, config: dict, force: b
         merge_parts(out)
     keys = {it.key for it in items}
     return [r for r in read_records(out / RESULTS) if r["item"] in keys]
-
-
-
-# the earlier one-shot API, for its callers (see .legacy)
-from .legacy import OUTPUT_FILES, BenchResult, plot_chart, run_bench, write_bench  # noqa: E402,F401

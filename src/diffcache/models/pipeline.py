@@ -61,7 +61,28 @@ def tiny_transformer_config() -> dict:
     )
 
 
-class TinyShapesT2VPipeline(DiffusionPipeline):
+class CallState:
+    """Read-only state of the embedded pipelines while a call runs, named as in diffusers' pipelines (WanPipeline,
+    StableDiffusionPipeline), whose cache configs and callbacks read these."""
+
+    @property
+    def guidance_scale(self) -> float:
+        return self._guidance_scale
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        return self._guidance_scale > 1.0
+
+    @property
+    def num_timesteps(self) -> int:
+        return self._num_timesteps
+
+    @property
+    def interrupt(self) -> bool:
+        return self._interrupt
+
+
+class TinyShapesT2VPipeline(CallState, DiffusionPipeline):
     """Text-to-video for the shapes grammar, with the calling conventions of diffusers' ``WanPipeline``.
 
     Example::
@@ -121,26 +142,9 @@ class TinyShapesT2VPipeline(DiffusionPipeline):
                 f"got {num_frames} frames of {height}×{width}."
             )
 
-    # Read-only state while a call runs, named as in WanPipeline (diffusers' cache configs read these).
-    @property
-    def guidance_scale(self) -> float:
-        return self._guidance_scale
-
-    @property
-    def do_classifier_free_guidance(self) -> bool:
-        return self._guidance_scale > 1.0
-
-    @property
-    def num_timesteps(self) -> int:
-        return self._num_timesteps
-
     @property
     def current_timestep(self):
         return self._current_timestep
-
-    @property
-    def interrupt(self) -> bool:
-        return self._interrupt
 
     @property
     def attention_kwargs(self):

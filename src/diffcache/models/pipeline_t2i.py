@@ -21,6 +21,7 @@ from diffusers.pipelines.stable_diffusion.pipeline_output import StableDiffusion
 from diffusers.utils.torch_utils import randn_tensor
 
 from . import shapes
+from .pipeline import CallState
 from .text import ShapesTextEncoder
 
 UNSHUFFLE = 2
@@ -64,7 +65,7 @@ def tiny_scheduler() -> DDIMScheduler:
     )
 
 
-class TinyShapesT2IPipeline(DiffusionPipeline):
+class TinyShapesT2IPipeline(CallState, DiffusionPipeline):
     """Text-to-image for the still-shape grammar ``"a {colour} {shape}"``, with the calling conventions of
     diffusers' ``StableDiffusionPipeline``.
 
@@ -101,23 +102,6 @@ class TinyShapesT2IPipeline(DiffusionPipeline):
 
     def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
         return self.text_encoder.encode(prompts).to(self.unet.dtype)
-
-    # Read-only state while a call runs, named as in StableDiffusionPipeline.
-    @property
-    def guidance_scale(self) -> float:
-        return self._guidance_scale
-
-    @property
-    def do_classifier_free_guidance(self) -> bool:
-        return self._guidance_scale > 1.0
-
-    @property
-    def num_timesteps(self) -> int:
-        return self._num_timesteps
-
-    @property
-    def interrupt(self) -> bool:
-        return self._interrupt
 
     @property
     def cross_attention_kwargs(self):
