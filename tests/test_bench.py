@@ -130,7 +130,7 @@ def test_bench_prompts_cover_the_grammar():
 
 
 def test_bench_end_to_end_with_skipped_rows(shipped_pipe, tmp_path):
-    reports = benchmark(methods="adacache:fast,adacache:slow,steps:2,teacache:cogvideox-2b,diffusers-fastercache",
+    reports = benchmark(methods="adacache:fast,adacache:slow,steps:2,teacache:cogvideox-2b,diffusers-fastercache,hsa:hsa-25",
                         out=tmp_path, pipe=shipped_pipe, **FAST)
     rows = {r["method"]: r for r in reports["summary"]}
     none, fast, slow = rows["none"], rows["adacache:fast"], rows["adacache:slow"]
@@ -141,6 +141,7 @@ def test_bench_end_to_end_with_skipped_rows(shipped_pipe, tmp_path):
     # a method the model cannot take, and a peer that crashes on split CFG: skipped rows with the reason
     assert "Wan model" in rows["teacache:cogvideox-2b"]["skipped"]
     assert "IndexError" in rows["diffusers-fastercache"]["skipped"]
+    assert "cannot reach runtime=0.25 at T=3" in rows["hsa:hsa-25"]["skipped"]  # refused at step 0: a row, not a crash
     records = read_records(tmp_path / RESULTS)
     assert len(records) == 2 and all(len(r["methods"]["none"]["seconds"]) == 1 for r in records)
     assert "teacache:cogvideox-2b" in records[0]["skipped"]

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from ..adapters.base import UnsupportedModelError
 from ..io import write_text, write_video
 from ..methods.base import enable
+from ..methods.hsa import HSABudgetError
 from .flops import measure_cost
 from .metrics import lpips_distance, lpips_unavailable_reason, psnr, relative_l1, ssim
 from .peers import PEERS, PeerUnavailable, Setup
@@ -271,6 +272,8 @@ class Sweep:
                     video, cost = go(), None
                     seconds = time.perf_counter() - start
                     self.last_cpu_seconds = time.process_time() - cpu_start
+            except HSABudgetError as error:  # refused at its first step, before any work: this T cannot meet it
+                raise UnsupportedModelError(str(error)) from error
             except Exception as error:  # noqa: BLE001
                 if spec.kind != "peer":
                     raise
