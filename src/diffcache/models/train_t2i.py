@@ -38,16 +38,19 @@ from .train import Trainer, step_generator
 
 FOREGROUND_WEIGHT = 3.0
 PROMPT_DROPOUT = 0.1
+MIN_SNR_GAMMA = 5.0
+HIGH_T_FRACTION = 0.5
+HIGH_T_START = 700
 
 
 @dataclass
 class T2ITrainConfig:
-    steps: int = 1500
+    steps: int = 5000
     batch_size: int = 16
     lr: float = 1e-3
-    warmup_steps: int = 100
+    warmup_steps: int = 200
     weight_decay: float = 0.01
-    ema_decay: float = 0.995
+    ema_decay: float = 0.999
     seed: int = 0
     checkpoint_every: int = 250
 
@@ -61,7 +64,9 @@ def make_image_batch(config: T2ITrainConfig, step: int):
     drop = torch.rand(len(prompts), generator=g) < PROMPT_DROPOUT
     prompts = ["" if d else p for p, d in zip(prompts, drop)]
     x0 = pack_images(images)
-    timesteps = torch.randint(0, 1000, (len(prompts),), generator=g)
+    uniform = torch.randint(0, 1000, (len(prompts),), generator=g)
+    high = torch.randint(HIGH_T_START, 1000, (len(prompts),), generator=g)
+    timesteps = torch.where(torch.rand(len(prompts), generator=g) < HIGH_T_FRACTION, high, uniform)
     noise = torch.randn(x0.shape, generator=g)
     fg = F.avg_pool2d(masks.unsqueeze(1), UNSHUFFLE)
     fg = F.max_pool2d(fg, kernel_size=3, stride=1, padding=1)
@@ -73,8 +78,18 @@ def make_image_batch(config: T2ITrainConfig, step: int):
 def image_loss(pipe: TinyShapesT2IPipeline, prompts, x0, timesteps, noise, weight) -> tuple[torch.Tensor, dict]:
     xt = pipe.scheduler.add_noise(x0, noise, timesteps)
     pred = pipe.unet(xt, timesteps, encoder_hidden_states=pipe.text_encoder.encode(prompts), return_dict=False)[0]
-    loss = (weight * (pred - noise) ** 2).mean()
-    return loss, {"epsilon": loss.item()}
+    per_image = (weight * (pred - noise) ** 2).mean(dim=(1, 2, 3))
+    loss = (min_snr_weight(pipe.scheduler, timesteps) * per_image).mean()
+    return loss, {"epsilon": per_image.mean().item()}
+
+
+def min_snr_weight(scheduler, timesteps: torch.Tensor) -> torch.Tensor:
+    """Min-SNR-γ loss weight for ε-prediction, ``min(SNR, γ) / SNR`` (Hang et al., 2023): 1 wherever SNR ≤ γ
+    (t ≳ 100 here), down to ~0.005 at t = 0, so the large but harmless ε errors of the lowest noise levels stop
+    dominating the gradient."""
+    alpha_bar = scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
+    snr = alpha_bar / (1 - alpha_bar)
+    return snr.clamp(max=MIN_SNR_GAMMA) / snr
 
 
 class T2ITrainer(Trainer):
