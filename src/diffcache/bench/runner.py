@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from ..adapters.base import UnsupportedModelError
 from ..io import write_text, write_video
 from ..methods.base import enable
+from ..methods import _load_all  # noqa: F401 - registers every method, in the listed order, before hsa below
 from ..methods.hsa import HSABudgetError
 from .flops import measure_cost
 from .metrics import lpips_distance, lpips_unavailable_reason, psnr, relative_l1, ssim
