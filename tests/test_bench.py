@@ -130,7 +130,8 @@ def test_bench_prompts_cover_the_grammar():
 
 
 def test_bench_end_to_end_with_skipped_rows(shipped_pipe, tmp_path):
-    reports = benchmark(methods="adacache:fast,adacache:slow,steps:2,teacache:cogvideox-2b,diffusers-fastercache,hsa:hsa-25",
+    reports = benchmark(methods="adacache:fast,adacache:slow,steps:2,teacache:cogvideox-2b,diffusers-fastercache,"
+                                "hsa:hsa-25",
                         out=tmp_path, pipe=shipped_pipe, **FAST)
     rows = {r["method"]: r for r in reports["summary"]}
     none, fast, slow = rows["none"], rows["adacache:fast"], rows["adacache:slow"]

@@ -13,8 +13,8 @@ Public API::
 from .adapters import UnsupportedModelError
 from .context import StepContext, StepTrackingError
 from .distill.sampler import DistilledShapesT2VPipeline
-from .methods import (Handle, MethodAlreadyEnabledError, MethodSilentWarning, NothingSkippedWarning, Report,
-                      UnknownMethodError, enable, list_methods)
+from .methods import (CallRefusedError, Handle, MethodAlreadyEnabledError, MethodSilentWarning,
+                      NothingSkippedWarning, Report, UnknownMethodError, enable, list_methods)
 from .methods.adacache import AdaCacheConfig
 from .methods.deepcache import DeepCacheConfig
 from .methods.fbcache import FBCacheConfig
@@ -47,6 +47,7 @@ __all__ = [
     "PABConfig",
     "TeaCacheConfig",
     "NothingSkippedWarning",
+    "CallRefusedError",
     "Handle",
     "MethodAlreadyEnabledError",
     "MethodSilentWarning",

@@ -34,9 +34,7 @@ from tqdm.auto import tqdm
 
 from ..adapters.base import UnsupportedModelError
 from ..io import write_text, write_video
-from ..methods.base import enable
-from ..methods import _load_all  # noqa: F401 - registers every method, in the listed order, before hsa below
-from ..methods.hsa import HSABudgetError
+from ..methods.base import CallRefusedError, enable
 from .flops import measure_cost
 from .metrics import lpips_distance, lpips_unavailable_reason, psnr, relative_l1, ssim
 from .peers import PEERS, PeerUnavailable, Setup
@@ -273,7 +271,7 @@ class Sweep:
                     video, cost = go(), None
                     seconds = time.perf_counter() - start
                     self.last_cpu_seconds = time.process_time() - cpu_start
-            except HSABudgetError as error:  # refused at its first step, before any work: this T cannot meet it
+            except CallRefusedError as error:  # refused as the call began, before any work (e.g. too few steps)
                 raise UnsupportedModelError(str(error)) from error
             except Exception as error:  # noqa: BLE001
                 if spec.kind != "peer":

@@ -1,7 +1,7 @@
 """Caching methods, one file each; :func:`list_methods` lists them."""
 
-from .base import (Handle, MethodAlreadyEnabledError, MethodConfig, MethodInfo, MethodSilentWarning,
-                   NothingSkippedWarning, Report, UnknownMethodError, enable, list_methods)
+from .base import (CallRefusedError, Handle, MethodAlreadyEnabledError, MethodConfig, MethodInfo,
+                   MethodSilentWarning, NothingSkippedWarning, Report, UnknownMethodError, enable, list_methods)
 
-__all__ = ["Handle", "MethodAlreadyEnabledError", "MethodConfig", "MethodInfo", "MethodSilentWarning",
-           "NothingSkippedWarning", "Report", "UnknownMethodError", "enable", "list_methods"]
+__all__ = ["CallRefusedError", "Handle", "MethodAlreadyEnabledError", "MethodConfig", "MethodInfo",
+           "MethodSilentWarning", "NothingSkippedWarning", "Report", "UnknownMethodError", "enable", "list_methods"]

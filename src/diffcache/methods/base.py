@@ -29,6 +29,11 @@ class UnknownMethodError(ValueError):
     """No method or preset of that name; the message lists the valid ones."""
 
 
+class CallRefusedError(ValueError):
+    """This call cannot run with the method's settings (e.g. its number of steps leaves no valid schedule).
+    Raised when the call begins, before any forward; the message says what would work."""
+
+
 class MethodAlreadyEnabledError(RuntimeError):
     """A diffcache method is already enabled on this model."""
 

@@ -36,13 +36,13 @@ import numpy as np
 from diffusers.hooks.hooks import ModelHook
 
 from ..adapters.base import UnsupportedModelError
-from .base import MethodConfig, Runtime, detached, register
+from .base import CallRefusedError, MethodConfig, Runtime, detached, register
 
 FAMILIES = ("Stable Diffusion U-Net", "ModelScope U-Net", "Stable Video Diffusion U-Net")
 POWER_STEP = 0.02  #: the official code lowers p by this much until the schedule has k distinct full steps
 
 
-class ScheduleError(ValueError):
+class ScheduleError(CallRefusedError):
     """No non-uniform DeepCache schedule exists for these settings."""
 
 

@@ -19,12 +19,13 @@ step costs 1, a sparse step costs ``overhead + (1 − overhead)·|A_i| / N`` (``
 that does not shrink with fewer tokens: embeddings, per-layer launch cost). The default 0.05 is measured: on the
 embedded model at 64 × 64 (1,024 tokens, one CPU thread) a sparse forward of 1 token costs 0.051 of a full one,
 of 102 tokens 0.135, of 512 tokens 0.524. At its default 32 × 32 (256 tokens) the fixed part is about 0.2 (a
-model that small is all launch overhead on a CPU), so there the achieved runtime lands above the target. Sizes are chosen from the batch-mean score profile and shared by every
-sample; *which* tokens fall in each group is decided **per sample** (so every sample has the same number of
-active tokens at every step and the batch stays rectangular). Both CFG branches of a sample share its groups
-(a batched-CFG forward is recognised by the ``cond_uncond`` cache-context name and the pipeline's guidance flag;
-without them each row of a batch counts as its own sample). Often ``G1`` is only a few tokens: the budget goes
-further on the many tokens that change a little than on the few that change most.
+model that small is all launch overhead on a CPU), so there the achieved runtime lands above the target.
+Sizes are chosen from the batch-mean score profile and shared by every sample; *which* tokens fall in each group is
+decided **per sample** (so every sample has the same number of active tokens at every step and the batch stays
+rectangular). Both CFG branches of a sample share its groups (a batched-CFG forward is recognised by the
+``cond_uncond`` cache-context name and the pipeline's guidance flag; without them each row of a batch counts as its
+own sample). Often ``G1`` is only a few tokens: the budget goes further on the many tokens that change a little than
+on the few that change most.
 
 **Memory.** The K/V cache holds the keys and values of every token in every layer, per CFG branch: ``2·L·N·D``
 numbers per sample and branch (Wan 2.1 1.3B at 480p, 81 frames: about 6 GB per branch in bf16), kept from the
@@ -60,10 +61,10 @@ from diffusers.hooks.hooks import ModelHook
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 
 from ..adapters.base import UnsupportedModelError, argument
-from .base import MethodConfig, Runtime, register
+from .base import CallRefusedError, MethodConfig, Runtime, register
 
 
-class HSABudgetError(ValueError):
+class HSABudgetError(CallRefusedError):
     """The requested budgets or runtime cannot be met for this number of steps."""
 
 
