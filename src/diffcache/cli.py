@@ -23,7 +23,7 @@ EXAMPLES = {
     "train": """examples:
   diffcache train tiny-shapes-t2v --out runs/t2v            # resumes from runs/t2v/checkpoint if present
   diffcache train tiny-shapes-t2v --out runs/smoke --steps 20 --batch-size 4
-  diffcache train tiny-shapes-t2i --out runs/t2i            # the text-to-image U-Net (4000 steps)""",
+  diffcache train tiny-shapes-t2i --out runs/t2i            # the text-to-image U-Net (6000 steps)""",
     "evaluate": """examples:
   diffcache evaluate                                # the shipped model: 64 prompts, 30 steps, CFG 5
   diffcache evaluate --model runs/t2v/model --prompts 64 --json gate.json
@@ -108,7 +108,7 @@ def _parser() -> argparse.ArgumentParser:
                        formatter_class=fmt)
     t.add_argument("model", choices=("tiny-shapes-t2v", "tiny-shapes-t2i"), help="which embedded model to train")
     t.add_argument("--out", required=True, help="run folder: checkpoint/ while training, model/ when done")
-    t.add_argument("--steps", type=int, default=None, help="optimiser steps (default: the shipped recipe, 6000 for t2v, 4000 for t2i)")
+    t.add_argument("--steps", type=int, default=None, help="optimiser steps (default: the shipped recipe, 6000 for both)")
     t.add_argument("--batch-size", type=int, default=None, help="clips or images per step (default: 24)")
     t.add_argument("--seed", type=int, default=None, help="training seed (default: 0)")
     t.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints (default: 250)")
