@@ -30,6 +30,7 @@ def test_nonuniform_worked_examples_of_the_official_code():
     assert steps == [0, 6, 11, 16, 21, 26, 30, 35, 39, 42, 47, 52, 56, 61, 66, 72, 77, 82, 88, 94]
     assert power == 1.2
     assert DeepCacheConfig.from_preset("nonuniform").full_steps(50) == [0, 5, 9, 13, 17, 21, 26, 31, 37, 43]
+    assert DeepCacheConfig.from_preset("nonuniform-early").full_steps(50) == [0, 3, 5, 9, 13, 18, 24, 30, 36, 43]
 
 
 def test_nonuniform_keeps_the_real_part_of_the_complex_root():
