@@ -162,6 +162,17 @@ def test_generate_writes_a_png(scratch, tmp_path, capsys):
     assert "does not follow the grammar" in capsys.readouterr().err
 
 
+def test_evaluate_scores_a_cached_pipeline(capsys):
+    args = ["evaluate", "--model", "tiny-shapes-t2i", "--prompts", "2", "--steps", "6"]
+    assert main(args + ["--method", "deepcache:uniform-3"]) == 0
+    out = capsys.readouterr().out
+    assert "tiny-shapes-t2i, deepcache:uniform-3: adherence" in out and "over 2 prompts" in out
+    assert main(args + ["--method", "steps:3"]) == 2
+    assert "evaluate takes a diffcache method" in capsys.readouterr().err
+    assert main(args + ["--method", "nocache"]) == 2
+    assert "nocache" in capsys.readouterr().err
+
+
 # -- the shipped weights --------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_shipped_t2i_model_meets_the_adherence_gate():

@@ -27,7 +27,8 @@ EXAMPLES = {
     "evaluate": """examples:
   diffcache evaluate                                # the shipped model: 64 prompts, 30 steps, CFG 5
   diffcache evaluate --model runs/t2v/model --prompts 64 --json gate.json
-  diffcache evaluate --model tiny-shapes-t2i        # the text-to-image gate: 64 prompts, 50 steps, CFG 5""",
+  diffcache evaluate --model tiny-shapes-t2i        # the text-to-image gate: 64 prompts, 50 steps, CFG 5
+  diffcache evaluate --model tiny-shapes-t2i --prompts 150 --method deepcache:uniform-3   # adherence with a cache""",
     "bench": """examples:
   diffcache bench --out out/bench        # uncached, every diffcache method at its default, two diffusers peers
   diffcache bench --methods none,adacache:fast,adacache:slow,steps:15 --prompts 16 --steps 30 --out out/ada
@@ -124,6 +125,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--steps", type=int, default=None,
                    help="denoising steps (default: 30; 50 for tiny-shapes-t2i)")
     e.add_argument("--guidance", type=float, default=5.0, help="guidance scale (default: 5)")
+    e.add_argument("--method", default=None,
+                   help="score the model with a diffcache method enabled, e.g. deepcache:uniform-3 (default: none)")
     e.add_argument("--json", default=None, help="also write the per-prompt results to this JSON file")
     e.add_argument("--force", action="store_true", help="overwrite --json if it exists")
 
@@ -394,15 +397,34 @@ def cmd_evaluate(args) -> int:
     if args.json:
         check_writable(args.json, args.force)
     _positive(prompts=args.prompts, steps=args.steps)
+    spec = None
+    if args.method:
+        from .bench.runner import BASELINE, MethodSpec
+
+        spec = MethodSpec.parse(args.method)  # a bad name fails before any work
+        if spec.kind in ("peer", "steps"):
+            raise ValueError(f"--method {args.method}: peers and steps:N run only in 'diffcache bench'; "
+                             "evaluate takes a diffcache method (see 'diffcache methods').")
+        spec = None if spec.name == BASELINE else spec
     pipe = load_pipeline(args.model)
     if args.steps is None:
         from .models.evaluate import is_image_pipeline
 
         args.steps = 50 if is_image_pipeline(pipe) else 30
+    handle = None
+    if spec is not None:
+        from .methods import enable
+
+        handle = enable(pipe, spec.name, preset=spec.preset, **dict(spec.overrides))
     start = time.perf_counter()
-    report = evaluate_adherence(pipe, num_prompts=args.prompts, num_inference_steps=args.steps,
-                                guidance_scale=args.guidance)
-    print(f"{args.model}: {report.summary()} [{args.steps} steps, guidance {args.guidance:g}, "
+    try:
+        report = evaluate_adherence(pipe, num_prompts=args.prompts, num_inference_steps=args.steps,
+                                    guidance_scale=args.guidance)
+    finally:
+        if handle is not None:
+            handle.disable()
+    method = f", {spec.label}" if spec is not None else ""
+    print(f"{args.model}{method}: {report.summary()} [{args.steps} steps, guidance {args.guidance:g}, "
           f"{time.perf_counter() - start:.0f} s]")
     if args.json:
         write_text(args.json, json.dumps(report.__dict__, indent=1), force=args.force)
