@@ -60,7 +60,8 @@ def test_nonuniform_lowers_p_until_the_count_fits():
 
 def test_nonuniform_error_when_no_power_fits():
     # the public error a caller (and the benchmark, which then skips the row) catches for any refused call
-    with pytest.raises(diffcache.CallRefusedError, match=r"no power p in \(1, 1.4\].*5 full steps.*center=5.*uniform=True"):
+    with pytest.raises(diffcache.CallRefusedError,
+                       match=r"no power p in \(1, 1.4\].*5 full steps.*center=5.*uniform=True"):
         nonuniform_schedule(10, 2, center=5, power=1.4)
 
 

@@ -248,15 +248,7 @@ def cmd_generate(args) -> int:
     _positive(steps=args.steps, fps=args.fps, upscale=args.upscale, height=args.height, width=args.width,
               frames=args.frames, seed=args.seed)
     check_writable(out, args.force)
-    spec = None
-    if args.method:
-        from .bench.runner import BASELINE, MethodSpec
-
-        spec = MethodSpec.parse(args.method)
-        if spec.kind in ("peer", "steps"):
-            raise ValueError(f"--method {args.method}: peers and steps:N run only in 'diffcache bench'; "
-                             "generate takes a diffcache method (see 'diffcache methods').")
-        spec = None if spec.name == BASELINE else spec
+    spec = _method_spec(args.method, "generate")
     if args.budget_map is not None:
         if spec is None or spec.name != "hsa":
             raise ValueError("--budget-map shows HSA's per-token step budgets; use it with --method hsa[:PRESET].")
@@ -272,11 +264,7 @@ def cmd_generate(args) -> int:
     if isinstance(pipe, TinyShapesT2VPipeline):
         parse_prompt(args.prompt)  # the embedded model knows its grammar: reject a bad prompt before any work
     pipe.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    handle = None
-    if spec is not None:
-        from .methods import enable
-
-        handle = enable(pipe, spec.name, preset=spec.preset, **dict(spec.overrides))
+    handle = _enable(pipe, spec)
     start = time.perf_counter()
     steps = args.steps
     if steps is None:  # the pipeline's own default (30 for the embedded model, 4 for a distilled student)
@@ -305,6 +293,29 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def _method_spec(text: str | None, command: str):
+    """``--method``: a diffcache method as ``NAME[:PRESET][option=value;...]``, or ``None`` (unset or ``none``).
+    Parsed before any work, so a bad name fails fast; peers and ``steps:N`` run only in ``diffcache bench``."""
+    if not text:
+        return None
+    from .bench.runner import BASELINE, MethodSpec
+
+    spec = MethodSpec.parse(text)
+    if spec.kind in ("peer", "steps"):
+        raise ValueError(f"--method {text}: peers and steps:N run only in 'diffcache bench'; "
+                         f"{command} takes a diffcache method (see 'diffcache methods').")
+    return None if spec.name == BASELINE else spec
+
+
+def _enable(pipe, spec):
+    """Enable ``spec`` (from :func:`_method_spec`) on ``pipe``; the handle, or ``None`` for no method."""
+    if spec is None:
+        return None
+    from .methods import enable
+
+    return enable(pipe, spec.name, preset=spec.preset, **dict(spec.overrides))
+
+
 def _generate_image(args, spec) -> int:
     """`generate` for a text-to-image pipeline (tiny-shapes-t2i, Stable Diffusion, SDXL): one PNG."""
     import torch
@@ -326,11 +337,7 @@ def _generate_image(args, spec) -> int:
         raise ModelLoadError(f"{args.model!r} is a {type(pipe).__name__}; `generate --out *.png` supports text-to-image "
                              f"pipelines: {', '.join(SUPPORTED_IMAGE_PIPELINES)}.")
     pipe.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    handle = None
-    if spec is not None:
-        from .methods import enable
-
-        handle = enable(pipe, spec.name, preset=spec.preset, **dict(spec.overrides))
+    handle = _enable(pipe, spec)
     args.steps = args.steps or 50
     kwargs = dict(num_inference_steps=args.steps, guidance_scale=5.0 if args.guidance is None else args.guidance,
                   output_type="np",
@@ -397,25 +404,13 @@ def cmd_evaluate(args) -> int:
     if args.json:
         check_writable(args.json, args.force)
     _positive(prompts=args.prompts, steps=args.steps)
-    spec = None
-    if args.method:
-        from .bench.runner import BASELINE, MethodSpec
-
-        spec = MethodSpec.parse(args.method)  # a bad name fails before any work
-        if spec.kind in ("peer", "steps"):
-            raise ValueError(f"--method {args.method}: peers and steps:N run only in 'diffcache bench'; "
-                             "evaluate takes a diffcache method (see 'diffcache methods').")
-        spec = None if spec.name == BASELINE else spec
+    spec = _method_spec(args.method, "evaluate")
     pipe = load_pipeline(args.model)
     if args.steps is None:
         from .models.evaluate import is_image_pipeline
 
         args.steps = 50 if is_image_pipeline(pipe) else 30
-    handle = None
-    if spec is not None:
-        from .methods import enable
-
-        handle = enable(pipe, spec.name, preset=spec.preset, **dict(spec.overrides))
+    handle = _enable(pipe, spec)
     start = time.perf_counter()
     try:
         report = evaluate_adherence(pipe, num_prompts=args.prompts, num_inference_steps=args.steps,
@@ -423,7 +418,9 @@ def cmd_evaluate(args) -> int:
     finally:
         if handle is not None:
             handle.disable()
-    method = f", {spec.label}" if spec is not None else ""
+    method = ""
+    if handle is not None:  # what the method did, so a user sees it took effect
+        method = f", {spec.label} ({handle.report().computed_steps()}/{args.steps} steps computed per call)"
     print(f"{args.model}{method}: {report.summary()} [{args.steps} steps, guidance {args.guidance:g}, "
           f"{time.perf_counter() - start:.0f} s]")
     if args.json:

@@ -29,12 +29,9 @@ from .text import ShapesTextEncoder
 UNSHUFFLE = 2
 OUTPUT_TYPES = ("np", "pt", "pil", "latent")
 IMAGE_SIZE = 32
-# Mean and standard deviation of the training images in [-1, 1] (512 images: −0.819 and 0.350): a dark
-# background covers nine tenths of each image. Latents are ``(x − LATENT_SHIFT) · LATENT_SCALE``, zero-mean and
-# unit-variance as Stable Diffusion's latents are made by its VAE scaling factor. Unnormalised, the signal would
-# be 2.9× weaker against the same noise (the schedule's SNR 8× lower), so a given ε error would put 2.9× more
-# error into the predicted image at high noise, and the dark mean would leak into x_t as a DC offset that
-# pure-noise sampling lacks.
+# Mean and standard deviation of the training images in [-1, 1] (512 images: −0.819 and 0.350; a dark background
+# covers nine tenths of each): latents are ``(x − LATENT_SHIFT) · LATENT_SCALE``, zero-mean and unit-variance.
+# Why it matters (44.5 % → 93 % adherence), in the docstring of ``train_t2i``.
 LATENT_SHIFT = -0.82
 LATENT_SCALE = 1 / 0.35
 
@@ -72,8 +69,8 @@ def tiny_scheduler() -> DDIMScheduler:
     """DDIM over Stable Diffusion's β schedule (scaled linear, 0.00085 … 0.012, the schedule the model is trained
     on), spaced as Stable Diffusion's and, as there, without clipping the predicted clean sample."""
     return DDIMScheduler(
-        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False, steps_offset=1, timestep_spacing="leading",
-        prediction_type="epsilon",
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+        set_alpha_to_one=False, steps_offset=1, timestep_spacing="leading", prediction_type="epsilon",
     )
 
 

@@ -32,8 +32,8 @@ problem). What fixed it, in order of effect:
 - **6000 steps, EMA decay 0.999**: the error left at high t is a precision error that longer training and weight
   averaging shrink (4000 steps: 93.0 %, 6000: 95.3 %).
 
-Result: the shipped run took 1,707 s (28.5 min) with two threads on the 2-core machine (shared for 5 minutes) and scores
-95.3 % adherence at 50 DDIM steps, guidance 5 (gate: 90 %).
+Result: the shipped run took 1,707 s (28.5 min) with two threads on the 2-core machine (shared for 5 minutes)
+and scores 95.3 % adherence at 50 DDIM steps, guidance 5 (gate: 90 %).
 
 Cost: 6000 steps of 16 images, about 0.28 s per step on two CPU threads (0.38 s on one). What keeps it small:
 
