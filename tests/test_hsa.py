@@ -325,3 +325,20 @@ def test_generate_writes_the_budget_map(tmp_path, capsys):
     assert main(["generate", "--prompt", PROMPT, "--steps", "16", "--method", "hsa", "--budget-map", str(heat),
                  "--out", str(tmp_path / "b.gif")]) == 2  # never overwrites without --force
     assert "--force" in capsys.readouterr().err
+
+
+def test_evaluate_scores_hsa_at_a_chosen_size(shipped_pipe, capsys):
+    from diffcache.cli import main
+    from diffcache.models.evaluate import evaluate_adherence
+
+    assert main(["evaluate", "--prompts", "2", "--steps", "8", "--method", "hsa:hsa-50", "--height", "64",
+                 "--width", "48"]) == 0
+    printed = capsys.readouterr().out
+    # the method took effect (every step ran, on part of the tokens) at the size asked for
+    assert "hsa:hsa-50 (8/8 steps computed with " in printed and "of the tokens on average per call)" in printed
+    assert "64×48 px" in printed and "over 2 prompts" in printed
+    _, clips = evaluate_adherence(shipped_pipe, num_prompts=1, num_inference_steps=2, progress=False,
+                                  return_clips=True, height=64, width=48)
+    assert clips.shape[2:4] == (64, 48)
+    assert main(["evaluate", "--prompts", "2", "--height", "0"]) == 2
+    assert "height" in capsys.readouterr().err

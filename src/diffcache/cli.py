@@ -28,7 +28,8 @@ EXAMPLES = {
   diffcache evaluate                                # the shipped model: 64 prompts, 30 steps, CFG 5
   diffcache evaluate --model runs/t2v/model --prompts 64 --json gate.json
   diffcache evaluate --model tiny-shapes-t2i        # the text-to-image gate: 64 prompts, 50 steps, CFG 5
-  diffcache evaluate --model tiny-shapes-t2i --prompts 150 --method deepcache:uniform-3   # adherence with a cache""",
+  diffcache evaluate --model tiny-shapes-t2i --prompts 150 --method deepcache:uniform-3   # adherence with a cache
+  diffcache evaluate --prompts 60 --height 64 --width 64 --method hsa:hsa-25        # HSA at 1,024 tokens per clip""",
     "bench": """examples:
   diffcache bench --out out/bench        # uncached, every diffcache method at its default, two diffusers peers
   diffcache bench --methods none,adacache:fast,adacache:slow,steps:15 --prompts 16 --steps 30 --out out/ada
@@ -125,6 +126,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--steps", type=int, default=None,
                    help="denoising steps (default: 30; 50 for tiny-shapes-t2i)")
     e.add_argument("--guidance", type=float, default=5.0, help="guidance scale (default: 5)")
+    e.add_argument("--height", type=int, default=None, help="frame height in pixels (default: the model's)")
+    e.add_argument("--width", type=int, default=None, help="frame width in pixels (default: the model's)")
     e.add_argument("--method", default=None,
                    help="score the model with a diffcache method enabled, e.g. deepcache:uniform-3 (default: none)")
     e.add_argument("--json", default=None, help="also write the per-prompt results to this JSON file")
@@ -276,10 +279,7 @@ def cmd_generate(args) -> int:
     write_video(out, clip, fps=args.fps, upscale=args.upscale, force=args.force)
     extra = ""
     if handle is not None:
-        extra = f", {spec.label}: {handle.report().computed_steps()}/{steps} steps computed"
-        fractions = [s.active_fraction for s in handle.report().calls[-1].steps if s.active_fraction is not None]
-        if fractions:
-            extra += f" with {sum(fractions) / len(fractions):.0%} of the tokens on average"
+        extra = f", {spec.label}: {_effect(handle, steps)}"
         if args.budget_map is not None:
             from .methods.hsa import budget_map_clip
 
@@ -291,6 +291,16 @@ def cmd_generate(args) -> int:
         handle.disable()
     print(f"generated in {took:.2f} s ({steps} steps{extra}): {out}")
     return 0
+
+
+def _effect(handle, steps: int) -> str:
+    """What the method did in its last call, so a user sees it took effect: the steps it computed and, for a
+    token-level method (HSA), the mean share of the tokens computed."""
+    text = f"{handle.report().computed_steps()}/{steps} steps computed"
+    fractions = [s.active_fraction for s in handle.report().calls[-1].steps if s.active_fraction is not None]
+    if fractions:
+        text += f" with {sum(fractions) / len(fractions):.0%} of the tokens on average"
+    return text
 
 
 def _method_spec(text: str | None, command: str):
@@ -403,7 +413,7 @@ def cmd_evaluate(args) -> int:
 
     if args.json:
         check_writable(args.json, args.force)
-    _positive(prompts=args.prompts, steps=args.steps)
+    _positive(prompts=args.prompts, steps=args.steps, height=args.height, width=args.width)
     spec = _method_spec(args.method, "evaluate")
     pipe = load_pipeline(args.model)
     if args.steps is None:
@@ -414,14 +424,13 @@ def cmd_evaluate(args) -> int:
     start = time.perf_counter()
     try:
         report = evaluate_adherence(pipe, num_prompts=args.prompts, num_inference_steps=args.steps,
-                                    guidance_scale=args.guidance)
+                                    guidance_scale=args.guidance, height=args.height, width=args.width)
     finally:
         if handle is not None:
             handle.disable()
-    method = ""
-    if handle is not None:  # what the method did, so a user sees it took effect
-        method = f", {spec.label} ({handle.report().computed_steps()}/{args.steps} steps computed per call)"
-    print(f"{args.model}{method}: {report.summary()} [{args.steps} steps, guidance {args.guidance:g}, "
+    method = f", {spec.label} ({_effect(handle, args.steps)} per call)" if handle is not None else ""
+    size = f", {args.height or 'default'}×{args.width or 'default'} px" if args.height or args.width else ""
+    print(f"{args.model}{method}: {report.summary()} [{args.steps} steps, guidance {args.guidance:g}{size}, "
           f"{time.perf_counter() - start:.0f} s]")
     if args.json:
         write_text(args.json, json.dumps(report.__dict__, indent=1), force=args.force)

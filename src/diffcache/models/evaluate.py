@@ -75,10 +75,13 @@ def score_clips(clips, prompts: list[str]) -> AdherenceReport:
 
 def evaluate_adherence(
     pipe, num_prompts: int = 64, num_inference_steps: int = 30, guidance_scale: float = 5.0,
-    batch_size: int = 16, progress: bool = True, return_clips: bool = False,
+    batch_size: int = 16, progress: bool = True, return_clips: bool = False, height: int | None = None,
+    width: int | None = None,
 ):
     """Generate the gate's prompt set with fixed seeds and score it. Returns an :class:`AdherenceReport`
-    (and the clips — images for a text-to-image pipeline — with ``return_clips=True``)."""
+    (and the clips — images for a text-to-image pipeline — with ``return_clips=True``). ``height`` / ``width``:
+    the frame size in pixels (default: the pipeline's own)."""
+    size = {key: value for key, value in (("height", height), ("width", width)) if value is not None}
     image = is_image_pipeline(pipe)
     pairs = gate_prompts(num_prompts, image=image)
     clips = []
@@ -93,6 +96,7 @@ def evaluate_adherence(
                 guidance_scale=guidance_scale,
                 generator=[torch.Generator().manual_seed(s) for _, s in chunk],
                 output_type="np",
+                **size,
             )
             clips.append(out.images if image else out.frames)
     finally:
