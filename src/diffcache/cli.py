@@ -296,8 +296,9 @@ def cmd_generate(args) -> int:
 def _effect(handle, steps: int) -> str:
     """What the method did in its last call, so a user sees it took effect: the steps it computed and, for a
     token-level method (HSA), the mean share of the tokens computed."""
-    text = f"{handle.report().computed_steps()}/{steps} steps computed"
-    fractions = [s.active_fraction for s in handle.report().calls[-1].steps if s.active_fraction is not None]
+    report = handle.report()
+    text = f"{report.computed_steps()}/{steps} steps computed"
+    fractions = [s.active_fraction for s in report.calls[-1].steps if s.active_fraction is not None]
     if fractions:
         text += f" with {sum(fractions) / len(fractions):.0%} of the tokens on average"
     return text
