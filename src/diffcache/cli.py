@@ -240,7 +240,7 @@ def _positive(**values) -> None:
 def cmd_generate(args) -> int:
     import torch
 
-    from .io import IMAGE_SUFFIXES, VIDEO_SUFFIXES, check_writable, write_video
+    from .files import IMAGE_SUFFIXES, VIDEO_SUFFIXES, check_writable, write_video
     from .models.pipeline import TinyShapesT2VPipeline
     from .models.registry import SUPPORTED_VIDEO_PIPELINES, ModelLoadError, load_pipeline
     from .models.shapes import parse_prompt
@@ -331,7 +331,7 @@ def _generate_image(args, spec) -> int:
     """`generate` for a text-to-image pipeline (tiny-shapes-t2i, Stable Diffusion, SDXL): one PNG."""
     import torch
 
-    from .io import IMAGE_SUFFIXES, write_image
+    from .files import IMAGE_SUFFIXES, write_image
     from .models.registry import SUPPORTED_IMAGE_PIPELINES, ModelLoadError, load_pipeline
     from .models.shapes import parse_prompt
 
@@ -374,7 +374,7 @@ def cmd_train(args) -> int:
     import shutil
     from dataclasses import replace
 
-    from .io import OutputExistsError
+    from .files import OutputExistsError
     from .models.train import Trainer, TrainConfig
 
     overrides = {k: v for k, v in {"steps": args.steps, "batch_size": args.batch_size, "seed": args.seed,
@@ -408,7 +408,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .io import check_writable, write_text
+    from .files import check_writable, write_text
     from .models.evaluate import evaluate_adherence
     from .models.registry import load_pipeline
 
@@ -456,7 +456,7 @@ def cmd_demo(args) -> int:
     import numpy as np
 
     from .bench.metrics import psnr, ssim
-    from .io import check_writable, write_text, write_video
+    from .files import check_writable, write_text, write_video
     from .methods import enable
     from .models.checker import check
     from .models.registry import load_pipeline
@@ -549,7 +549,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_calibrate(args) -> int:
-    from .io import check_writable, write_text
+    from .files import check_writable, write_text
     from .methods.teacache import calibrate_teacache
     from .models.registry import EMBEDDED_MODELS, load_pipeline
     from .models.shapes import all_prompts, parse_prompt
@@ -608,7 +608,7 @@ def cmd_distill(args) -> int:
     from dataclasses import replace
 
     from .distill.rounds import CONFIG_FILE, DistillConfig, Distiller, finished_rounds
-    from .io import OutputExistsError
+    from .files import OutputExistsError
 
     overrides = {k: v for k, v in {"slice_clips": args.slice_clips, "train_steps": args.train_steps,
                                    "batch_size": args.batch_size, "eval_prompts": args.eval_prompts,
@@ -641,7 +641,7 @@ COMMANDS = {"generate": cmd_generate, "train": cmd_train, "evaluate": cmd_evalua
 def main(argv: list[str] | None = None) -> int:
     from .adapters import UnsupportedModelError
     from .context import StepTrackingError
-    from .io import OutputExistsError
+    from .files import OutputExistsError
     from .methods import MethodAlreadyEnabledError, UnknownMethodError
     from .models.registry import ModelLoadError
     from .models.shapes import PromptError

@@ -25,12 +25,10 @@ from typing import Any, Callable
 
 import torch
 from diffusers.hooks.hooks import HookRegistry, ModelHook, StateManager
+from .errors import StepTrackingError
 
 TRACKER_HOOK = "diffcache_step_tracker"
 
-
-class StepTrackingError(RuntimeError):
-    """diffcache could not tell which denoising step a denoiser call belongs to."""
 
 
 @dataclass(frozen=True)

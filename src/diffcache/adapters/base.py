@@ -24,10 +24,8 @@ import inspect
 from typing import Any
 
 import torch
+from ..errors import UnsupportedModelError
 
-
-class UnsupportedModelError(TypeError):
-    """The model is not one diffcache has an adapter for."""
 
 
 def argument(function, args: tuple, kwargs: dict, name: str, default: Any = None) -> Any:

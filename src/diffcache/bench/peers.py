@@ -17,10 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
+from ..errors import PeerUnavailable
 
-
-class PeerUnavailable(RuntimeError):
-    """This peer cannot run on this model here; the message says why."""
 
 
 @dataclass

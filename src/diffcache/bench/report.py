@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import atomic_path, write_text
+from ..files import atomic_path, write_text
 from .peers import PEERS
 from .runner import BASELINE, number
 

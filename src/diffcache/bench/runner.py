@@ -33,12 +33,13 @@ import torch
 from tqdm.auto import tqdm
 
 from ..adapters.base import UnsupportedModelError
-from ..io import write_text, write_video
+from ..files import write_text, write_video
 from ..methods.base import CallRefusedError, enable
 from .flops import measure_cost
 from .metrics import lpips_distance, lpips_unavailable_reason, psnr, relative_l1, ssim
 from .peers import PEERS, PeerUnavailable, Setup
 from .specs import BASELINE, FEWER_STEPS, MethodSpec, parse_methods  # noqa: F401 - re-exported
+from ..errors import BenchConfigError
 
 RESULTS = "results.jsonl"
 CONFIG = "config.json"
@@ -46,9 +47,6 @@ PARTS = "parts"
 CLIPS = "clips"
 GALLERY_UPSCALE = 4
 
-
-class BenchConfigError(ValueError):
-    """The output folder holds results of a different benchmark configuration."""
 
 
 @dataclass(frozen=True)

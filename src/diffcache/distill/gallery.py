@@ -19,16 +19,14 @@ from pathlib import Path
 import numpy as np
 from safetensors.torch import load_file
 
-from ..io import OutputExistsError, atomic_path, check_writable, write_text, write_video
+from ..files import OutputExistsError, atomic_path, check_writable, write_text, write_video
 from ..models.checker import check
 from ..models.evaluate import gate_prompts
 from .rounds import CONFIG_FILE, finished_rounds, load_round
+from ..errors import RunNotFoundError
 
 GALLERY_ROUNDS = (3, 6)  # the seed's Iter=3 and Iter=6
 
-
-class RunNotFoundError(ValueError):
-    """The folder is not a distillation run (or has no finished round)."""
 
 
 def read_run(run: str | os.PathLike) -> dict:

@@ -21,12 +21,10 @@ from diffusers import SchedulerMixin  # noqa: F401 - diffusers' loader looks the
 
 from ..models import shapes
 from ..models.pipeline import TinyShapesT2VPipeline
+from ..errors import GuidanceDistilledWarning
 
 DEFAULT_STUDENT_STEPS = 4
 
-
-class GuidanceDistilledWarning(UserWarning):
-    """A guidance scale was passed to a student whose guidance is already in its weights; it was ignored."""
 
 
 class ConsistencyFlowMatchScheduler(FlowMatchLCMScheduler):

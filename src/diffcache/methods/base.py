@@ -23,27 +23,8 @@ from diffusers.hooks.hooks import HookRegistry
 
 from ..adapters.base import Adapter, UnsupportedModelError, find_adapter
 from ..context import TRACKER_HOOK, StepContext, StepTracker, install_tracker
-
-
-class UnknownMethodError(ValueError):
-    """No method or preset of that name; the message lists the valid ones."""
-
-
-class CallRefusedError(ValueError):
-    """This call cannot run with the method's settings (e.g. its number of steps leaves no valid schedule).
-    Raised when the call begins, before any forward; the message says what would work."""
-
-
-class MethodAlreadyEnabledError(RuntimeError):
-    """A diffcache method is already enabled on this model."""
-
-
-class MethodSilentWarning(UserWarning):
-    """A method's hooks did not run — it is doing nothing."""
-
-
-class NothingSkippedWarning(UserWarning):
-    """A whole pipeline call went by without the method reusing anything: it cost time and saved none."""
+from ..errors import (CallRefusedError, MethodAlreadyEnabledError, MethodSilentWarning, NothingSkippedWarning,
+                      UnknownMethodError)
 
 
 # -- configs -------------------------------------------------------------------------------------------------------

@@ -37,13 +37,11 @@ from diffusers.hooks.hooks import ModelHook
 
 from ..adapters.base import UnsupportedModelError
 from .base import CallRefusedError, MethodConfig, Runtime, detached, register
+from ..errors import ScheduleError
 
 FAMILIES = ("Stable Diffusion U-Net", "ModelScope U-Net", "Stable Video Diffusion U-Net")
 POWER_STEP = 0.02  #: the official code lowers p by this much until the schedule has k distinct full steps
 
-
-class ScheduleError(CallRefusedError):
-    """No non-uniform DeepCache schedule exists for these settings."""
 
 
 def uniform_schedule(num_steps: int, interval: int) -> list[int]:

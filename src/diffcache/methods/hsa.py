@@ -62,10 +62,8 @@ from diffusers.models.modeling_outputs import Transformer2DModelOutput
 
 from ..adapters.base import UnsupportedModelError, argument
 from .base import CallRefusedError, MethodConfig, Runtime, register
+from ..errors import HSABudgetError
 
-
-class HSABudgetError(CallRefusedError):
-    """The requested budgets or runtime cannot be met for this number of steps."""
 
 
 # -- the schedule (pure functions) ------------------------------------------------------------------------------

@@ -208,7 +208,7 @@ class Calibration:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        from ..io import atomic_path
+        from ..files import atomic_path
 
         fig, ax = plt.subplots(figsize=(5, 4), dpi=120)
         ax.scatter(self.input_changes, self.output_changes, s=8, alpha=0.5, label="measured steps")

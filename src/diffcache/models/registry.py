@@ -6,6 +6,7 @@ import json
 import os
 from importlib import resources
 from pathlib import Path
+from ..errors import ModelLoadError
 
 EMBEDDED_MODELS: dict[str, str] = {
     "tiny-shapes-t2v": "text-to-video, a tiny Wan transformer trained on procedural shape clips (8×32×32)",
@@ -25,9 +26,6 @@ SUPPORTED_VIDEO_PIPELINES = (
     "DistilledShapesT2VPipeline",
 )
 
-
-class ModelLoadError(RuntimeError):
-    """A model could not be loaded; the message says why and what is accepted."""
 
 
 def embedded_model_path(name: str) -> Path:

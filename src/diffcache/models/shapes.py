@@ -21,6 +21,7 @@ import re
 from dataclasses import dataclass
 
 import torch
+from ..errors import PromptError
 
 COLOURS: dict[str, tuple[float, float, float]] = {
     "red": (0.95, 0.12, 0.12),
@@ -50,9 +51,6 @@ MARGIN = 1.0  # pixels kept free between the shape and the frame border
 SQUARE_HALF_SIDE = math.sqrt(math.pi) / 2  # side = sqrt(pi) r
 TRIANGLE_CIRCUMRADIUS = math.sqrt(math.pi / (3 * math.sqrt(3) / 4))  # equilateral, apex up
 
-
-class PromptError(ValueError):
-    """A prompt that the embedded models' grammar does not describe."""
 
 
 @dataclass(frozen=True)

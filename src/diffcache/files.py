@@ -8,12 +8,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+from .errors import OutputExistsError
 
 VIDEO_SUFFIXES = (".gif", ".mp4")
 
-
-class OutputExistsError(FileExistsError):
-    """Refusing to overwrite an existing output without ``force``."""
 
 
 def check_writable(path: str | os.PathLike, force: bool) -> Path:

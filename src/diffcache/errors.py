@@ -1,0 +1,99 @@
+"""Every public exception and warning of diffcache, under one base class each.
+
+The command line catches :class:`DiffcacheError` once and prints its message as one line (exit code 2); a program
+can do the same. Each error also derives from the built-in exception it has always been (``ValueError``,
+``TypeError``, ``RuntimeError``, ``FileExistsError``), so ``except ValueError`` keeps working.
+
+Every message names what was wrong and what is accepted.
+"""
+
+from __future__ import annotations
+
+
+class DiffcacheError(Exception):
+    """Base of every error diffcache raises on purpose (bad input, an unsupported model, a refused call)."""
+
+
+class DiffcacheWarning(UserWarning):
+    """Base of every warning diffcache emits."""
+
+
+# -- methods and their configs ---------------------------------------------------------------------------------
+class ConfigError(DiffcacheError, ValueError):
+    """A method config field is out of range or of the wrong kind; the message names the field and its range."""
+
+
+class UnknownOptionError(ConfigError, TypeError):
+    """A config was given an option it does not have; the message lists the options it has."""
+
+
+class UnknownMethodError(DiffcacheError, ValueError):
+    """No method or preset of that name; the message lists the valid ones."""
+
+
+class MethodAlreadyEnabledError(DiffcacheError, RuntimeError):
+    """A diffcache method is already enabled on this model."""
+
+
+class CallRefusedError(DiffcacheError, ValueError):
+    """This call cannot run with the method's settings (e.g. its number of steps leaves no valid schedule).
+    Raised when the call begins, before any forward; the message says what would work."""
+
+
+class ScheduleError(CallRefusedError):
+    """DeepCache: no non-uniform schedule exists for this number of steps and interval."""
+
+
+class HSABudgetError(CallRefusedError):
+    """HSA: the requested runtime cannot be met with budgets that divide the number of steps."""
+
+
+# -- models and steps ------------------------------------------------------------------------------------------
+class UnsupportedModelError(DiffcacheError, TypeError):
+    """The model is not one diffcache has an adapter for, or lacks a capability the method needs."""
+
+
+class StepTrackingError(DiffcacheError, RuntimeError):
+    """diffcache could not tell which denoising step a denoiser call belongs to."""
+
+
+class ModelLoadError(DiffcacheError, RuntimeError):
+    """A pipeline could not be loaded: unknown name, missing or corrupted folder, offline hub id."""
+
+
+class PromptError(DiffcacheError, ValueError):
+    """A prompt outside the embedded models' grammar; the message lists the accepted words."""
+
+
+# -- files and runs --------------------------------------------------------------------------------------------
+class OutputExistsError(DiffcacheError, FileExistsError):
+    """The output exists; pass ``force=True`` (``--force``) to replace it."""
+
+
+class RunNotFoundError(DiffcacheError, ValueError):
+    """A distillation run folder has no finished round to read."""
+
+
+class BenchConfigError(DiffcacheError, ValueError):
+    """A benchmark folder holds results of a different configuration, or the benchmark's options are invalid."""
+
+
+class PeerUnavailable(DiffcacheError, RuntimeError):
+    """A peer implementation cannot run here (its package is missing, or it does not support this model)."""
+
+
+# -- warnings --------------------------------------------------------------------------------------------------
+class MethodSilentWarning(DiffcacheWarning):
+    """A method's hooks did not run — it is doing nothing."""
+
+
+class NothingSkippedWarning(DiffcacheWarning):
+    """A whole pipeline call went by without the method reusing anything: it cost time and saved none."""
+
+
+class GuidanceDistilledWarning(DiffcacheWarning):
+    """A guidance scale was given to a distilled student, which has guidance built in and ignores it."""
+
+
+__all__ = [name for name, value in dict(globals()).items()
+           if isinstance(value, type) and issubclass(value, (DiffcacheError, DiffcacheWarning))]
