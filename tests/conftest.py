@@ -4,7 +4,7 @@ import pytest
 @pytest.fixture(scope="session")
 def random_pipe():
     """An untrained pipeline with the embedded architecture (fast to build, deterministic)."""
-    from diffcache.models.pipeline import TinyShapesT2VPipeline
+    from diffcache.embedded.t2v.pipeline import TinyShapesT2VPipeline
 
     pipe = TinyShapesT2VPipeline.from_scratch(seed=0)
     pipe.set_progress_bar_config(disable=True)

@@ -25,8 +25,8 @@ def small_teacher():
     """A 1-block random-weight teacher with the embedded model's interface: fast enough for round tests."""
     from diffusers import FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
 
-    from diffcache.models.pipeline import TinyShapesT2VPipeline
-    from diffcache.models.text import ShapesTextEncoder
+    from diffcache.embedded.t2v.pipeline import TinyShapesT2VPipeline
+    from diffcache.embedded.text import ShapesTextEncoder
 
     torch.manual_seed(0)
     transformer = WanTransformer3DModel(patch_size=(2, 2, 2), num_attention_heads=2, attention_head_dim=16,

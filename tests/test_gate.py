@@ -7,7 +7,7 @@ from diffcache.cli import main
 
 @pytest.mark.slow
 def test_shipped_model_meets_the_adherence_gate(shipped_pipe):
-    from diffcache.models.evaluate import evaluate_adherence
+    from diffcache.embedded.evaluate import evaluate_adherence
 
     report = evaluate_adherence(shipped_pipe, num_prompts=64, num_inference_steps=30, guidance_scale=5.0,
                                 progress=False)

@@ -329,7 +329,7 @@ def test_generate_writes_the_budget_map(tmp_path, capsys):
 
 def test_evaluate_scores_hsa_at_a_chosen_size(shipped_pipe, capsys):
     from diffcache.cli import main
-    from diffcache.models.evaluate import evaluate_adherence
+    from diffcache.embedded.evaluate import evaluate_adherence
 
     assert main(["evaluate", "--prompts", "2", "--steps", "8", "--method", "hsa:hsa-50", "--height", "64",
                  "--width", "48"]) == 0

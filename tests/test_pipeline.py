@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from diffcache.models.pipeline import TinyShapesT2VPipeline, pack, unpack
-from diffcache.models.shapes import ClipSpec, PromptError, render_clips
+from diffcache.embedded.t2v.pipeline import TinyShapesT2VPipeline, pack, unpack
+from diffcache.embedded.shapes import ClipSpec, PromptError, render_clips
 
 
 def _run(pipe, prompt="a red circle moving left", **kw):
@@ -114,7 +114,7 @@ def test_save_load_roundtrip(random_pipe, tmp_path):
 
 def test_shipped_model_loads_offline(monkeypatch):
     import diffcache
-    from diffcache.models.registry import embedded_model_path
+    from diffcache.loading import embedded_model_path
     from diffusers import WanTransformer3DModel
 
     folder = embedded_model_path("tiny-shapes-t2v")

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from diffcache.models import shapes
-from diffcache.models.checker import analyse, check
-from diffcache.models.shapes import ClipSpec, PromptError, parse_prompt, render_clips
+from diffcache.embedded import shapes
+from diffcache.embedded.checker import analyse, check
+from diffcache.embedded.shapes import ClipSpec, PromptError, parse_prompt, render_clips
 
 
 def test_parse_prompt_full_grammar():

@@ -11,11 +11,11 @@ import torch
 
 import diffcache
 from diffcache.cli import main
-from diffcache.models.checker import check
-from diffcache.models.pipeline_t2i import (TinyShapesT2IPipeline, all_image_prompts, pack_images, render_images,
+from diffcache.embedded.checker import check
+from diffcache.embedded.t2i.pipeline import (TinyShapesT2IPipeline, all_image_prompts, pack_images, render_images,
                                            unpack_images)
-from diffcache.models.shapes import ClipSpec
-from diffcache.models.train_t2i import T2ITrainConfig, T2ITrainer, make_image_batch
+from diffcache.embedded.shapes import ClipSpec
+from diffcache.embedded.t2i.train import T2ITrainConfig, T2ITrainer, make_image_batch
 
 SMOKE = T2ITrainConfig(steps=30, batch_size=8, warmup_steps=5, checkpoint_every=1000)
 
@@ -178,7 +178,7 @@ def test_evaluate_scores_a_cached_pipeline(capsys):
 # -- the shipped weights --------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_shipped_t2i_model_meets_the_adherence_gate():
-    from diffcache.models.evaluate import evaluate_adherence
+    from diffcache.embedded.evaluate import evaluate_adherence
 
     pipe = diffcache.load_pipeline("tiny-shapes-t2i")
     report = evaluate_adherence(pipe, num_prompts=60, num_inference_steps=50, guidance_scale=5.0, progress=False)

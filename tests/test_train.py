@@ -3,7 +3,7 @@ from dataclasses import replace
 
 import torch
 
-from diffcache.models.train import Trainer, TrainConfig, make_batch
+from diffcache.embedded.t2v.train import Trainer, TrainConfig, make_batch
 
 SMOKE = TrainConfig(steps=40, batch_size=8, warmup_steps=5, checkpoint_every=1000)
 
@@ -48,7 +48,7 @@ def test_resume_refuses_a_different_config(tmp_path):
 
 
 def test_export_writes_the_ema_weights(tmp_path):
-    from diffcache.models.pipeline import TinyShapesT2VPipeline
+    from diffcache.embedded.t2v.pipeline import TinyShapesT2VPipeline
 
     trainer = Trainer(replace(SMOKE, steps=3, batch_size=2), tmp_path)
     trainer.run(progress=False)

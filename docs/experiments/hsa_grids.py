@@ -25,7 +25,7 @@ import torch
 import diffcache
 from diffcache.bench.metrics import psnr
 from diffcache.bench.runner import MethodSpec
-from diffcache.models.shapes import all_prompts
+from diffcache.embedded.shapes import all_prompts
 
 
 def main() -> None:

@@ -20,11 +20,11 @@ from .methods.deepcache import DeepCacheConfig
 from .methods.fbcache import FBCacheConfig
 from .methods.pab import PABConfig
 from .methods.teacache import TeaCacheConfig
-from .models.pipeline import TinyShapesT2VPipeline
-from .models.pipeline_t2i import TinyShapesT2IPipeline
-from .models.registry import EMBEDDED_MODELS, ModelLoadError, load_pipeline
-from .models.shapes import PromptError
-from .models.text import ShapesTextEncoder
+from .embedded.t2v.pipeline import TinyShapesT2VPipeline
+from .embedded.t2i.pipeline import TinyShapesT2IPipeline
+from .loading import EMBEDDED_MODELS, ModelLoadError, load_pipeline
+from .embedded.shapes import PromptError
+from .embedded.text import ShapesTextEncoder
 
 __version__ = "0.1.0"
 

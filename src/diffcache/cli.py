@@ -241,9 +241,9 @@ def cmd_generate(args) -> int:
     import torch
 
     from .files import IMAGE_SUFFIXES, VIDEO_SUFFIXES, check_writable, write_video
-    from .models.pipeline import TinyShapesT2VPipeline
-    from .models.registry import SUPPORTED_VIDEO_PIPELINES, ModelLoadError, load_pipeline
-    from .models.shapes import parse_prompt
+    from .embedded.t2v.pipeline import TinyShapesT2VPipeline
+    from .loading import SUPPORTED_VIDEO_PIPELINES, ModelLoadError, load_pipeline
+    from .embedded.shapes import parse_prompt
 
     out = Path(args.out)
     if out.suffix.lower() not in VIDEO_SUFFIXES + IMAGE_SUFFIXES:
@@ -332,8 +332,8 @@ def _generate_image(args, spec) -> int:
     import torch
 
     from .files import IMAGE_SUFFIXES, write_image
-    from .models.registry import SUPPORTED_IMAGE_PIPELINES, ModelLoadError, load_pipeline
-    from .models.shapes import parse_prompt
+    from .loading import SUPPORTED_IMAGE_PIPELINES, ModelLoadError, load_pipeline
+    from .embedded.shapes import parse_prompt
 
     out = Path(args.out)
     if out.suffix.lower() not in IMAGE_SUFFIXES:
@@ -375,7 +375,7 @@ def cmd_train(args) -> int:
     from dataclasses import replace
 
     from .files import OutputExistsError
-    from .models.train import Trainer, TrainConfig
+    from .embedded.t2v.train import Trainer, TrainConfig
 
     overrides = {k: v for k, v in {"steps": args.steps, "batch_size": args.batch_size, "seed": args.seed,
                                    "checkpoint_every": args.checkpoint_every}.items() if v is not None}
@@ -388,7 +388,7 @@ def cmd_train(args) -> int:
     elif model_dir.exists():
         raise OutputExistsError(f"{model_dir} already holds a trained model; pass --force to train again.")
     if args.model == "tiny-shapes-t2i":
-        from .models.train_t2i import T2ITrainConfig as TrainConfig, T2ITrainer as Trainer  # noqa: N814
+        from .embedded.t2i.train import T2ITrainConfig as TrainConfig, T2ITrainer as Trainer  # noqa: N814
     config = replace(TrainConfig(), **overrides)
     trainer = Trainer(config, out)
     if trainer.load_checkpoint():
@@ -409,8 +409,8 @@ def cmd_train(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from .files import check_writable, write_text
-    from .models.evaluate import evaluate_adherence
-    from .models.registry import load_pipeline
+    from .embedded.evaluate import evaluate_adherence
+    from .loading import load_pipeline
 
     if args.json:
         check_writable(args.json, args.force)
@@ -418,7 +418,7 @@ def cmd_evaluate(args) -> int:
     spec = _method_spec(args.method, "evaluate")
     pipe = load_pipeline(args.model)
     if args.steps is None:
-        from .models.evaluate import is_image_pipeline
+        from .embedded.evaluate import is_image_pipeline
 
         args.steps = 50 if is_image_pipeline(pipe) else 30
     handle = _enable(pipe, spec)
@@ -458,8 +458,8 @@ def cmd_demo(args) -> int:
     from .bench.metrics import psnr, ssim
     from .files import check_writable, write_text, write_video
     from .methods import enable
-    from .models.checker import check
-    from .models.registry import load_pipeline
+    from .embedded.checker import check
+    from .loading import load_pipeline
 
     from .bench.runner import BASELINE, MethodSpec
 
@@ -551,8 +551,8 @@ def cmd_bench(args) -> int:
 def cmd_calibrate(args) -> int:
     from .files import check_writable, write_text
     from .methods.teacache import calibrate_teacache
-    from .models.registry import EMBEDDED_MODELS, load_pipeline
-    from .models.shapes import all_prompts, parse_prompt
+    from .loading import EMBEDDED_MODELS, load_pipeline
+    from .embedded.shapes import all_prompts, parse_prompt
 
     _positive(prompts=args.prompts, steps=args.steps)
     out = Path(args.out)
@@ -643,8 +643,8 @@ def main(argv: list[str] | None = None) -> int:
     from .context import StepTrackingError
     from .files import OutputExistsError
     from .methods import MethodAlreadyEnabledError, UnknownMethodError
-    from .models.registry import ModelLoadError
-    from .models.shapes import PromptError
+    from .loading import ModelLoadError
+    from .embedded.shapes import PromptError
 
     args = _parser().parse_args(argv)
     try:

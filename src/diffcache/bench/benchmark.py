@@ -14,7 +14,7 @@ from .specs import parse_methods
 def default_prompts(model: str, pipe, n: int) -> list[str]:
     """``n`` prompts spread over the shapes grammar for the embedded models: ``a {colour} {shape} moving
     {direction}`` for the text-to-video model, ``a {colour} {shape}`` for an embedded still-image model."""
-    from ..models.registry import EMBEDDED_MODELS
+    from ..loading import EMBEDDED_MODELS
 
     if type(pipe).__name__ == "TinyShapesT2VPipeline":
         return [prompt for prompt, _ in bench_prompts(n)]
@@ -35,7 +35,7 @@ def benchmark(model: str = "tiny-shapes-t2v", methods: str = "none,ours", out: s
     model; every prompt runs with ``seeds`` seeds. ``height`` / ``width`` / ``frames`` override the pipeline's
     default size (a pipeline folder of a real model defaults to its full size).
     """
-    from ..models.registry import EMBEDDED_MODELS, load_pipeline
+    from ..loading import EMBEDDED_MODELS, load_pipeline
 
     for name, value in {"num_prompts": num_prompts, "seeds": seeds, "steps": steps, "repeats": repeats}.items():
         if value < 1:
@@ -51,7 +51,7 @@ def benchmark(model: str = "tiny-shapes-t2v", methods: str = "none,ours", out: s
     pipe.set_progress_bar_config(disable=True)
     prompt_list = list(prompts) if prompts else default_prompts(model, pipe, num_prompts)
     if type(pipe).__name__ == "TinyShapesT2VPipeline":
-        from ..models.shapes import parse_prompt
+        from ..embedded.shapes import parse_prompt
 
         for prompt in prompt_list:
             parse_prompt(prompt)

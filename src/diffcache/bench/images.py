@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..methods.base import enable
-from ..models.pipeline_t2i import all_image_prompts
+from ..embedded.t2i.pipeline import all_image_prompts
 
 
 def image_bench_prompts(n: int) -> list[tuple[str, int]]:
@@ -81,7 +81,7 @@ def compare_with_deepcache_package(pipe, interval: int = 3, branch: int = 0, num
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..models.registry import load_pipeline
+    from ..loading import load_pipeline
 
     parser = argparse.ArgumentParser(
         prog="python -m diffcache.bench.images",

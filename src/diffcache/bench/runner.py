@@ -62,7 +62,7 @@ class Item:
 
 def bench_prompts(n: int) -> list[tuple[str, int]]:
     """``n`` (prompt, seed) pairs spread evenly over the 60 prompts of the shapes grammar (seed = position)."""
-    from ..models.shapes import all_prompts
+    from ..embedded.shapes import all_prompts
 
     prompts = all_prompts()
     return [(prompts[(i * len(prompts)) // n % len(prompts)], i) for i in range(n)]
@@ -341,7 +341,7 @@ def quality(video: np.ndarray, reference: np.ndarray, prompt: str | None = None,
               "lpips": lpips_distance(video, reference) if lpips else None, "adherence": None,
               "temporal_stability": None}
     if prompt is not None:
-        from ..models.checker import check
+        from ..embedded.checker import check
 
         checked = check(video, prompt)
         result["adherence"] = checked.adherence

@@ -20,8 +20,8 @@ import numpy as np
 from safetensors.torch import load_file
 
 from ..files import OutputExistsError, atomic_path, check_writable, write_text, write_video
-from ..models.checker import check
-from ..models.evaluate import gate_prompts
+from ..embedded.checker import check
+from ..embedded.evaluate import gate_prompts
 from .rounds import CONFIG_FILE, finished_rounds, load_round
 from ..errors import RunNotFoundError
 

@@ -35,9 +35,9 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..bench.metrics import psnr
-from ..models.evaluate import gate_prompts, score_clips
-from ..models.pipeline import TinyShapesT2VPipeline, unpack
-from ..models.shapes import all_prompts
+from ..embedded.evaluate import gate_prompts, score_clips
+from ..embedded.t2v.pipeline import TinyShapesT2VPipeline, unpack
+from ..embedded.shapes import all_prompts
 from .cache import DataCache, Slice, teacher_trajectory
 from .sampler import ConsistencyFlowMatchScheduler, DistilledShapesT2VPipeline
 
@@ -139,7 +139,7 @@ class Distiller:
         self.log = log
         self._check_config()
         if teacher is None:
-            from ..models.registry import load_pipeline
+            from ..loading import load_pipeline
 
             teacher = load_pipeline(config.teacher)
         if not isinstance(teacher, TinyShapesT2VPipeline) or isinstance(teacher, DistilledShapesT2VPipeline):
@@ -212,8 +212,8 @@ class Distiller:
             cond = pipe.encode_prompt(prompts).float()
             uncond = pipe.encode_prompt([""]).float()
         cfg = pipe.transformer.config
-        from ..models import shapes
-        from ..models.pipeline import UNSHUFFLE
+        from ..embedded import shapes
+        from ..embedded.t2v.pipeline import UNSHUFFLE
 
         shape = (cfg.in_channels, shapes.NUM_FRAMES, shapes.HEIGHT // UNSHUFFLE, shapes.WIDTH // UNSHUFFLE)
         noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds])

@@ -19,8 +19,8 @@ import torch
 from diffusers import FlowMatchLCMScheduler
 from diffusers import SchedulerMixin  # noqa: F401 - diffusers' loader looks the base class up in this module
 
-from ..models import shapes
-from ..models.pipeline import TinyShapesT2VPipeline
+from ..embedded import shapes
+from ..embedded.t2v.pipeline import TinyShapesT2VPipeline
 from ..errors import GuidanceDistilledWarning
 
 DEFAULT_STUDENT_STEPS = 4

@@ -22,9 +22,9 @@ from diffusers import DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
 from diffusers.pipelines.stable_diffusion.pipeline_output import StableDiffusionPipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from . import shapes
-from .pipeline import CallState
-from .text import ShapesTextEncoder
+from .. import shapes
+from ..t2v.pipeline import CallState
+from ..text import ShapesTextEncoder
 
 UNSHUFFLE = 2
 OUTPUT_TYPES = ("np", "pt", "pil", "latent")

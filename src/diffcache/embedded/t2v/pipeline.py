@@ -18,8 +18,8 @@ from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, WanTra
 from diffusers.pipelines.wan.pipeline_output import WanPipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from . import shapes
-from .text import ShapesTextEncoder
+from .. import shapes
+from ..text import ShapesTextEncoder
 
 UNSHUFFLE = 2
 CFG_MODES = ("split", "batched")

@@ -34,7 +34,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from . import shapes
+from .. import shapes
 from .pipeline import TinyShapesT2VPipeline, pack
 
 FOREGROUND_WEIGHT = 3.0

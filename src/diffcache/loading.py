@@ -6,7 +6,7 @@ import json
 import os
 from importlib import resources
 from pathlib import Path
-from ..errors import ModelLoadError
+from .errors import ModelLoadError
 
 EMBEDDED_MODELS: dict[str, str] = {
     "tiny-shapes-t2v": "text-to-video, a tiny Wan transformer trained on procedural shape clips (8×32×32)",
@@ -32,7 +32,7 @@ def embedded_model_path(name: str) -> Path:
     """Folder of an embedded model's shipped weights inside the installed package."""
     if name not in EMBEDDED_MODELS:
         raise ModelLoadError(f"unknown embedded model {name!r}; embedded models: {', '.join(EMBEDDED_MODELS)}.")
-    path = Path(str(resources.files("diffcache.models").joinpath("weights", name)))
+    path = Path(str(resources.files("diffcache.embedded").joinpath("weights", name)))
     if not (path / "model_index.json").exists():
         raise ModelLoadError(
             f"the weights of {name!r} are missing from the package (looked in {path}); reinstall diffcache, or "
@@ -57,9 +57,9 @@ def load_pipeline(name_or_path: str | os.PathLike = "tiny-shapes-t2v", **kwargs)
     from diffusers import DiffusionPipeline
     from diffusers.utils import logging as diffusers_logging
 
-    from ..distill.sampler import DistilledShapesT2VPipeline
-    from .pipeline import TinyShapesT2VPipeline
-    from .pipeline_t2i import TinyShapesT2IPipeline
+    from .distill.sampler import DistilledShapesT2VPipeline
+    from .embedded.t2v.pipeline import TinyShapesT2VPipeline
+    from .embedded.t2i.pipeline import TinyShapesT2IPipeline
 
     # diffusers resolves a model_index.json's class only among its own pipelines; ours are looked up here
     own_pipelines = {cls.__name__: cls for cls in (TinyShapesT2VPipeline, TinyShapesT2IPipeline,

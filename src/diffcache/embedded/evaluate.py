@@ -18,7 +18,7 @@ from .shapes import all_prompts
 
 def is_image_pipeline(pipe) -> bool:
     """A text-to-image pipeline (returns ``.images``), as opposed to the text-to-video one (``.frames``)."""
-    from .pipeline_t2i import TinyShapesT2IPipeline
+    from .t2i.pipeline import TinyShapesT2IPipeline
 
     return isinstance(pipe, TinyShapesT2IPipeline)
 
@@ -26,7 +26,7 @@ def is_image_pipeline(pipe) -> bool:
 def gate_prompts(n: int = 64, image: bool = False) -> list[tuple[str, int]]:
     """``n`` (prompt, seed) pairs cycling through all prompts of the grammar (60 for video; 15 still-image ones with
     ``image=True``); seed = position in the list."""
-    from .pipeline_t2i import all_image_prompts
+    from .t2i.pipeline import all_image_prompts
 
     prompts = all_image_prompts() if image else all_prompts()
     return [(prompts[i % len(prompts)], i) for i in range(n)]

@@ -43,7 +43,7 @@ Cost: 6000 steps of 16 images, about 0.28 s per step on two CPU threads (0.38 s 
   square / circle / triangle call;
 - 10 % prompt dropout for classifier-free guidance; AdamW with warm-up and cosine decay; the EMA weights ship.
 
-Checkpointing and resuming are those of the text-to-video recipe (:class:`diffcache.models.train.Trainer`):
+Checkpointing and resuming are those of the text-to-video recipe (:class:`diffcache.embedded.t2v.train.Trainer`):
 model, EMA weights and optimiser state in safetensors every ``checkpoint_every`` steps, and the same command
 continues where a stopped run left off.
 """
@@ -55,9 +55,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from . import shapes
-from .pipeline_t2i import UNSHUFFLE, TinyShapesT2IPipeline, pack_images, render_images
-from .train import Trainer, step_generator
+from .. import shapes
+from .pipeline import UNSHUFFLE, TinyShapesT2IPipeline, pack_images, render_images
+from ..t2v.train import Trainer, step_generator
 
 FOREGROUND_WEIGHT = 3.0
 PROMPT_DROPOUT = 0.1
@@ -119,7 +119,7 @@ def min_snr_weight(scheduler, timesteps: torch.Tensor) -> torch.Tensor:
 
 
 class T2ITrainer(Trainer):
-    """:class:`~diffcache.models.train.Trainer` for the text-to-image U-Net (same checkpoints, resume, EMA)."""
+    """:class:`~diffcache.embedded.t2v.train.Trainer` for the text-to-image U-Net (same checkpoints, resume, EMA)."""
 
     def __init__(self, config: T2ITrainConfig, out_dir):
         super().__init__(config, out_dir)

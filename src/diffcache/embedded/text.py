@@ -1,6 +1,6 @@
 """A word-level text encoder for the embedded models' prompt grammar.
 
-The vocabulary is tiny and fixed (see :mod:`diffcache.models.shapes`), so the encoder is a learned word
+The vocabulary is tiny and fixed (see :mod:`diffcache.embedded.shapes`), so the encoder is a learned word
 embedding plus a learned position embedding: ``[B, max_length, embed_dim]``. The empty prompt (all padding)
 is the unconditional embedding used by classifier-free guidance.
 """
