@@ -9,7 +9,7 @@ from tiny_diffusers import VIDEO_FAMILIES, tiny_wan_pipeline
 import diffcache
 from diffcache.methods.adacache import (AdaCacheConfig, AdaCacheSchedule, codebook_for, moreg_window_for,
                                         motion_score)
-from diffcache.methods.base import relative_l1
+from diffcache.methods.framework import relative_l1
 
 PROMPT = "a red circle moving left"
 

@@ -12,7 +12,7 @@ from tiny_diffusers import VIDEO_FAMILIES, tiny_wan_pipeline
 import diffcache
 from diffcache.bench.runner import MethodSpec, parse_methods
 from diffcache.cli import main
-from diffcache.methods import NothingSkippedWarning
+from diffcache.errors import NothingSkippedWarning
 from diffcache.methods.teacache import (TeaCacheConfig, calibrate_teacache, fit_polynomial, teacache_schedule,
                                         threshold_for)
 

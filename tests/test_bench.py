@@ -23,7 +23,7 @@ from diffcache.bench.runner import (RESULTS, BenchConfigError, Distributed, Item
                                     merge_parts, read_records)
 from diffcache.bench.specs import MethodSpec, parse_methods
 from diffcache.cli import main
-from diffcache.methods import UnknownMethodError, list_methods
+from diffcache import UnknownMethodError, list_methods
 
 FAST = dict(num_prompts=2, steps=3, repeats=1, progress=False)
 
@@ -283,7 +283,7 @@ def test_a_still_image_is_a_one_frame_video():
 
 def test_timeline_comes_from_the_generic_report():
     from diffcache.bench.runner import _report_timeline
-    from diffcache.methods.base import CallReport, Report, StepRecord
+    from diffcache.report import CallReport, Report, StepRecord
 
     steps = [StepRecord(0, True, ["cond"], 5, 0), StepRecord(1, False, ["cond"], 0, 5),
              StepRecord(2, True, ["cond"], 1, 4), StepRecord(3, True, ["cond"], 5, 0, active_fraction=0.25),

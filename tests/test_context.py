@@ -19,7 +19,7 @@ class Recorder:
     def begin_call(self, index, num_steps):
         self.calls.append((index, num_steps))
 
-    def begin_forward(self, ctx):
+    def begin_forward(self, ctx, args, kwargs):
         self.forwards.append(ctx)
 
     def end_forward(self, ctx):

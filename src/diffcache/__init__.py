@@ -8,62 +8,78 @@ Public API::
         video = pipe("a red circle moving left", num_inference_steps=30).frames
         print(handle.report())
     diffcache.list_methods()
+
+Re-exports only: the call path (:mod:`diffcache.api`), the report (:mod:`diffcache.report`), the errors
+(:mod:`diffcache.errors`), the adapter registry (:mod:`diffcache.adapters`), every method's config, the loader
+and the embedded pipelines.
 """
 
-from .adapters import UnsupportedModelError
-from .context import StepContext, StepTrackingError
+import logging as _logging
+
+from .adapters import Adapter, register_adapter
+from .api import Handle, disable, enable
+from .context import StepContext
 from .distill.sampler import DistilledShapesT2VPipeline
-from .methods import (CallRefusedError, Handle, MethodAlreadyEnabledError, MethodSilentWarning,
-                      NothingSkippedWarning, Report, UnknownMethodError, enable, list_methods)
+from .embedded.shapes import PromptError
+from .embedded.t2i.pipeline import TinyShapesT2IPipeline
+from .embedded.t2v.pipeline import TinyShapesT2VPipeline
+from .embedded.text import ShapesTextEncoder
+from .errors import (BenchConfigError, CallRefusedError, ConfigError, DiffcacheError, DiffcacheWarning,
+                     MethodAlreadyEnabledError, MethodSilentWarning, ModelLoadError, NothingSkippedWarning,
+                     OutputExistsError, StepTrackingError, UnknownMethodError, UnknownOptionError,
+                     UnsupportedModelError)
+from .loading import EMBEDDED_MODELS, load_pipeline
+from .methods import list_methods
 from .methods.adacache import AdaCacheConfig
 from .methods.deepcache import DeepCacheConfig
+from .methods.fastercache import FasterCacheConfig
 from .methods.fbcache import FBCacheConfig
+from .methods.hsa import HSAConfig
 from .methods.pab import PABConfig
 from .methods.teacache import TeaCacheConfig
-from .embedded.t2v.pipeline import TinyShapesT2VPipeline
-from .embedded.t2i.pipeline import TinyShapesT2IPipeline
-from .loading import EMBEDDED_MODELS, ModelLoadError, load_pipeline
-from .embedded.shapes import PromptError
-from .embedded.text import ShapesTextEncoder
+from .report import CallReport, Report, StepRecord
+
+_logging.getLogger("diffcache").addHandler(_logging.NullHandler())
 
 __version__ = "0.1.0"
-
-
-def disable(target) -> None:
-    """Disable whatever diffcache method is enabled on a pipeline or denoiser (no-op when none is)."""
-    from .methods.base import denoiser_of
-
-    model, _ = denoiser_of(target)
-    handle = getattr(model, "_diffcache_handle", None)
-    if handle is not None:
-        handle.disable()
-
 
 __all__ = [
     "EMBEDDED_MODELS",
     "AdaCacheConfig",
-    "DeepCacheConfig",
-    "FBCacheConfig",
-    "PABConfig",
-    "TeaCacheConfig",
-    "NothingSkippedWarning",
+    "Adapter",
+    "BenchConfigError",
     "CallRefusedError",
+    "CallReport",
+    "ConfigError",
+    "DeepCacheConfig",
+    "DiffcacheError",
+    "DiffcacheWarning",
+    "DistilledShapesT2VPipeline",
+    "FBCacheConfig",
+    "FasterCacheConfig",
+    "HSAConfig",
     "Handle",
     "MethodAlreadyEnabledError",
     "MethodSilentWarning",
     "ModelLoadError",
+    "NothingSkippedWarning",
+    "OutputExistsError",
+    "PABConfig",
     "PromptError",
     "Report",
-    "DistilledShapesT2VPipeline",
     "ShapesTextEncoder",
     "StepContext",
+    "StepRecord",
     "StepTrackingError",
-    "TinyShapesT2VPipeline",
+    "TeaCacheConfig",
     "TinyShapesT2IPipeline",
+    "TinyShapesT2VPipeline",
     "UnknownMethodError",
+    "UnknownOptionError",
     "UnsupportedModelError",
     "disable",
     "enable",
     "list_methods",
     "load_pipeline",
+    "register_adapter",
 ]

@@ -238,6 +238,7 @@ def _positive(**values) -> None:
 
 
 def cmd_generate(args) -> int:
+    import numpy as np
     import torch
 
     from .files import IMAGE_SUFFIXES, VIDEO_SUFFIXES, check_writable, write_video
@@ -283,7 +284,7 @@ def cmd_generate(args) -> int:
         if args.budget_map is not None:
             from .methods.hsa import budget_map_clip
 
-            budgets = handle.runtime.budget_map()  # HSA refuses a call too short to allocate before it starts
+            budgets = np.asarray(handle.report().calls[-1].token_steps)  # HSA refuses a call too short to allocate before it starts
             write_video(args.budget_map, budget_map_clip(budgets[0], clip, steps), fps=args.fps,
                         upscale=args.upscale, force=args.force)
             extra += (f"; budget map ({int(budgets.min())}–{int(budgets.max())} steps per token, dark = few): "
@@ -322,7 +323,7 @@ def _enable(pipe, spec):
     """Enable ``spec`` (from :func:`_method_spec`) on ``pipe``; the handle, or ``None`` for no method."""
     if spec is None:
         return None
-    from .methods import enable
+    from .api import enable
 
     return enable(pipe, spec.name, preset=spec.preset, **dict(spec.overrides))
 
@@ -457,7 +458,7 @@ def cmd_demo(args) -> int:
 
     from .bench.metrics import psnr, ssim
     from .files import check_writable, write_text, write_video
-    from .methods import enable
+    from .api import enable
     from .embedded.checker import check
     from .loading import load_pipeline
 
@@ -642,7 +643,7 @@ def main(argv: list[str] | None = None) -> int:
     from .adapters import UnsupportedModelError
     from .context import StepTrackingError
     from .files import OutputExistsError
-    from .methods import MethodAlreadyEnabledError, UnknownMethodError
+    from .errors import MethodAlreadyEnabledError, UnknownMethodError
     from .loading import ModelLoadError
     from .embedded.shapes import PromptError
 

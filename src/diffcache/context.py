@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import torch
 from diffusers.hooks.hooks import HookRegistry, ModelHook, StateManager
@@ -86,9 +86,19 @@ def _first_float(value) -> float | None:
     return float(value)
 
 
+class StepListener(Protocol):
+    """What the tracker tells (a method's :class:`~diffcache.methods.framework.Runtime` is one)."""
+
+    def begin_call(self, call_index: int, num_steps: int) -> None: ...
+
+    def begin_forward(self, context: StepContext, args: tuple, kwargs: dict) -> None: ...
+
+    def end_forward(self, context: StepContext) -> None: ...
+
+
 class StepTracker(ModelHook):
     """Outermost hook on the denoiser: computes a :class:`StepContext` before every forward and tells the
-    listeners (the method's runtime) about new calls and new forwards."""
+    listeners (the method's runtime) about new calls and new forwards, with the forward's arguments."""
 
     _is_stateful = True
 
@@ -98,19 +108,17 @@ class StepTracker(ModelHook):
         self._timestep_of = timestep_of
         self._pipeline = weakref.ref(pipeline) if pipeline is not None else None
         self._fixed_steps = num_inference_steps
-        self.listeners: list = []
+        self.listeners: list[StepListener] = []
         self.call_index = -1
         self._call = _CallState()
         self.current: StepContext | None = None
-        self.forward_arguments: tuple[tuple, dict] = ((), {})
 
     # -- diffusers hook protocol ---------------------------------------------------------------------------------
     def pre_forward(self, module, *args, **kwargs):
-        self.forward_arguments = (args, kwargs)
         context = self._locate(args, kwargs)
         self.current = context
         for listener in self.listeners:
-            listener.begin_forward(context)
+            listener.begin_forward(context, args, kwargs)
         return args, kwargs
 
     def post_forward(self, module, output):

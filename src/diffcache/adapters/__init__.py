@@ -1,5 +1,15 @@
-"""Adapters: one per architecture family; the only code that knows a model's insides."""
+"""Adapters: one file per architecture family, the only code that touches a model's attributes.
 
-from .base import Adapter, UnsupportedModelError, find_adapter, supported_families
+This is the one list of the built-in families: importing a family's module registers its adapter
+(:func:`register_adapter`). A user's own family registers the same way from outside the package.
+"""
 
-__all__ = ["Adapter", "UnsupportedModelError", "find_adapter", "supported_families"]
+from .base import Adapter, argument, find_adapter, register_adapter, registered_adapters, supported_families
+from .capabilities import (AttentionRoles, BatchedArguments, BlockStack, ModulatedInput, SplitBlocks,
+                           TokenGrid, TokenSparseForward, UNetSkipBranches, has_capability)
+from ..errors import UnsupportedModelError
+from . import wan, cogvideox, ltx, unet  # noqa: E402,F401 - the built-in families, in the order they are listed
+
+__all__ = ["Adapter", "AttentionRoles", "BatchedArguments", "BlockStack", "ModulatedInput", "SplitBlocks",
+           "TokenGrid", "TokenSparseForward", "UNetSkipBranches", "UnsupportedModelError", "argument",
+           "find_adapter", "has_capability", "register_adapter", "registered_adapters", "supported_families"]

@@ -1,31 +1,35 @@
-"""What a method may know about a model: the :class:`Adapter` interface, and how the right adapter is found.
+"""The core contract every adapter fulfils, and the registry that finds the adapter of a model.
 
-An adapter is the only code that knows a denoiser's insides. For a transformer it tells
+An adapter is the only code that touches a denoiser's attributes. The core contract (:class:`Adapter`) is what
+every method may rely on:
 
-* ``blocks(model)``: the transformer blocks, in order (``first_block`` is ``blocks[0]``);
-* ``block_streams`` / ``make_block_output``: the tensors a block updates residually (the video tokens, and for
-  joint-attention models such as CogVideoX also the text tokens) and how to rebuild the block's return value;
-* ``split_module(block)`` / ``split_streams``: a submodule whose input is the block's state *after* its
-  self-attention residual was added, so a block's update splits into its two residual parts — self-attention,
-  and cross-attention + MLP (AdaCache caches both);
-* ``attention_modules(block)``: the block's attention modules by role (``"self"``, ``"cross"``);
-* ``token_layout(model, args, kwargs)``: the token grid ``(frames, height, width)`` of a forward, tokens ordered
-  frame-major;
-* ``timestep(args, kwargs)``: the timestep passed to the denoiser's forward;
-* ``teacache_signal(block, args, kwargs)``: the modulated input TeaCache reads at the first block;
-* ``output_frames(model, output, args, kwargs)``: the denoiser output as per-frame 2-D maps (FasterCache's FFT).
+* ``family`` / ``model_classes`` / ``examples`` / ``matches(model)``: which models it serves;
+* ``blocks(model)``: the model's blocks in execution order (the unit a method hooks and counts);
+* ``timestep(model, args, kwargs)``: the timestep given to the denoiser's forward (the step tracker's clue).
 
-Adding a model family is adding one adapter to ``registered_adapters()`` below, nothing else.
+Everything else is an optional, named capability (:mod:`diffcache.adapters.capabilities`): an adapter declares
+one by subclassing it, and a method declares the capabilities it needs. The model families a method supports
+are derived from the registered adapters that have them — never listed by hand.
+
+A model family is added by one file that ends in::
+
+    @register_adapter
+    class MyFamilyAdapter(Adapter, BlockStack, AttentionRoles):
+        family = "MyFamily"
+        model_classes = ("MyTransformer3DModel",)
+        ...
+
+and the same decorator works from outside the package, for a user's own model.
 """
 
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
-from ..errors import UnsupportedModelError
 
+from ..errors import UnsupportedModelError
 
 
 def argument(function, args: tuple, kwargs: dict, name: str, default: Any = None) -> Any:
@@ -35,87 +39,72 @@ def argument(function, args: tuple, kwargs: dict, name: str, default: Any = None
     parameters = list(inspect.signature(function).parameters)
     if parameters and parameters[0] == "self":
         parameters = parameters[1:]
+    if name not in parameters:
+        return default
     position = parameters.index(name)
     return args[position] if position < len(args) else default
 
 
 class Adapter:
-    """Base class; one subclass per architecture family."""
+    """The core contract: one subclass per architecture family, registered with :func:`register_adapter`."""
 
-    family: str = ""  #: the family's name, as users see it in errors and in ``list_methods()``
-    model_classes: tuple[str, ...] = ()  #: diffusers class names this adapter handles
-    examples: str = ""  #: a few real models of the family, for docs and errors
+    family: ClassVar[str] = ""  #: the family's name, as users see it in errors and in ``list_methods()``
+    model_classes: ClassVar[tuple[str, ...]] = ()  #: class names (any in the model's MRO) this adapter handles
+    examples: ClassVar[str] = ""  #: a few real models of the family, for docs and errors
 
     @classmethod
     def matches(cls, model: torch.nn.Module) -> bool:
+        """Whether this adapter serves ``model`` (by default: a class in its MRO is named in ``model_classes``)."""
         return any(klass.__name__ in cls.model_classes for klass in type(model).__mro__)
 
-    # -- structure -----------------------------------------------------------------------------------------------
-    def blocks(self, model) -> list[torch.nn.Module]:
+    def blocks(self, model: torch.nn.Module) -> list[torch.nn.Module]:
+        """The model's blocks in execution order."""
         return list(model.transformer_blocks)
 
-    def first_block(self, model) -> torch.nn.Module:
-        return self.blocks(model)[0]
-
-    def attention_modules(self, block) -> dict[str, torch.nn.Module]:
-        raise NotImplementedError
-
-    # -- residual streams of a block -----------------------------------------------------------------------------
-    def block_streams(self, block, args: tuple, kwargs: dict) -> tuple[torch.Tensor, ...]:
-        return (argument(type(block).forward, args, kwargs, "hidden_states"),)
-
-    def output_streams(self, output) -> tuple[torch.Tensor, ...]:
-        return output if isinstance(output, tuple) else (output,)
-
-    def make_block_output(self, streams: tuple[torch.Tensor, ...]):
-        return streams if len(streams) > 1 else streams[0]
-
-    def split_module(self, block) -> torch.nn.Module:
-        raise NotImplementedError
-
-    def split_streams(self, split_module, args: tuple, kwargs: dict) -> tuple[torch.Tensor, ...]:
-        return (args[0] if args else kwargs["hidden_states"],)
-
-    def teacache_signal(self, block, args: tuple, kwargs: dict) -> torch.Tensor:
-        """The cheap input TeaCache watches, from the first block's call: by default the timestep embedding the
-        block is modulated with (``temb``: Wan's ``timestep_proj`` — the official retention mode's ``e0`` —
-        and CogVideoX's ``emb``, as the official TeaCache code reads them)."""
-        return argument(type(block).forward, args, kwargs, "temb")
-
-    def output_frames(self, model, output: torch.Tensor, args: tuple, kwargs: dict):
-        """The denoiser's output viewed as ``[..., H, W]`` (one 2-D map per batch item, frame and channel), and the
-        function that puts such a view back into the output's layout. Wan ``[B,C,F,H,W]`` and CogVideoX
-        ``[B,F,C,H,W]`` already end in ``(H, W)``."""
-        return output, lambda view: view
-
-    # -- forward-level facts -------------------------------------------------------------------------------------
-    def timestep(self, model, args: tuple, kwargs: dict):
+    def timestep(self, model: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
+        """The timestep passed to the denoiser's forward (a number or a tensor, per sample or per token)."""
         return argument(type(model).forward, args, kwargs, "timestep")
 
-    def token_layout(self, model, args: tuple, kwargs: dict) -> tuple[int, int, int]:
-        raise NotImplementedError
+
+_ADAPTERS: list[type[Adapter]] = []
+
+
+def register_adapter(cls: type[Adapter]) -> type[Adapter]:
+    """Class decorator: make ``cls`` the adapter of the models it ``matches``.
+
+    Adapters registered later are tried first, so a user's adapter (registered after the built-in ones) takes
+    precedence over a built-in one for the same class. Registering the same class twice is a no-op."""
+    if not (isinstance(cls, type) and issubclass(cls, Adapter)):
+        raise TypeError(f"register_adapter decorates a subclass of diffcache.adapters.Adapter, got {cls!r}")
+    if not cls.family or not (cls.model_classes or cls.matches is not Adapter.matches):
+        raise TypeError(f"{cls.__name__} must set `family` and `model_classes` (or override `matches`)")
+    if cls not in _ADAPTERS:
+        _ADAPTERS.append(cls)
+    return cls
 
 
 def registered_adapters() -> list[type[Adapter]]:
-    from .cogvideox import CogVideoXAdapter
-    from .ltx import LTXVideoAdapter
-    from .unet import UNet2DAdapter, UNet3DAdapter, UNetSpatioTemporalAdapter
-    from .wan import WanAdapter
+    """Every registered adapter class, in registration order (the built-in ones first: importing
+    :mod:`diffcache.adapters` registers them)."""
+    return list(_ADAPTERS)
 
-    return [WanAdapter, CogVideoXAdapter, LTXVideoAdapter, UNet2DAdapter, UNet3DAdapter, UNetSpatioTemporalAdapter]
+
+def describe(adapter: type[Adapter]) -> str:
+    return f"{adapter.family} ({', '.join(adapter.model_classes)}: e.g. {adapter.examples})"
 
 
 def supported_families() -> list[str]:
-    return [f"{adapter.family} ({', '.join(adapter.model_classes)}: e.g. {adapter.examples})"
-            for adapter in registered_adapters()]
+    return [describe(adapter) for adapter in registered_adapters()]
 
 
 def find_adapter(model: torch.nn.Module) -> Adapter:
-    """The adapter for ``model``, or :class:`UnsupportedModelError` naming the supported families."""
-    for adapter in registered_adapters():
+    """The adapter for ``model``, or :class:`~diffcache.errors.UnsupportedModelError` naming the supported
+    families."""
+    for adapter in reversed(registered_adapters()):
         if adapter.matches(model):
             return adapter()
     raise UnsupportedModelError(
         f"diffcache has no adapter for {type(model).__name__}; supported model families: "
-        f"{'; '.join(supported_families())}."
+        f"{'; '.join(supported_families())}. A family of your own is one class decorated with "
+        "diffcache.register_adapter (see the docs: contributing/adding-a-model)."
     )

@@ -7,10 +7,12 @@ attention. Latents ``[B, F, C, H, W]``, patch ``patch_size`` (and ``patch_size_t
 
 from __future__ import annotations
 
-from .base import Adapter, argument
+from .base import Adapter, argument, register_adapter
+from .capabilities import AttentionRoles, BatchedArguments, BlockStack, ModulatedInput, SplitBlocks, TokenGrid
 
 
-class CogVideoXAdapter(Adapter):
+@register_adapter
+class CogVideoXAdapter(Adapter, BlockStack, SplitBlocks, AttentionRoles, ModulatedInput, TokenGrid, BatchedArguments):
     family = "CogVideoX"
     model_classes = ("CogVideoXTransformer3DModel",)
     examples = "CogVideoX-2b, CogVideoX-5b, CogVideoX1.5-5B"

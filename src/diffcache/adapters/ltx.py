@@ -6,13 +6,17 @@ the state after self-attention. The grid comes from the forward's ``num_frames``
 
 from __future__ import annotations
 
-from .base import Adapter, UnsupportedModelError, argument
+from ..errors import UnsupportedModelError
+from .base import Adapter, argument, register_adapter
+from .capabilities import AttentionRoles, BatchedArguments, BlockStack, ModulatedInput, SplitBlocks, TokenGrid
 
 
-class LTXVideoAdapter(Adapter):
+@register_adapter
+class LTXVideoAdapter(Adapter, BlockStack, SplitBlocks, AttentionRoles, ModulatedInput, TokenGrid, BatchedArguments):
     family = "LTX-Video"
     model_classes = ("LTXVideoTransformer3DModel",)
     examples = "LTX-Video 0.9.x"
+    batched_arguments = (*BatchedArguments.batched_arguments, "video_coords")
 
     def attention_modules(self, block):
         return {"self": block.attn1, "cross": block.attn2}
@@ -20,7 +24,7 @@ class LTXVideoAdapter(Adapter):
     def split_module(self, block):
         return block.attn2
 
-    def teacache_signal(self, block, args, kwargs):
+    def modulated_input(self, block, args, kwargs):
         """The official TeaCache4LTX-Video signal: block 0's ``norm1(x) * (1 + scale_msa) + shift_msa``."""
         forward = type(block).forward
         hidden = argument(forward, args, kwargs, "hidden_states")

@@ -20,7 +20,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import Adapter, UnsupportedModelError
+from ..errors import UnsupportedModelError
+from .base import Adapter, register_adapter
+from .capabilities import UNetSkipBranches
 
 LAYER_PARTS = ("resnets", "temp_convs", "attentions", "temp_attentions")
 
@@ -42,7 +44,7 @@ class UNetLayout:
         return divmod(branch, self.layers_per_up_block)
 
 
-class UNetAdapter(Adapter):
+class UNetAdapter(Adapter, UNetSkipBranches):
     """Shared by the three U-Net families; they differ only in the parts a layer has."""
 
     def blocks(self, model):
@@ -78,22 +80,22 @@ class UNetAdapter(Adapter):
             )
         return UNetLayout(len(down), next(iter(counts)))
 
-    def token_layout(self, model, args, kwargs):
-        raise NotImplementedError("U-Nets have no token grid")
 
-
+@register_adapter
 class UNet2DAdapter(UNetAdapter):
     family = "Stable Diffusion U-Net"
     model_classes = ("UNet2DConditionModel",)
     examples = "Stable Diffusion 1.5 / 2.1, SDXL, tiny-shapes-t2i"
 
 
+@register_adapter
 class UNet3DAdapter(UNetAdapter):
     family = "ModelScope U-Net"
     model_classes = ("UNet3DConditionModel",)
     examples = "ModelScope text-to-video (damo-vilab/text-to-video-ms-1.7b), Zeroscope"
 
 
+@register_adapter
 class UNetSpatioTemporalAdapter(UNetAdapter):
     family = "Stable Video Diffusion U-Net"
     model_classes = ("UNetSpatioTemporalConditionModel",)

@@ -10,13 +10,17 @@ from __future__ import annotations
 import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.transformers.transformer_wan import _get_qkv_projections
-
 from diffusers.utils import scale_lora_layers, unscale_lora_layers
 
-from .base import Adapter, UnsupportedModelError, argument
+from ..errors import UnsupportedModelError
+from .base import Adapter, argument, register_adapter
+from .capabilities import (AttentionRoles, BatchedArguments, BlockStack, ModulatedInput, SplitBlocks, TokenGrid,
+                           TokenSparseForward)
 
 
-class WanAdapter(Adapter):
+@register_adapter
+class WanAdapter(Adapter, BlockStack, SplitBlocks, AttentionRoles, ModulatedInput, TokenGrid, BatchedArguments,
+                 TokenSparseForward):
     family = "Wan"
     model_classes = ("WanTransformer3DModel",)
     examples = "Wan2.1-T2V-1.3B/14B, Wan2.2, tiny-shapes-t2v"

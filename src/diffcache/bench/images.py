@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..methods.base import enable
+from ..api import enable
 from ..embedded.t2i.pipeline import all_image_prompts
 
 

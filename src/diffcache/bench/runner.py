@@ -34,7 +34,8 @@ from tqdm.auto import tqdm
 
 from ..adapters.base import UnsupportedModelError
 from ..files import write_text, write_video
-from ..methods.base import CallRefusedError, enable
+from ..api import enable
+from ..errors import CallRefusedError
 from .flops import measure_cost
 from .metrics import lpips_distance, lpips_unavailable_reason, psnr, relative_l1, ssim
 from .peers import PEERS, PeerUnavailable, Setup
@@ -237,7 +238,7 @@ class Sweep:
                                  generator=torch.Generator().manual_seed(seed), output_type="np", **self.extra))
 
     def _denoiser(self):
-        from ..methods.base import denoiser_of
+        from ..api import denoiser_of
 
         return denoiser_of(self.pipe)[0]
 

@@ -7,7 +7,8 @@ import ast
 import re
 from dataclasses import dataclass
 
-from ..methods.base import UnknownMethodError, list_methods, method_info
+from ..errors import UnknownMethodError
+from ..methods.framework import list_methods, method_info
 from .peers import PEERS
 
 BASELINE = "none"  #: the uncached run, the reference of every quality metric and of the speedup

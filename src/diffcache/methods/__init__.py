@@ -1,7 +1,6 @@
-"""Caching methods, one file each; :func:`list_methods` lists them."""
+"""Caching methods, one file each (config, pure rule, hooks, registration); :func:`list_methods` lists them and
+:mod:`diffcache.methods.framework` is what they share."""
 
-from .base import (CallRefusedError, Handle, MethodAlreadyEnabledError, MethodConfig, MethodInfo,
-                   MethodSilentWarning, NothingSkippedWarning, Report, UnknownMethodError, enable, list_methods)
+from .framework import MethodConfig, MethodInfo, Runtime, list_methods, method_info, register
 
-__all__ = ["CallRefusedError", "Handle", "MethodAlreadyEnabledError", "MethodConfig", "MethodInfo",
-           "MethodSilentWarning", "NothingSkippedWarning", "Report", "UnknownMethodError", "enable", "list_methods"]
+__all__ = ["MethodConfig", "MethodInfo", "Runtime", "list_methods", "method_info", "register"]

@@ -34,7 +34,9 @@ import torch
 from diffusers.hooks.hooks import ModelHook
 
 from ..context import StepContext
-from .base import MethodConfig, Runtime, register, relative_l1
+from ..adapters.capabilities import BlockStack, SplitBlocks, TokenGrid
+from ..errors import ConfigError
+from .framework import MethodConfig, Runtime, register, relative_l1
 
 CODEBOOKS: dict[tuple[str, int], tuple[tuple[float, int], ...]] = {
     ("fast", 30): ((0.08, 6), (0.16, 5), (0.24, 4), (0.32, 3), (0.40, 2), (1.00, 1)),
@@ -80,6 +82,7 @@ class AdaCacheConfig(MethodConfig):
         "slow-moreg-paper": {"speed": "slow", "moreg": "paper"},
     }
     DEFAULT_PRESET: ClassVar = "fast-moreg"
+    REQUIRES: ClassVar = (BlockStack, SplitBlocks)
 
     speed: str = "fast"  #: which published codebook: "fast" or "slow"
     codebook: tuple[tuple[float, int], ...] | None = None  #: (threshold, rate) pairs, thresholds increasing
@@ -91,49 +94,62 @@ class AdaCacheConfig(MethodConfig):
     moreg_gradient_scale: float = 10.0
     moreg_frame_stride: int = 1
 
+    def __post_init__(self) -> None:
+        # canonical forms, before validation: sequences become tuples, one block index a 1-tuple (values as given)
+        if isinstance(self.codebook, list) or (isinstance(self.codebook, tuple)
+                                               and any(isinstance(e, list) for e in self.codebook)):
+            self.codebook = tuple(tuple(e) if isinstance(e, list) else e for e in self.codebook)
+        if isinstance(self.metric_blocks, int) and not isinstance(self.metric_blocks, bool):
+            self.metric_blocks = (self.metric_blocks,)
+        elif isinstance(self.metric_blocks, list):
+            self.metric_blocks = tuple(self.metric_blocks)
+        if isinstance(self.moreg_window, list):
+            self.moreg_window = tuple(self.moreg_window)
+        super().__post_init__()
+
+    def required_capabilities(self) -> tuple[type, ...]:
+        """MoReg also needs the token grid (its motion score compares frames)."""
+        return self.REQUIRES + ((TokenGrid,) if self.moreg is not None else ())
+
     def validate(self) -> None:
         if self.speed not in ("fast", "slow"):
-            raise ValueError(f"speed must be 'fast' or 'slow', got {self.speed!r}")
+            raise ConfigError(f"speed must be 'fast' or 'slow', got {self.speed!r}")
         if self.moreg not in (None, "official", "paper"):
-            raise ValueError(f"moreg must be None, 'official' or 'paper', got {self.moreg!r}")
+            raise ConfigError(f"moreg must be None, 'official' or 'paper', got {self.moreg!r}")
         if self.codebook is not None:
             if not isinstance(self.codebook, (tuple, list)) or any(
                     not isinstance(entry, (tuple, list)) for entry in self.codebook):
-                raise ValueError(f"codebook must be a sequence of (threshold, rate) pairs, got {self.codebook!r}")
+                raise ConfigError(f"codebook must be a sequence of (threshold, rate) pairs, got {self.codebook!r}")
             entries = [tuple(entry) for entry in self.codebook]
             if not entries or any(len(entry) != 2 for entry in entries):
-                raise ValueError("codebook must be a non-empty sequence of (threshold, rate) pairs")
+                raise ConfigError("codebook must be a non-empty sequence of (threshold, rate) pairs")
             thresholds = [float(threshold) for threshold, _ in entries]
             if any(b <= a for a, b in zip(thresholds, thresholds[1:])):
-                raise ValueError(f"codebook thresholds must be strictly increasing, got {thresholds}")
+                raise ConfigError(f"codebook thresholds must be strictly increasing, got {thresholds}")
             if any(threshold <= 0 for threshold in thresholds):
-                raise ValueError(f"codebook thresholds must be positive, got {thresholds}")
+                raise ConfigError(f"codebook thresholds must be positive, got {thresholds}")
             rates = [rate for _, rate in entries]
             if any(not isinstance(rate, int) or isinstance(rate, bool) or rate < 1 for rate in rates):
-                raise ValueError(f"codebook rates must be integers >= 1 (steps until the next computed step), got {rates}")
-            self.codebook = tuple((float(t), int(r)) for t, r in entries)
+                raise ConfigError(f"codebook rates must be integers >= 1 (steps until the next computed step), got {rates}")
         if self.metric_blocks is not None:
-            if isinstance(self.metric_blocks, int):
-                self.metric_blocks = (self.metric_blocks,)
-            if (not isinstance(self.metric_blocks, (tuple, list)) or not self.metric_blocks
+            if (not isinstance(self.metric_blocks, tuple) or not self.metric_blocks
                     or any(not isinstance(b, int) for b in self.metric_blocks)):
-                raise ValueError(f"metric_blocks must be a non-empty tuple of block indices, got {self.metric_blocks!r}")
-            self.metric_blocks = tuple(self.metric_blocks)
+                raise ConfigError(f"metric_blocks must be a non-empty tuple of block indices, got {self.metric_blocks!r}")
         if self.moreg_window is not None:
             window = self.moreg_window
             if not (isinstance(window, (tuple, list)) and len(window) == 2):
-                raise ValueError(f"moreg_window must be (start, end) 1-based steps, got {window!r}")
+                raise ConfigError(f"moreg_window must be (start, end) 1-based steps, got {window!r}")
             start, end = window
             if not (isinstance(start, int) and isinstance(end, int) and 1 <= start <= end):
-                raise ValueError(f"moreg_window must be (start, end) 1-based steps with start <= end, got {self.moreg_window!r}")
+                raise ConfigError(f"moreg_window must be (start, end) 1-based steps with start <= end, got {self.moreg_window!r}")
         for name in ("moreg_norm", "moreg_power", "moreg_gradient_scale"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"{name} must be a number, got {value!r}")
+                raise ConfigError(f"{name} must be a number, got {value!r}")
         if self.moreg_norm <= 0 or self.moreg_power <= 0 or self.moreg_gradient_scale < 0:
-            raise ValueError("moreg_norm and moreg_power must be > 0 and moreg_gradient_scale >= 0")
+            raise ConfigError("moreg_norm and moreg_power must be > 0 and moreg_gradient_scale >= 0")
         if not isinstance(self.moreg_frame_stride, int) or self.moreg_frame_stride < 1:
-            raise ValueError(f"moreg_frame_stride must be an integer >= 1, got {self.moreg_frame_stride!r}")
+            raise ConfigError(f"moreg_frame_stride must be an integer >= 1, got {self.moreg_frame_stride!r}")
 
 
 class AdaCacheSchedule:
@@ -228,7 +244,7 @@ class _MidProbe(ModelHook):
 
 
 class _BlockHook(ModelHook):
-    def __init__(self, runtime: "AdaCacheRuntime", index: int, probe: _MidProbe):
+    def __init__(self, runtime: "AdaCacheRuntime", index: int, probe: _MidProbe | None):
         super().__init__()
         self.runtime = runtime
         self.index = index
@@ -244,13 +260,17 @@ class _BlockHook(ModelHook):
             attention, rest = entry
             return adapter.make_block_output(tuple(
                 x + a.to(x.dtype) + b.to(x.dtype) for x, a, b in zip(streams, attention, rest)))
-        self.probe.captured = None
+        if self.probe is not None:
+            self.probe.captured = None
         output = self.fn_ref.original_forward(*args, **kwargs)
-        mid = self.probe.captured
-        if mid is None:
-            raise RuntimeError(f"AdaCache: the split point of block {self.index} did not run; the adapter "
-                               f"{type(adapter).__name__} does not match this block's forward")
         outputs = adapter.output_streams(output)
+        if self.probe is None:  # a block without a split point: its whole update is one residual
+            mid = outputs
+        else:
+            mid = self.probe.captured
+            if mid is None:
+                raise RuntimeError(f"AdaCache: the split point of block {self.index} did not run; the adapter "
+                                   f"{type(adapter).__name__} does not match this block's forward")
         # detached: a cache is reused data, not part of a later step's autograd graph
         attention = tuple((m.to(x.dtype) - x).detach() for m, x in zip(mid, streams))
         rest = tuple((o - m.to(o.dtype)).detach() for o, m in zip(outputs, mid))
@@ -272,11 +292,13 @@ class AdaCacheRuntime(Runtime):
         metric = self.config.metric_blocks or (len(blocks) // 2,)
         bad = [b for b in metric if not -len(blocks) <= b < len(blocks)]
         if bad:
-            raise ValueError(f"metric_blocks {bad} out of range: this model has {len(blocks)} blocks (0..{len(blocks) - 1})")
+            raise ConfigError(f"metric_blocks {bad} out of range: this model has {len(blocks)} blocks (0..{len(blocks) - 1})")
         self.metric_blocks = tuple(b % len(blocks) for b in metric)
         for index, block in enumerate(blocks):
-            probe = _MidProbe(self.adapter)
-            self.add_hook(self.adapter.split_module(block), probe, self.HOOK + "_split")
+            split = self.adapter.split_module(block)
+            probe = None if split is None else _MidProbe(self.adapter)
+            if probe is not None:
+                self.add_hook(split, probe, self.HOOK + "_split")
             self.add_hook(block, _BlockHook(self, index, probe))
         self.clear()
 
@@ -340,10 +362,10 @@ def calibrate_moreg_norm(pipe, prompts: list[str], num_inference_steps: int = 30
     ``(m / 0.385) ** 8`` is near 0 and MoReg *loosens* the schedule; with this model's own scale, videos with
     more motion than the ``quantile`` get ``m > 1`` and are computed more often. The default 0.85 is diffcache's
     choice, read off the trade-off curve on tiny-shapes-t2v (README); it is not from the paper."""
-    from .base import enable
+    from ..api import enable
 
     if not 0 < quantile <= 1:
-        raise ValueError(f"quantile must be in (0, 1], got {quantile}")
+        raise ConfigError(f"quantile must be in (0, 1], got {quantile}")
     config = AdaCacheConfig.from_preset("fast-moreg", codebook=((float("inf"), 1),))
     scores = []
     with enable(pipe, config) as handle:
@@ -362,6 +384,5 @@ register(
     "adacache",
     "AdaCache + MoReg: per-block residual caching on a schedule chosen per video from how fast residuals change",
     AdaCacheConfig,
-    AdaCacheRuntime,
-    families=("Wan", "CogVideoX", "LTX-Video"),
+    AdaCacheRuntime
 )

@@ -35,11 +35,10 @@ from typing import ClassVar
 import numpy as np
 from diffusers.hooks.hooks import ModelHook
 
-from ..adapters.base import UnsupportedModelError
-from .base import CallRefusedError, MethodConfig, Runtime, detached, register
-from ..errors import ScheduleError
+from ..adapters.capabilities import UNetSkipBranches
+from ..errors import ConfigError, ScheduleError, UnsupportedModelError
+from .framework import MethodConfig, Runtime, detached, register
 
-FAMILIES = ("Stable Diffusion U-Net", "ModelScope U-Net", "Stable Video Diffusion U-Net")
 POWER_STEP = 0.02  #: the official code lowers p by this much until the schedule has k distinct full steps
 
 
@@ -88,6 +87,7 @@ class DeepCacheConfig(MethodConfig):
         "nonuniform-early": {"interval": 5, "uniform": False, "center": 5, "power": 1.4},
     }
     DEFAULT_PRESET: ClassVar = "default"
+    REQUIRES: ClassVar = (UNetSkipBranches,)
 
     interval: int = 3  #: N of 1:N: one full step per N steps (on average, for non-uniform)
     branch: int = 0  #: skip branch whose up layer gets the cached feature (0 = shallowest = fastest)
@@ -99,11 +99,11 @@ class DeepCacheConfig(MethodConfig):
         for name, low in (("interval", 1), ("branch", 0), ("center", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+                raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
         if not isinstance(self.uniform, bool):
-            raise ValueError(f"uniform must be True or False, got {self.uniform!r}")
+            raise ConfigError(f"uniform must be True or False, got {self.uniform!r}")
         if isinstance(self.power, bool) or not isinstance(self.power, (int, float)) or not self.power > 1:
-            raise ValueError(f"power must be a number > 1, got {self.power!r}")
+            raise ConfigError(f"power must be a number > 1, got {self.power!r}")
 
     def full_steps(self, num_steps: int) -> list[int]:
         """The steps (0-based, from the call's first step) on which the whole U-Net runs."""
@@ -139,7 +139,7 @@ class DeepCacheRuntime(Runtime):
         layout = self.adapter.layout(self.model)
         branch = self.config.branch
         if branch >= layout.num_branches:
-            raise ValueError(
+            raise ConfigError(
                 f"branch={branch} is out of range for this {type(self.model).__name__}: its skip branches are "
                 f"0..{layout.num_branches - 1} ({layout.num_blocks} blocks × {layout.layers_per_up_block} layers; "
                 f"0 = conv_in's skip, the shallowest and fastest; {layout.num_branches - 1} skips only the mid block)."
@@ -147,7 +147,7 @@ class DeepCacheRuntime(Runtime):
         block, layer = layout.locate(branch)
         self.layout, self.block, self.layer = layout, block, layer
         self.skipped: list[str] = []  #: names of the modules a cached step does not run (outermost ones)
-        down, up = list(self.model.down_blocks), list(self.model.up_blocks)
+        down, up = self.adapter.down_blocks(self.model), self.adapter.up_blocks(self.model)
         for i, down_block in enumerate(down):
             if i > block or (i == block and layer == 0):  # (all of block b's layers skipped: skip the block)
                 self._skip(down_block, f"down_blocks.{i}")
@@ -157,8 +157,9 @@ class DeepCacheRuntime(Runtime):
                         self._skip(module, f"down_blocks.{i}.{name}")
                 for name, module in self.adapter.samplers(down_block, "downsamplers"):
                     self._skip(module, f"down_blocks.{i}.{name}")
-        if self.model.mid_block is not None:
-            self._skip(self.model.mid_block, "mid_block")
+        mid = self.adapter.mid_block(self.model)
+        if mid is not None:
+            self._skip(mid, "mid_block")
         for u, up_block in enumerate(up):
             mirrored = len(up) - 1 - u  # up block j consumes the skips of down block j
             if mirrored > block:
@@ -211,8 +212,7 @@ register(
     "deepcache",
     "DeepCache: on cached steps run only the U-Net's shallow layers and reuse the deep feature of the last full step",
     DeepCacheConfig,
-    DeepCacheRuntime,
-    families=FAMILIES,
+    DeepCacheRuntime
 )
 
 __all__ = ["DeepCacheConfig", "ScheduleError", "nonuniform_schedule", "uniform_schedule"]

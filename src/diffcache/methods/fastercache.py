@@ -41,18 +41,18 @@ from diffusers.hooks.hooks import ModelHook
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 
 from ..adapters.base import argument
-from .base import MethodConfig, Runtime, detached, register
+from ..adapters.capabilities import AttentionRoles, BatchedArguments, TokenGrid
+from ..errors import ConfigError
+from .framework import MethodConfig, Runtime, detached, register
 
 SCHEDULES = ("official-opensora", "official-latte", "official-opensoraplan", "official-cogvideox", "paper")
-BATCHED_ARGUMENTS = ("hidden_states", "encoder_hidden_states", "timestep", "encoder_attention_mask",
-                     "encoder_hidden_states_image", "video_coords")
-
 
 @dataclass
 class FasterCacheConfig(MethodConfig):
     PRESETS: ClassVar = {"default": {"schedule": "official-opensoraplan"},
                          **{name: {"schedule": name} for name in SCHEDULES}}
     DEFAULT_PRESET: ClassVar = "default"
+    REQUIRES: ClassVar = (AttentionRoles, TokenGrid, BatchedArguments)
 
     schedule: str = "official-opensoraplan"  #: which table decides the steps (see the module docs)
     attention_reuse: bool = True  #: ablation switch: dynamic feature reuse of self-attention
@@ -63,16 +63,16 @@ class FasterCacheConfig(MethodConfig):
 
     def validate(self) -> None:
         if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+            raise ConfigError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.enhance not in ("none", "low", "high", "both"):
-            raise ValueError(f"enhance must be 'none', 'low', 'high' or 'both', got {self.enhance!r}")
+            raise ConfigError(f"enhance must be 'none', 'low', 'high' or 'both', got {self.enhance!r}")
         if isinstance(self.radius_divisor, bool) or not isinstance(self.radius_divisor, int) or self.radius_divisor < 1:
-            raise ValueError(f"radius_divisor must be an integer >= 1 (radius = min(H, W) // radius_divisor), "
+            raise ConfigError(f"radius_divisor must be an integer >= 1 (radius = min(H, W) // radius_divisor), "
                              f"got {self.radius_divisor!r}")
         if self.batch_order not in ("uncond_cond", "cond_uncond"):
-            raise ValueError(f"batch_order must be 'uncond_cond' or 'cond_uncond', got {self.batch_order!r}")
+            raise ConfigError(f"batch_order must be 'uncond_cond' or 'cond_uncond', got {self.batch_order!r}")
         if not (self.attention_reuse or self.cfg_cache):
-            raise ValueError("attention_reuse and cfg_cache are both off: FasterCache would do nothing")
+            raise ConfigError("attention_reuse and cfg_cache are both off: FasterCache would do nothing")
 
 
 @dataclass(frozen=True)
@@ -334,7 +334,7 @@ class FasterCacheRuntime(Runtime):
         self.parts = sorted([("cond", cond_slice), ("uncond", uncond_slice)], key=lambda p: p[1].start or 0)
         if skip:
             self.parts = [("cond", slice(None))]
-            args, kwargs = _slice_batch(model, args, kwargs, cond_slice, 2 * half)
+            args, kwargs = adapter.slice_batch(model, args, kwargs, cond_slice, 2 * half)
             output = forward(*args, **kwargs)
             cond = _output_tensor(output)
             self._advance_factors()
@@ -354,26 +354,9 @@ class FasterCacheRuntime(Runtime):
         return output, False
 
 
-def _slice_batch(model, args, kwargs, keep: slice, batch: int):
-    """The forward's batched arguments cut to the ``keep`` half of the batch (others are passed unchanged)."""
-    import inspect
-
-    names = [n for n in inspect.signature(type(model).forward).parameters if n != "self"]
-    args = list(args)
-    for name in BATCHED_ARGUMENTS:
-        if name in kwargs and isinstance(kwargs[name], torch.Tensor) and kwargs[name].shape[:1] == (batch,):
-            kwargs = {**kwargs, name: kwargs[name][keep]}
-        elif name in names and names.index(name) < len(args):
-            value = args[names.index(name)]
-            if isinstance(value, torch.Tensor) and value.shape[:1] == (batch,):
-                args[names.index(name)] = value[keep]
-    return tuple(args), kwargs
-
-
 register(
     "fastercache",
     "FasterCache: self-attention reuse with extrapolation, and CFG-Cache rebuilding uncond from cond by frequency",
     FasterCacheConfig,
-    FasterCacheRuntime,
-    families=("Wan", "CogVideoX", "LTX-Video"),
+    FasterCacheRuntime
 )

@@ -15,8 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .base import MethodConfig, register, relative_l1
-from .stack import StackCacheRuntime
+from ..adapters.capabilities import BlockStack
+from ..errors import ConfigError
+from .framework import MethodConfig, register, relative_l1
+from .residual_cache import ResidualCacheRuntime
 
 
 @dataclass
@@ -24,15 +26,16 @@ class FBCacheConfig(MethodConfig):
     PRESETS: ClassVar = {"default": {"threshold": 0.1}, "diffusers": {"threshold": 0.05},
                          "slow": {"threshold": 0.08}, "fast": {"threshold": 0.15}}
     DEFAULT_PRESET: ClassVar = "default"
+    REQUIRES: ClassVar = (BlockStack,)
 
     threshold: float = 0.1
 
     def validate(self) -> None:
         if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) or self.threshold < 0:
-            raise ValueError(f"threshold must be a number >= 0, got {self.threshold!r}")
+            raise ConfigError(f"threshold must be a number >= 0, got {self.threshold!r}")
 
 
-class FBCacheRuntime(StackCacheRuntime):
+class FBCacheRuntime(ResidualCacheRuntime):
     HOOK = "diffcache_fbcache"
 
     def head_forward(self, block, forward, args, kwargs):
@@ -46,6 +49,7 @@ class FBCacheRuntime(StackCacheRuntime):
         previous = state.values.get("first_residual")
         diff = None
         usable = self.cache_usable(state, outputs)
+        self.note_step(state)
         if previous is not None and previous.shape == first_residual.shape and usable:
             diff = relative_l1(previous, first_residual)
         state.skip = diff is not None and diff < self.config.threshold
@@ -68,6 +72,5 @@ register(
     "fbcache",
     "First-Block-Cache: skip all blocks after the first while the first block's residual changes less than a threshold",
     FBCacheConfig,
-    FBCacheRuntime,
-    families=("Wan", "CogVideoX", "LTX-Video"),
+    FBCacheRuntime
 )

@@ -60,9 +60,10 @@ import torch
 from diffusers.hooks.hooks import ModelHook
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 
-from ..adapters.base import UnsupportedModelError, argument
-from .base import CallRefusedError, MethodConfig, Runtime, register
-from ..errors import HSABudgetError
+from ..adapters.base import argument
+from ..adapters.capabilities import TokenSparseForward
+from ..errors import ConfigError, HSABudgetError, UnsupportedModelError
+from .framework import MethodConfig, Runtime, register
 
 
 
@@ -266,6 +267,7 @@ class HSAConfig(MethodConfig):
     PRESETS: ClassVar = {"hsa-75": {"runtime": 0.75}, "hsa-50": {"runtime": 0.5, "warmup": 0.2},
                          "hsa-25": {"runtime": 0.25, "warmup": 0.1, "dense_tail": 0}}
     DEFAULT_PRESET: ClassVar = "hsa-50"
+    REQUIRES: ClassVar = (TokenSparseForward,)
 
     runtime: float = 0.5
     groups: int = 3
@@ -276,25 +278,25 @@ class HSAConfig(MethodConfig):
 
     def validate(self) -> None:
         if isinstance(self.runtime, bool) or not isinstance(self.runtime, (int, float)) or not 0 < self.runtime <= 1:
-            raise ValueError(f"runtime must be a fraction of the uncached run in (0, 1], got {self.runtime!r}")
+            raise ConfigError(f"runtime must be a fraction of the uncached run in (0, 1], got {self.runtime!r}")
         if isinstance(self.groups, bool) or not isinstance(self.groups, int) or not 1 <= self.groups <= 5:
-            raise ValueError(f"groups must be an integer from 1 to 5, got {self.groups!r}")
+            raise ConfigError(f"groups must be an integer from 1 to 5, got {self.groups!r}")
         if self.budgets is not None:
             if isinstance(self.budgets, int) or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1
                                                         for b in self.budgets):
-                raise ValueError(f"budgets must be a list of positive step counts dividing T (the first = T), "
+                raise ConfigError(f"budgets must be a list of positive step counts dividing T (the first = T), "
                                  f"got {self.budgets!r}")
             self.budgets = tuple(self.budgets)
         if self.warmup is not None and not (_is_int(self.warmup) and self.warmup >= 2
                                             or isinstance(self.warmup, float) and 0 < self.warmup < 1):
-            raise ValueError(f"warmup must be a number of steps >= 2 (a velocity change needs two), a fraction of "
+            raise ConfigError(f"warmup must be a number of steps >= 2 (a velocity change needs two), a fraction of "
                              f"the steps in (0, 1), or None; got {self.warmup!r}")
         if self.dense_tail is not None and not (_is_int(self.dense_tail) and self.dense_tail >= 0
                                                 or isinstance(self.dense_tail, float) and 0 <= self.dense_tail < 1):
-            raise ValueError(f"dense_tail must be a number of steps >= 0, a fraction of the steps in [0, 1), or None; "
+            raise ConfigError(f"dense_tail must be a number of steps >= 0, a fraction of the steps in [0, 1), or None; "
                              f"got {self.dense_tail!r}")
         if isinstance(self.overhead, bool) or not isinstance(self.overhead, (int, float)) or not 0 <= self.overhead < 1:
-            raise ValueError(f"overhead must be a fraction in [0, 1), got {self.overhead!r}")
+            raise ConfigError(f"overhead must be a fraction in [0, 1), got {self.overhead!r}")
 
     def check_model(self, family: str, pipeline) -> None:
         scheduler = getattr(pipeline, "scheduler", None)
@@ -322,7 +324,7 @@ def check_scheduler(scheduler) -> None:
         )
 
 
-# -- the runtime ------------------------------------------------------------------------------------------------
+# -- hooks and state (in this file ``runtime`` is always the config's time fraction) --------------------------
 class _BranchState:
     """One CFG branch: its K/V cache per layer and its last velocity (as tokens)."""
 
@@ -332,37 +334,34 @@ class _BranchState:
 
 
 class _ForwardHook(ModelHook):
-    def __init__(self, runtime: "HSARuntime"):
+    def __init__(self, method: "HSARuntime"):
         super().__init__()
-        self.runtime = runtime
+        self.method = method
 
     def new_forward(self, module, *args, **kwargs):
-        return self.runtime.model_forward(module, self.fn_ref.original_forward, args, kwargs)
+        return self.method.model_forward(module, self.fn_ref.original_forward, args, kwargs)
 
 
 class _SelfAttentionHook(ModelHook):
-    def __init__(self, runtime: "HSARuntime", layer: int):
+    def __init__(self, method: "HSARuntime", layer: int):
         super().__init__()
-        self.runtime = runtime
+        self.method = method
         self.layer = layer
 
     def new_forward(self, module, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None,
                     **kwargs):
-        runtime = self.runtime
-        if runtime.branch is None or encoder_hidden_states is not None or attention_mask is not None:
+        method = self.method
+        if method.branch is None or encoder_hidden_states is not None or attention_mask is not None:
             return self.fn_ref.original_forward(hidden_states, encoder_hidden_states, attention_mask, rotary_emb,
                                                 **kwargs)
-        return runtime.adapter.synced_self_attention(module, hidden_states, rotary_emb,
-                                                     runtime.branch.kv[self.layer], runtime.active)
+        return method.adapter.synced_self_attention(module, hidden_states, rotary_emb,
+                                                     method.branch.kv[self.layer], method.active)
 
 
 class HSARuntime(Runtime):
     HOOK = "diffcache_hsa"
 
     def install(self) -> None:
-        if not hasattr(self.adapter, "sparse_forward"):
-            raise UnsupportedModelError(f"HSA needs a token-sparse forward, which the {self.adapter.family} adapter "
-                                        "does not have; HSA supports Wan-family transformers.")
         self.layers = self.adapter.self_attention_modules(self.model)
         self.adapter.check_sparse_attention(self.layers)
         self.add_hook(self.model, _ForwardHook(self), self.HOOK)
@@ -489,15 +488,8 @@ class HSARuntime(Runtime):
         self.groups = token_groups(scores.cpu(), self.plan.sizes)
         self.step_record.values.update(budgets=list(self.plan.budgets), sizes=list(self.plan.sizes),
                                        predicted_runtime=round(self.plan.cost(), 4))
-
-    # -- for people -----------------------------------------------------------------------------------------------
-    def budget_map(self) -> np.ndarray | None:
-        """Steps each token was computed in the last call (dense steps included), per sample, as
-        ``[samples, frames, height, width]`` of the token grid; ``None`` before any allocation."""
-        if self.plan is None or self.groups is None:
-            return None
         computed = torch.tensor(self.plan.steps_computed())
-        return computed[self.groups].view(self.groups.shape[0], *self.grid).numpy()
+        self.report.calls[-1].token_steps = computed[self.groups].view(self.groups.shape[0], *self.grid).tolist()
 
 
 def _output_tensor(output) -> torch.Tensor:
@@ -509,14 +501,13 @@ register(
     "HSA: each token gets its own number of steps (by its velocity change in a warm-up); skipped tokens take a "
     "cached Euler step and active ones attend to a synchronised K/V cache",
     HSAConfig,
-    HSARuntime,
-    families=("Wan",),
+    HSARuntime
 )
 
 
 def budget_map_clip(budgets: np.ndarray, clip: np.ndarray, num_steps: int) -> np.ndarray:
     """The generated ``clip`` ``(F, H, W, 3)`` beside a heat-map of each token's computed steps (``budgets``
-    ``(f, h, w)`` on the token grid, from :meth:`HSARuntime.budget_map`), as in the paper's Figure 6: ``(F, H, 2W,
+    ``(f, h, w)`` on the token grid: one sample of the report's ``CallReport.token_steps``), as in the paper's Figure 6: ``(F, H, 2W,
     3)`` in [0, 1]. Colours run from dark (0 steps) to bright (``num_steps``, matplotlib's viridis)."""
     from matplotlib import colormaps
 

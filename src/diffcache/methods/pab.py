@@ -19,8 +19,9 @@ from typing import ClassVar
 
 from diffusers.hooks.hooks import ModelHook
 
-from ..adapters.base import UnsupportedModelError
-from .base import MethodConfig, Runtime, detached, register
+from ..adapters.capabilities import AttentionRoles
+from ..errors import ConfigError, UnsupportedModelError
+from .framework import MethodConfig, Runtime, detached, register
 
 
 @dataclass
@@ -31,6 +32,7 @@ class PABConfig(MethodConfig):
         "fast": {"self_range": 3, "cross_range": 6, "window": (50, 900)},
     }
     DEFAULT_PRESET: ClassVar = "default"
+    REQUIRES: ClassVar = (AttentionRoles,)
 
     self_range: int | None = 2  #: self-attention computes every N-th call (None: never reused)
     cross_range: int | None = 6  #: cross-attention computes every N-th call (None: never reused)
@@ -40,12 +42,12 @@ class PABConfig(MethodConfig):
         for name in ("self_range", "cross_range"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be an integer >= 1 or None, got {value!r}")
+                raise ConfigError(f"{name} must be an integer >= 1 or None, got {value!r}")
         if self.self_range is None and self.cross_range is None:
-            raise ValueError("set self_range or cross_range; with neither PAB reuses nothing")
+            raise ConfigError("set self_range or cross_range; with neither PAB reuses nothing")
         window = self.window
         if not (isinstance(window, (tuple, list)) and len(window) == 2 and window[0] < window[1]):
-            raise ValueError(f"window must be (low, high) timesteps with low < high, got {window!r}")
+            raise ConfigError(f"window must be (low, high) timesteps with low < high, got {window!r}")
         self.window = (float(window[0]), float(window[1]))
 
 
@@ -103,6 +105,5 @@ register(
     "pab",
     "Pyramid Attention Broadcast: reuse attention outputs for a few calls inside a timestep window, per CFG branch",
     PABConfig,
-    PABRuntime,
-    families=("Wan", "CogVideoX", "LTX-Video"),
+    PABRuntime
 )

@@ -1,7 +1,7 @@
 """TeaCache (Liu et al., 2024): skip the whole block stack while a cheap input has changed little.
 
 Per branch (cond and uncond apart, as the official Wan code's even/odd accumulators): read the first block's
-modulated input (the adapter's ``teacache_signal``), ``rel = mean|x − x_prev| / mean|x_prev|``,
+modulated input (the adapter's ``modulated_input``), ``rel = mean|x − x_prev| / mean|x_prev|``,
 ``accumulated += poly(rel)`` with the model's fitted polynomial; while ``accumulated < threshold`` reuse the stack
 residual, otherwise compute and reset the accumulator to 0. The first ``warmup_steps`` steps (and the last one with
 ``compute_last_step``) are always computed and reset the accumulator. ``x_prev`` is updated every step.
@@ -23,9 +23,10 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from ..adapters.base import UnsupportedModelError
-from .base import MethodConfig, UnknownMethodError, register, relative_l1
-from .stack import StackCacheRuntime
+from ..adapters.capabilities import BlockStack, ModulatedInput
+from ..errors import ConfigError, UnknownMethodError, UnknownOptionError, UnsupportedModelError
+from .framework import MethodConfig, register, relative_l1
+from .residual_cache import ResidualCacheRuntime
 
 WAN_1_3B = (-5.21862437e04, 9.23041404e03, -5.28275948e02, 1.36987616e01, -4.99875664e-02)
 WAN_14B = (-3.03318725e05, 4.90537029e04, -2.65530556e03, 5.87365115e01, -3.15583525e-01)
@@ -78,6 +79,7 @@ class TeaCacheConfig(MethodConfig):
 
     PRESETS: ClassVar = _presets()
     DEFAULT_PRESET: ClassVar = "tiny-shapes-t2v"
+    REQUIRES: ClassVar = (BlockStack, ModulatedInput)
 
     coefficients: tuple[float, ...] = TINY_SHAPES_T2V
     threshold: float = 0.0605
@@ -95,18 +97,16 @@ class TeaCacheConfig(MethodConfig):
             try:
                 data = json.loads(path.read_text())
             except json.JSONDecodeError as error:
-                raise ValueError(f"TeaCache preset file {path} is not valid JSON: {error}") from None
+                raise ConfigError(f"TeaCache preset file {path} is not valid JSON: {error}") from None
             if not isinstance(data, dict) or data.get("method", "teacache") != "teacache":
-                raise ValueError(f"{path} is not a TeaCache preset (write one with `diffcache calibrate teacache`)")
+                raise ConfigError(f"{path} is not a TeaCache preset (write one with `diffcache calibrate teacache`)")
             known = {f.name for f in fields(cls)} - {"preset"}
             unknown = sorted(set(overrides) - known)
             if unknown:
-                raise TypeError(f"{cls.__name__} has no option {', '.join(map(repr, unknown))}; options: "
+                raise UnknownOptionError(f"{cls.__name__} has no option {', '.join(map(repr, unknown))}; options: "
                                 f"{', '.join(sorted(known))}.")
             values = {k: v for k, v in data.items() if k in known}
-            config = cls(**{**values, **overrides, "preset": str(path)})
-            config.validate()
-            return config
+            return cls(**{**values, **overrides, "preset": str(path)})
         if "coefficients" in overrides:
             overrides.setdefault("model", "")  # own coefficients: the preset's model no longer describes them
         return super().from_preset(preset, **overrides)
@@ -130,13 +130,13 @@ class TeaCacheConfig(MethodConfig):
         try:
             self.coefficients = tuple(float(c) for c in self.coefficients)
         except (TypeError, ValueError):  # not iterable, or not numbers
-            raise ValueError(f"coefficients must be a sequence of numbers, got {self.coefficients!r}") from None
+            raise ConfigError(f"coefficients must be a sequence of numbers, got {self.coefficients!r}") from None
         if not self.coefficients:
-            raise ValueError("coefficients must not be empty (a polynomial, highest power first)")
+            raise ConfigError("coefficients must not be empty (a polynomial, highest power first)")
         if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) or self.threshold < 0:
-            raise ValueError(f"threshold must be a number >= 0, got {self.threshold!r}")
+            raise ConfigError(f"threshold must be a number >= 0, got {self.threshold!r}")
         if not isinstance(self.warmup_steps, int) or self.warmup_steps < 1:
-            raise ValueError(f"warmup_steps must be an integer >= 1 (the first step is always computed), "
+            raise ConfigError(f"warmup_steps must be an integer >= 1 (the first step is always computed), "
                              f"got {self.warmup_steps!r}")
 
 
@@ -165,7 +165,7 @@ def fit_polynomial(input_changes, output_changes, degree: int = 4) -> tuple[tupl
     """Least-squares polynomial ``output ≈ poly(input)`` (numpy.poly1d order) and its R²."""
     x, y = np.asarray(input_changes, float), np.asarray(output_changes, float)
     if len(x) <= degree:
-        raise ValueError(f"need more than {degree} (input, output) pairs to fit a degree-{degree} polynomial, got {len(x)}")
+        raise ConfigError(f"need more than {degree} (input, output) pairs to fit a degree-{degree} polynomial, got {len(x)}")
     coefficients = np.polyfit(x, y, degree)
     residual = y - np.poly1d(coefficients)(x)
     total = ((y - y.mean()) ** 2).sum()
@@ -181,7 +181,7 @@ def threshold_for(sequences: list[list[float | None]], coefficients, computed_fr
         fractions = [np.mean(teacache_schedule(seq, coefficients, float(threshold), **rule)) for seq in sequences]
         if np.mean(fractions) <= computed_fraction:
             return float(threshold)
-    raise ValueError(f"no threshold up to {grid[-1]:g} makes TeaCache compute at most {100 * computed_fraction:.0f} % "
+    raise ConfigError(f"no threshold up to {grid[-1]:g} makes TeaCache compute at most {100 * computed_fraction:.0f} % "
                      "of these steps (too few steps, or a fitted curve that stays near zero); calibrate with more "
                      "steps")
 
@@ -234,15 +234,15 @@ def calibrate_teacache(pipe, prompts: list[str], num_inference_steps: int = 30, 
     ``fast`` about 45 % of the steps."""
     from tqdm.auto import tqdm
 
-    from .base import enable
+    from ..api import enable
 
     if len(prompts) * (num_inference_steps - 1) <= degree + 1:
-        raise ValueError(f"{len(prompts)} prompt(s) x {num_inference_steps} steps give too few step pairs to fit a "
+        raise ConfigError(f"{len(prompts)} prompt(s) x {num_inference_steps} steps give too few step pairs to fit a "
                          f"degree-{degree} polynomial; use more prompts or steps")
 
     import warnings
 
-    from .base import NothingSkippedWarning
+    from ..errors import NothingSkippedWarning
 
     config = TeaCacheConfig.from_preset(None, coefficients=(1.0, 0.0), threshold=0.0)  # computes every step
     model = pipe.transformer
@@ -255,7 +255,7 @@ def calibrate_teacache(pipe, prompts: list[str], num_inference_steps: int = 30, 
 
         def on_first_block(module, args, kwargs):
             ctx = handle.tracker.current
-            records.setdefault(ctx.branch, {})["signal"] = adapter.teacache_signal(module, args, kwargs).detach()
+            records.setdefault(ctx.branch, {})["signal"] = adapter.modulated_input(module, args, kwargs).detach()
 
         def on_output(module, args, kwargs, output):
             ctx = handle.tracker.current
@@ -289,18 +289,19 @@ def calibrate_teacache(pipe, prompts: list[str], num_inference_steps: int = 30, 
     return Calibration(coefficients, r2, thresholds, xs, ys)
 
 
-class TeaCacheRuntime(StackCacheRuntime):
+class TeaCacheRuntime(ResidualCacheRuntime):
     HOOK = "diffcache_teacache"
 
     def head_forward(self, block, forward, args, kwargs):
         config, adapter, ctx = self.config, self.adapter, self.ctx
         state = self.state()
-        signal = adapter.teacache_signal(block, args, kwargs).detach()
+        signal = adapter.modulated_input(block, args, kwargs).detach()
         previous = state.values.get("signal")
         rel = relative_l1(previous, signal) if previous is not None and previous.shape == signal.shape else None
         state.values["signal"] = signal
         streams = adapter.block_streams(block, args, kwargs)
-        usable = self.cache_usable(state, streams)  # called every step: it also notes the step
+        usable = self.cache_usable(state, streams)
+        self.note_step(state)
         forced = (ctx.step < config.warmup_steps or (config.compute_last_step and ctx.step == ctx.num_steps - 1)
                   or rel is None or not usable)
         values = {}
@@ -336,6 +337,5 @@ register(
     "teacache",
     "TeaCache: skip the block stack while the polynomial-rescaled change of the modulated input stays under a threshold",
     TeaCacheConfig,
-    TeaCacheRuntime,
-    families=("Wan", "CogVideoX", "LTX-Video"),
+    TeaCacheRuntime
 )

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 from diffusers.hooks.hooks import ModelHook
 
-from ..adapters.base import UnsupportedModelError
-from .base import Runtime
+from ..errors import UnsupportedModelError
+from .framework import Runtime
 
 
 @dataclass
@@ -28,7 +28,7 @@ class BranchState:
 
 
 class _HeadHook(ModelHook):
-    def __init__(self, runtime: "StackCacheRuntime"):
+    def __init__(self, runtime: "ResidualCacheRuntime"):
         super().__init__()
         self.runtime = runtime
 
@@ -37,7 +37,7 @@ class _HeadHook(ModelHook):
 
 
 class _TailHook(ModelHook):
-    def __init__(self, runtime: "StackCacheRuntime", last: bool):
+    def __init__(self, runtime: "ResidualCacheRuntime", last: bool):
         super().__init__()
         self.runtime = runtime
         self.last = last
@@ -57,7 +57,7 @@ class _TailHook(ModelHook):
         return output
 
 
-class StackCacheRuntime(Runtime):
+class ResidualCacheRuntime(Runtime):
     """Subclasses implement :meth:`head_forward` (run or skip the first block, and decide for the rest)."""
 
     def install(self) -> None:
@@ -80,11 +80,14 @@ class StackCacheRuntime(Runtime):
 
     def cache_usable(self, state: BranchState, streams: tuple) -> bool:
         """A cached residual may be reused only if it fits these streams and this branch also ran the previous
-        step (a branch that skipped steps — a guidance interval — must not reuse a residual from long ago)."""
+        step (a branch that skipped steps — a guidance interval — must not reuse a residual from long ago).
+        Reads only; :meth:`note_step` records that the branch ran this step."""
         fits = state.residual is not None and all(r.shape == x.shape for r, x in zip(state.residual, streams))
-        recent = state.values.get("last_step") == self.ctx.step - 1
+        return fits and state.values.get("last_step") == self.ctx.step - 1
+
+    def note_step(self, state: BranchState) -> None:
+        """Record that this branch ran the current step (what :meth:`cache_usable` checks next step)."""
         state.values["last_step"] = self.ctx.step
-        return fits and recent
 
     def head_forward(self, block, forward, args, kwargs):
         raise NotImplementedError

@@ -1,0 +1,271 @@
+"""The method framework: the config base with presets, the registry :func:`list_methods` reads, and the
+:class:`Runtime` a method's hooks report to.
+
+A method is one file under ``methods/`` holding
+
+* its config, a dataclass subclassing :class:`MethodConfig`: ``PRESETS`` name sets of field values,
+  ``REQUIRES`` names the adapter capabilities (:mod:`diffcache.adapters.capabilities`) it needs, and
+  ``validate()`` — run on construction — rejects bad values naming the field and its range;
+* its pure rule (schedules, thresholds: plain functions tested against worked examples);
+* its hooks and a :class:`Runtime` subclass that installs them through the adapter and hears from the step
+  tracker (``begin_call`` / ``begin_forward`` / ``end_forward``, with the forward's arguments);
+* one :func:`register` call.
+
+Nothing here runs a pipeline, plots or writes files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from diffusers.hooks.hooks import HookRegistry
+
+from ..adapters.base import Adapter, registered_adapters
+from ..adapters.capabilities import DESCRIPTIONS, has_capability
+from ..context import StepContext
+from ..errors import MethodSilentWarning, NothingSkippedWarning, UnknownMethodError, UnknownOptionError
+from ..report import CallReport, Report, StepRecord, call_summary
+
+logger = logging.getLogger("diffcache")
+
+
+# -- configs -------------------------------------------------------------------------------------------------------
+@dataclass
+class MethodConfig:
+    """Base of every method's config.
+
+    Subclasses set ``PRESETS`` (name → field values), ``DEFAULT_PRESET`` and ``REQUIRES`` (the adapter
+    capabilities the method needs). A config validates itself on construction (``__post_init__`` calls
+    :meth:`validate`), so a config object that exists is a valid one.
+
+    Args:
+        preset: the name of the preset the config was made from (``""`` for a hand-made config).
+    """
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
+    DEFAULT_PRESET: ClassVar[str] = ""
+    REQUIRES: ClassVar[tuple[type, ...]] = ()
+    preset: str = ""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @classmethod
+    def from_preset(cls, preset: str | None = None, **overrides):
+        """The config of ``preset`` (the method's default preset when ``None``) with ``overrides`` applied."""
+        name = preset or cls.DEFAULT_PRESET
+        if name not in cls.PRESETS:
+            raise UnknownMethodError(f"unknown preset {name!r}; presets: {', '.join(cls.PRESETS)}.")
+        cls.check_options(overrides)
+        return cls(**{**cls.PRESETS[name], **overrides, "preset": name})
+
+    @classmethod
+    def check_options(cls, options: dict) -> None:
+        """Raise :class:`~diffcache.errors.UnknownOptionError` for a name that is not a field of this config."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(options) - fields)
+        if unknown:
+            raise UnknownOptionError(
+                f"{cls.__name__} has no option {', '.join(map(repr, unknown))}; options: "
+                f"{', '.join(sorted(fields - {'preset'}))}."
+            )
+
+    def validate(self) -> None:
+        """Raise :class:`~diffcache.errors.ConfigError` naming the bad field and its valid range."""
+
+    def required_capabilities(self) -> tuple[type, ...]:
+        """The adapter capabilities this config needs (``REQUIRES``, plus any an option adds)."""
+        return self.REQUIRES
+
+    def check_model(self, family: str, pipeline) -> None:
+        """Refuse (or warn about) a config that does not fit this model family; by default every config fits."""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# -- the registry --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MethodInfo:
+    """One row of :func:`list_methods`."""
+
+    name: str
+    summary: str
+    config_class: type
+    runtime_class: type = field(repr=False)
+
+    @property
+    def presets(self) -> tuple[str, ...]:
+        return tuple(self.config_class.PRESETS)
+
+    @property
+    def default_preset(self) -> str:
+        return self.config_class.DEFAULT_PRESET
+
+    @property
+    def requires(self) -> tuple[type, ...]:
+        return self.config_class.REQUIRES
+
+    @property
+    def families(self) -> tuple[str, ...]:
+        """The families of the registered adapters that have every capability the method needs."""
+        return tuple(dict.fromkeys(adapter.family for adapter in registered_adapters()
+                                   if all(has_capability(adapter, c) for c in self.requires)))
+
+
+_METHODS: dict[str, MethodInfo] = {}
+
+
+def register(name: str, summary: str, config_class: type[MethodConfig], runtime_class: type) -> None:
+    """Make a method available to :func:`diffcache.enable` and :func:`list_methods` under ``name``."""
+    _METHODS[name] = MethodInfo(name, summary, config_class, runtime_class)
+
+
+def list_methods() -> list[MethodInfo]:
+    """Every method: its name, one-line summary, presets (``default_preset`` the default) and the model families
+    it supports (derived from the registered adapters)."""
+    from . import adacache, deepcache, fastercache, fbcache, hsa, pab, teacache  # noqa: F401 - the built-ins
+
+    return list(_METHODS.values())
+
+
+def method_info(name: str) -> MethodInfo:
+    list_methods()
+    if name not in _METHODS:
+        raise UnknownMethodError(f"unknown method {name!r}; methods: {', '.join(_METHODS)}.")
+    return _METHODS[name]
+
+
+def info_for_config(config: MethodConfig) -> MethodInfo:
+    list_methods()
+    for info in _METHODS.values():
+        if type(config) is info.config_class:
+            return info
+    raise UnknownMethodError(f"{type(config).__name__} is not the config of a registered method.")
+
+
+def missing_capabilities(config: MethodConfig, adapter: Adapter) -> list[str]:
+    """What ``config`` needs that ``adapter`` lacks, described for people."""
+    return [DESCRIPTIONS.get(c, c.__name__) for c in config.required_capabilities() if not has_capability(adapter, c)]
+
+
+# -- helpers shared by the methods ---------------------------------------------------------------------------------
+@torch.no_grad()
+def relative_l1(reference: torch.Tensor, current: torch.Tensor) -> float:
+    """``||reference − current||_1 / ||reference||_1`` over the whole tensor (the same as the ratio of means)."""
+    reference, current = reference.float(), current.float()
+    return float((reference - current).abs().sum() / reference.abs().sum().clamp_min(1e-12))
+
+
+def detached(output):
+    """A tensor, or a (nested) tuple of tensors, detached from autograd: what a cache keeps."""
+    if isinstance(output, torch.Tensor):
+        return output.detach()
+    if isinstance(output, tuple):
+        return tuple(detached(o) for o in output)
+    return output
+
+
+# -- runtimes ------------------------------------------------------------------------------------------------------
+class Runtime:
+    """Base of a method's runtime. Keeps the report; subclasses install hooks and decide."""
+
+    HOOK = "diffcache_method"
+
+    def __init__(self, config: MethodConfig, adapter: Adapter, model: torch.nn.Module, method: str):
+        self.config = config
+        self.adapter = adapter
+        self.model = model
+        self.pipeline = None  #: the pipeline when enabled on one (its flags, e.g. do_classifier_free_guidance)
+        self.report = Report(method, config.to_dict())
+        self._hooked: list[tuple[torch.nn.Module, str]] = []
+        self._block_calls_this_forward = 0
+        self._warned_silent = False
+
+    # hook bookkeeping
+    def add_hook(self, module: torch.nn.Module, hook, name: str | None = None) -> None:
+        name = name or self.HOOK
+        HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, name)
+        self._hooked.append((module, name))
+
+    def install(self) -> None:
+        raise NotImplementedError
+
+    def remove(self) -> None:
+        for module, name in reversed(self._hooked):
+            registry = getattr(module, "_diffusers_hook", None)
+            if registry is not None:
+                registry.remove_hook(name, recurse=False)
+        self._hooked.clear()
+        HookRegistry.check_if_exists_or_initialize(self.model).invalidate_child_registries_cache()
+        self.clear()
+
+    def clear(self) -> None:
+        """Drop cached tensors and per-call state (subclasses extend; called at every new call)."""
+        self.ctx: StepContext | None = None
+
+    # tracker protocol
+    def begin_call(self, call_index: int, num_steps: int) -> None:
+        self.report.calls.append(CallReport(call_index, num_steps))
+        self.clear()
+
+    def begin_forward(self, ctx: StepContext, args: tuple, kwargs: dict) -> None:
+        self.ctx = ctx
+        self._block_calls_this_forward = 0
+        call = self.report.calls[-1]
+        if ctx.first_in_step or not call.steps:
+            call.steps.append(StepRecord(ctx.step, computed=False))
+        call.steps[-1].branches.append(ctx.branch)
+
+    def nothing_skipped_hint(self) -> str:
+        """What to change when a call skipped nothing (a method overrides this with its own knob)."""
+        return "try a faster preset"
+
+    def could_skip(self, num_steps: int) -> bool:
+        """Whether the rules leave any step of a ``num_steps`` call that may be reused (no warning otherwise)."""
+        return num_steps > 2
+
+    def end_forward(self, ctx: StepContext) -> None:
+        call = self.report.calls[-1]
+        self._log_call_end(ctx, call)
+        if (ctx.first_in_step and ctx.step == call.num_steps - 1 and self.could_skip(call.num_steps)
+                and not any(s.blocks_reused or (s.active_fraction or 1) < 1 for s in call.steps)):
+            warnings.warn(
+                f"{self.report.method}:{self.config.preset} reused nothing in this {call.num_steps}-step call: every "
+                f"step was computed, so it only added overhead. {self.nothing_skipped_hint()}.",
+                NothingSkippedWarning, stacklevel=2,
+            )
+        if self._block_calls_this_forward == 0 and not self._warned_silent:
+            self._warned_silent = True
+            warnings.warn(
+                f"{self.report.method}: none of its hooks ran during a forward of {type(self.model).__name__}; "
+                "it is doing nothing. Was the model's block list replaced after enable()?",
+                MethodSilentWarning, stacklevel=2,
+            )
+
+    def _log_call_end(self, ctx: StepContext, call: CallReport) -> None:
+        """One INFO line on the ``diffcache`` logger when the last branch of a call's last step has run (as many
+        branches as the step before had)."""
+        if ctx.step != call.num_steps - 1 or not logger.isEnabledFor(logging.INFO):
+            return
+        expected = len(call.steps[-2].branches) if len(call.steps) > 1 else 1
+        if len(call.steps[-1].branches) == expected:
+            logger.info(call_summary(self.report.method, self.config.preset, call))
+
+    @property
+    def step_record(self) -> StepRecord:
+        return self.report.calls[-1].steps[-1]
+
+    def count_block(self, computed: bool) -> None:
+        self._block_calls_this_forward += 1
+        if computed:
+            self.step_record.blocks_computed += 1
+        else:
+            self.step_record.blocks_reused += 1
+
+
