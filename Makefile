@@ -4,13 +4,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow install clean
+.PHONY: demo test test-slow docs install clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	# The CPU build of torch first: a plain `torch` requirement would pull a multi-GB CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[test]' torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[test,docs]' torch==2.13.0
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -26,5 +26,9 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
+# The documentation site (mkdocs.yml, pages under docs/) into site/; `$(BIN)/mkdocs serve` previews it.
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict -d site
+
 clean:
-	rm -rf $(VENV) out
+	rm -rf $(VENV) out site
