@@ -10,7 +10,7 @@ import torch
 from tiny_diffusers import VIDEO_FAMILIES, tiny_wan_pipeline
 
 import diffcache
-from diffcache.bench.runner import MethodSpec, parse_methods
+from diffcache.bench.specs import MethodSpec, parse_methods
 from diffcache.cli import main
 from diffcache.errors import NothingSkippedWarning
 from diffcache.methods.teacache import (TeaCacheConfig, calibrate_teacache, fit_polynomial, teacache_schedule,

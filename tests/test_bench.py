@@ -3,12 +3,14 @@ results file (resume after an interruption, torn lines, a different configuratio
 processes (simulated ranks, and a real 2-process run under accelerate, slow), skipped rows with reasons, the
 reports, and the HTML page loaded in headless Chromium."""
 
+import csv
 import json
 import math
 import os
 import shutil
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -16,12 +18,14 @@ import pytest
 import torch
 
 from diffcache.bench import metrics
-from diffcache.bench.benchmark import benchmark
-from diffcache.bench.flops import measure_cost, tensor_bytes
+from diffcache.bench.benchmark import Distributed, benchmark
+from diffcache.bench.measure import measure_cost, tensor_bytes
+from diffcache.bench.peers import PEERS, ActivePeer, PeerInfo
+from diffcache.bench.prompts import bench_prompts
 from diffcache.bench.report import markdown_table, pareto_front, summarize
-from diffcache.bench.runner import (RESULTS, BenchConfigError, Distributed, Item, append_record, bench_prompts,
-                                    merge_parts, read_records)
-from diffcache.bench.specs import MethodSpec, parse_methods
+from diffcache.bench.specs import DEFAULT_METHODS, MethodSpec, parse_methods
+from diffcache.bench.store import RESULTS, append_record, merge_parts, read_records
+from diffcache.errors import BenchConfigError
 from diffcache.cli import main
 from diffcache import UnknownMethodError, list_methods
 
@@ -46,6 +50,9 @@ def test_ours_and_peers_come_from_the_registries():
         assert f"{info.name}:{info.default_preset}" in labels
     assert {"diffusers-pab", "diffusers-fastercache", "diffusers-fbcache", "diffusers-taylorseer",
             "diffusers-magcache", "cachedit-dbcache"} <= set(labels)
+    default = [s.label for s in parse_methods(DEFAULT_METHODS)]  # `diffcache bench` without --methods
+    assert default == ["none", *(f"{i.name}:{i.default_preset}" for i in list_methods()), "diffusers-pab",
+                       "diffusers-magcache"]
 
 
 @pytest.mark.parametrize("text,match", [
@@ -74,7 +81,20 @@ def test_metrics_on_known_tensors():
     flat = np.full((1, 16, 16, 3), 0.2)  # a constant offset: luminance term only
     assert metrics.ssim(flat + 0.2, flat) == pytest.approx((2 * 0.4 * 0.2 + 1e-4) / (0.16 + 0.04 + 1e-4))
     assert metrics.ssim(rng.random((1, 16, 16, 3)), video[:1]) < 0.2
-    assert "LPIPS skipped" in (metrics.lpips_unavailable_reason() or "LPIPS skipped")
+
+
+def test_lpips_unavailable_reason_names_what_is_missing(monkeypatch, tmp_path):
+    """LPIPS needs the lpips package and its AlexNet weights already on disk; the reason says which is missing."""
+    monkeypatch.setitem(sys.modules, "lpips", None)  # `import lpips` raises ImportError
+    assert metrics.lpips_unavailable_reason() == "LPIPS skipped: the lpips package is not installed"
+    monkeypatch.setitem(sys.modules, "lpips", types.ModuleType("lpips"))
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    checkpoints = tmp_path / "checkpoints"
+    assert metrics.lpips_unavailable_reason() == (f"LPIPS skipped: its AlexNet weights are not on disk ({checkpoints}"
+                                                  "/alexnet-*.pth); nothing is downloaded")
+    checkpoints.mkdir()
+    (checkpoints / "alexnet-owt-7be5be79.pth").write_bytes(b"")
+    assert metrics.lpips_unavailable_reason() is None
 
 
 def test_infinite_psnr_survives_json_and_tables(tmp_path):
@@ -129,27 +149,52 @@ def test_bench_prompts_cover_the_grammar():
     assert {p.split()[-1] for p, _ in pairs} == {"left", "right", "up", "down"}
 
 
-def test_bench_end_to_end_with_skipped_rows(shipped_pipe, tmp_path):
-    reports = benchmark(methods="adacache:fast,adacache:slow,steps:2,teacache:cogvideox-2b,diffusers-fastercache,"
-                                "hsa:hsa-25",
+def _crashing_peer(pipe, setup, options) -> ActivePeer:
+    """A peer whose hook raises inside the denoiser's forward, as a third-party cache can on a model it mishandles."""
+
+    def crash(module, args):
+        raise IndexError("list index out of range")
+
+    hook = pipe.transformer.register_forward_pre_hook(crash)
+    return ActivePeer(hook.remove)
+
+
+def test_bench_end_to_end_with_skipped_rows(shipped_pipe, tmp_path, monkeypatch):
+    monkeypatch.setitem(PEERS, "crashing-peer", PeerInfo("crashing-peer", "raises in the forward", _crashing_peer))
+    reports = benchmark(methods="crashing-peer,adacache:fast,adacache:slow,steps:2,teacache:cogvideox-2b,hsa:hsa-25",
                         out=tmp_path, pipe=shipped_pipe, **FAST)
+    assert not shipped_pipe.transformer._forward_pre_hooks  # the crashed peer was disabled
     rows = {r["method"]: r for r in reports["summary"]}
+    records = read_records(tmp_path / RESULTS)
     none, fast, slow = rows["none"], rows["adacache:fast"], rows["adacache:slow"]
     assert none["psnr"] == math.inf and none["flop_speedup"] == 1.0 and none["computed_mean"] == 3
-    assert none["cpu_speedup"] == 1.0 and fast["cpu_speedup"] > 0
+    total = lambda label, key: sum(sum(r["methods"][label][key]) for r in records)  # noqa: E731
+    assert none["cpu_speedup"] == 1.0
+    assert fast["cpu_speedup"] == pytest.approx(total("none", "cpu_seconds") / total("adacache:fast", "cpu_seconds"))
+    assert fast["speedup"] == pytest.approx(total("none", "seconds") / total("adacache:fast", "seconds"))
     assert fast["computed_mean"] <= slow["computed_mean"] <= 3 and fast["flop_speedup"] >= 1.0
     assert rows["steps:2"]["flop_speedup"] == pytest.approx(1.5) and rows["steps:2"]["computed_mean"] == 2
-    # a method the model cannot take, and a peer that crashes on split CFG: skipped rows with the reason
+    # a method the model cannot take, and a peer that crashes mid-run: skipped rows with the reason, not a crash
     assert "Wan model" in rows["teacache:cogvideox-2b"]["skipped"]
-    assert "IndexError" in rows["diffusers-fastercache"]["skipped"]
+    crashed = ("crashing-peer failed on TinyShapesT2VPipeline (cfg_mode=default): IndexError: list index out of "
+               "range")
+    assert rows["crashing-peer"]["skipped"] == crashed
     assert "cannot reach runtime=0.25 at T=3" in rows["hsa:hsa-25"]["skipped"]  # refused at step 0: a row, not a crash
-    records = read_records(tmp_path / RESULTS)
     assert len(records) == 2 and all(len(r["methods"]["none"]["seconds"]) == 1 for r in records)
+    assert all(r["skipped"]["crashing-peer"] == crashed for r in records)  # found on the first item, kept
     assert "teacache:cogvideox-2b" in records[0]["skipped"]
-    for name in ("summary.csv", "summary.md", "index.html", "timeline.png", "pareto-psnr.png", "pareto-ssim.png"):
-        assert (tmp_path / name).stat().st_size > 0, name
+    with open(tmp_path / "summary.csv", newline="") as handle:
+        assert [row["method"] for row in csv.DictReader(handle)] == list(rows)
+    assert (tmp_path / "summary.md").read_text() == markdown_table(reports["summary"]) + "\n"
+    lpips = metrics.lpips_unavailable_reason() is None
+    plots = ["pareto-psnr.png", "pareto-ssim.png", "pareto-rel_l1.png", *(["pareto-lpips.png"] * lpips),
+             "pareto-adherence.png", "timeline.png"]
+    assert [p.name for p in reports["plots"]] == plots
+    assert all((tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for name in plots)
     clips = [row["clip"] for r in records for row in r["methods"].values()]
     assert len(clips) == 2 * 4 and all((tmp_path / c).exists() for c in clips)
+    page = (tmp_path / "index.html").read_text()
+    assert all(f"src='{c}'" in page for c in clips) and f"skipped: {crashed}" in page
     assert "skipped: TeaCache preset" in reports["table"]
 
 
@@ -272,21 +317,21 @@ def test_bench_a_pipeline_folder_with_prompts(tmp_path, capsys):
 def test_a_still_image_is_a_one_frame_video():
     from types import SimpleNamespace
 
-    from diffcache.bench.runner import _frames, quality
+    from diffcache.bench.sweep import output_frames, quality
 
     image = np.random.default_rng(0).random((2, 8, 8, 3))
-    assert _frames(SimpleNamespace(images=image)).shape == (1, 8, 8, 3)
-    assert _frames(SimpleNamespace(frames=image[None])).shape == (2, 8, 8, 3)
+    assert output_frames(SimpleNamespace(images=image)).shape == (1, 8, 8, 3)
+    assert output_frames(SimpleNamespace(frames=image[None])).shape == (2, 8, 8, 3)
     still = image[:1]
     assert quality(still, still)["temporal_stability"] is None
 
 
 def test_timeline_comes_from_the_generic_report():
-    from diffcache.bench.runner import _report_timeline
+    from diffcache.bench.sweep import report_timeline
     from diffcache.report import CallReport, Report, StepRecord
 
     steps = [StepRecord(0, True, ["cond"], 5, 0), StepRecord(1, False, ["cond"], 0, 5),
              StepRecord(2, True, ["cond"], 1, 4), StepRecord(3, True, ["cond"], 5, 0, active_fraction=0.25),
              StepRecord(4, True, ["cond"], 5, 0, values={"active_fraction": 0.5})]
     report = Report("m", {}, [CallReport(0, 5, steps)])
-    assert _report_timeline(report) == {"computed_steps": 4, "step_compute": [1.0, 0.0, 0.2, 0.25, 0.5]}
+    assert report_timeline(report) == {"computed_steps": 4, "step_compute": [1.0, 0.0, 0.2, 0.25, 0.5]}

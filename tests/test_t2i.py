@@ -203,8 +203,9 @@ def test_bench_measures_deepcache_on_images(scratch, tmp_path):
 def test_same_images_as_the_deepcache_package_on_the_embedded_unet(scratch):
     pytest.importorskip("DeepCache", reason="the peer package DeepCache is not installed (pip install "
                                             "'diffcache[test]')")
-    from diffcache.bench.images import compare_with_deepcache_package
+    from diffcache.bench.parity import compare_with_deepcache_package
 
     result = compare_with_deepcache_package(scratch, interval=3, branch=1, num_prompts=1, steps=7, repeats=1,
                                             progress=False)
-    assert result["max_abs_difference"] <= 1e-6 and result["speed_ratio"] > 0
+    assert result["max_abs_difference"] <= 1e-6 and set(result["seconds"]) == {"diffcache", "DeepCache"}
+    assert result["speed_ratio"] == pytest.approx(result["seconds"]["DeepCache"] / result["seconds"]["diffcache"])

@@ -24,7 +24,7 @@ import torch
 
 import diffcache
 from diffcache.bench.metrics import psnr
-from diffcache.bench.runner import MethodSpec
+from diffcache.bench.specs import MethodSpec
 from diffcache.embedded.shapes import all_prompts
 
 

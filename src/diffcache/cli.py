@@ -310,7 +310,7 @@ def _method_spec(text: str | None, command: str):
     Parsed before any work, so a bad name fails fast; peers and ``steps:N`` run only in ``diffcache bench``."""
     if not text:
         return None
-    from .bench.runner import BASELINE, MethodSpec
+    from .bench.specs import BASELINE, MethodSpec
 
     spec = MethodSpec.parse(text)
     if spec.kind in ("peer", "steps"):
@@ -462,7 +462,7 @@ def cmd_demo(args) -> int:
     from .embedded.checker import check
     from .loading import load_pipeline
 
-    from .bench.runner import BASELINE, MethodSpec
+    from .bench.specs import BASELINE, MethodSpec
 
     spec = MethodSpec.parse(args.method)  # a bad name fails before any work
     if spec.name == BASELINE:

@@ -1,27 +1,85 @@
-"""``diffcache bench`` as one function: load the model, plan the items, run (resuming), write the reports."""
+"""``diffcache bench`` as one function: load the model, plan the items, run the sweep into the results folder
+(resuming, split across processes), write the reports from the stored records.
+
+The flow is one way: :mod:`.specs` (what ``--methods`` names) → :mod:`.sweep` (one record per item) →
+:mod:`.store` (results.jsonl, resume, the folder's configuration) → :mod:`.report` (from the stored records only).
+Under ``accelerate launch`` (or ``torchrun``) the items are split across processes, each appending to its own
+part of the store; rank 0 merges them and writes the reports.
+"""
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
+from tqdm.auto import tqdm
 
+from . import store
+from .prompts import Item, default_prompts, plan_items
 from .report import write_reports
-from .runner import Distributed, Sweep, bench_prompts, plan_items, run_sweep
 from .specs import parse_methods
+from .sweep import Sweep
 
 
-def default_prompts(model: str, pipe, n: int) -> list[str]:
-    """``n`` prompts spread over the shapes grammar for the embedded models: ``a {colour} {shape} moving
-    {direction}`` for the text-to-video model, ``a {colour} {shape}`` for an embedded still-image model."""
-    from ..loading import EMBEDDED_MODELS
+@dataclass
+class Distributed:
+    """Which process this is; ``barrier`` waits for every process (a no-op alone)."""
 
-    if type(pipe).__name__ == "TinyShapesT2VPipeline":
-        return [prompt for prompt, _ in bench_prompts(n)]
-    if model in EMBEDDED_MODELS:
-        stills = list(dict.fromkeys(prompt.split(" moving ")[0] for prompt, _ in bench_prompts(60)))
-        return [stills[(i * len(stills)) // n % len(stills)] for i in range(n)]
-    raise ValueError(f"{model!r} is not an embedded model: give its prompts with --prompt (repeat it).")
+    rank: int = 0
+    world: int = 1
+    barrier: Callable[[], None] = lambda: None
+
+    @classmethod
+    def from_environment(cls) -> "Distributed":
+        """Under ``accelerate launch`` / ``torchrun`` (``WORLD_SIZE`` > 1): accelerate's ``PartialState`` (gloo on
+        CPU); otherwise a single process."""
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            return cls()
+        from accelerate import PartialState
+
+        state = PartialState(cpu=not torch.cuda.is_available())
+        return cls(state.process_index, state.num_processes, state.wait_for_everyone)
+
+
+def run_sweep(sweep: Sweep, items: list[Item], out: Path, config: dict, force: bool = False,
+              dist: Distributed | None = None, progress: bool = True,
+              after_item: Callable[[Item], None] | None = None) -> list[dict] | None:
+    """Run the items of this process that are not finished yet, appending each record to the store as it
+    finishes; then (rank 0) merge the processes' parts. Returns every finished record of ``items`` on rank 0,
+    ``None`` on the others. ``after_item(item)`` is called after each item is stored."""
+    dist = dist or Distributed()
+    out = Path(out)
+    store.prepare_output(out, config, force, write=dist.rank == 0)
+    dist.barrier()
+    done = store.finished(out)
+    mine = [it for it in items if it.index % dist.world == dist.rank and it.key not in done]
+    target = store.results_path(out, dist.rank, dist.world)
+    bar = tqdm(total=len(mine), desc=f"bench{f' [rank {dist.rank}]' if dist.world > 1 else ''}", unit="item",
+               position=dist.rank, disable=not progress, dynamic_ncols=True)
+    if done and progress and dist.rank == 0:
+        bar.write(f"resuming: {len(done)} of {len(items)} items already finished in {out / store.RESULTS}")
+
+    def show(item: Item, stage: str | None) -> None:
+        bar.set_postfix_str(item.prompt[:40] if stage is None else f"{item.prompt[:30]}: {stage}")
+
+    try:
+        for item, record in sweep.run_items(mine, progress=show):
+            record["rank"] = dist.rank
+            store.append_record(target, record)
+            bar.update()
+            if after_item is not None:
+                after_item(item)
+    finally:
+        bar.close()
+    dist.barrier()
+    if dist.rank != 0:
+        return None
+    if dist.world > 1:
+        store.merge_parts(out)
+    return store.stored_records(out, {it.key for it in items})
 
 
 def benchmark(model: str = "tiny-shapes-t2v", methods: str = "none,ours", out: str | Path = "out/bench",

@@ -1,5 +1,7 @@
-"""Reports of a finished sweep: the summary (terminal, CSV, Markdown), a quality–speed Pareto plot per metric, the
-per-step compute timeline of each method, and ``index.html`` with the side-by-side gallery, the table and plots."""
+"""Reports of a finished sweep, from the records as the results folder stores them (:mod:`.store`; metrics that
+JSON cannot hold come back as strings, read with :func:`.store.number`): the summary (terminal, CSV, Markdown), a
+quality–speed Pareto plot per metric, the per-step compute timeline of each method, and ``index.html`` with the
+side-by-side gallery, the table and plots."""
 
 from __future__ import annotations
 
@@ -13,9 +15,10 @@ import numpy as np
 
 from ..files import atomic_path, write_text
 from .peers import PEERS
-from .runner import BASELINE, number
+from .specs import BASELINE
+from .store import number
 
-#: (key, column title, higher is better, format)
+#: (key, column title, higher is better)
 METRICS = (("psnr", "PSNR (dB)", True), ("ssim", "SSIM", True), ("rel_l1", "rel. L1", False),
            ("lpips", "LPIPS", False), ("adherence", "adherence", True))
 
@@ -29,9 +32,6 @@ def summarize(records: list[dict], labels: list[str]) -> list[dict]:
     """One row per method: speedup (Σ uncached time ÷ Σ method time over the items and repeats), FLOP speedup,
     overhead efficiency (speedup ÷ FLOP speedup), mean quality, memory; a method that could not run has its
     ``skipped`` reason instead."""
-    base_rows = [r["methods"][BASELINE] for r in records if BASELINE in r["methods"]]
-    base_time = sum(sum(row["seconds"]) for row in base_rows)
-    base_flops = sum(row["flops"] for row in base_rows)
     summary = []
     for label in labels:
         pairs = [(r["methods"][label], r["methods"][BASELINE]) for r in records if label in r["methods"]]
@@ -66,7 +66,6 @@ def summarize(records: list[dict], labels: list[str]) -> list[dict]:
             "computed_mean": float(np.mean(known)) if len(known) == len(counts) else None,
             "gflops_per_video": float(np.mean([row["flops"] for row in rows])) / 1e9,
         })
-    del base_time, base_flops
     return summary
 
 
@@ -329,8 +328,8 @@ Quality against the uncached video of the same prompt and seed.</p>
 
 
 def write_reports(out: Path, config: dict, records: list[dict], labels: list[str], notes: list[str]) -> dict:
-    """Every report file from the finished records; returns ``{"summary": rows, "table": terminal text,
-    "html": path, ...}``."""
+    """Every report file from the finished records as stored (:func:`.store.stored_records`); returns
+    ``{"summary": rows, "table": terminal text, "html": path, ...}``."""
     out = Path(out)
     summary = summarize(records, labels)
     write_csv(out / "summary.csv", summary)

@@ -1,6 +1,9 @@
-"""What a generation costs besides time: denoiser FLOPs per forward, the peak of tensor memory, the bytes of
-tensors a method keeps in its cache.
+"""What a generation costs: wall-clock and CPU time, denoiser FLOPs per forward, the peak of tensor memory, the
+bytes of tensors a method keeps in its cache.
 
+* Time (:func:`timed`): ``time.perf_counter`` and the process's CPU time (``time.process_time``, which other
+  processes on a shared machine do not inflate) around one call, after a garbage collection as :mod:`timeit`
+  does, so that no collection of earlier garbage lands inside the timed call.
 * FLOPs: the formulas of :mod:`torch.utils.flop_counter` (those ``FlopCounterMode`` uses) applied to every operator
   run inside a denoiser forward (torch module hooks on the denoiser, so forwards that a method answers from its
   cache count what they really ran). Scaled-dot-product
@@ -17,6 +20,8 @@ tensors a method keeps in its cache.
 from __future__ import annotations
 
 import dataclasses
+import gc
+import time
 import types
 import weakref
 
@@ -25,6 +30,14 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import flop_registry, sdpa_flop_count, shape_wrapper
 
+
+def timed(run) -> tuple[object, float, float]:
+    """``run()`` timed: ``(its result, wall-clock seconds, CPU seconds of this process)``."""
+    gc.collect()
+    start, cpu_start = time.perf_counter(), time.process_time()
+    result = run()
+    seconds = time.perf_counter() - start
+    return result, seconds, time.process_time() - cpu_start
 
 
 def _cpu_sdpa_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:

@@ -1,10 +1,11 @@
-"""diffcache's DeepCache against the PyPI ``DeepCache`` package (``DeepCacheSDHelper``) on a text-to-image pipeline:
-the same images? which is faster? (Benchmark image models themselves with ``diffcache bench --model
+"""The DeepCache package parity check: diffcache's DeepCache against the PyPI ``DeepCache`` package
+(``DeepCacheSDHelper``, https://github.com/horseee/DeepCache; DeepCache is arXiv:2312.00858) on a text-to-image
+pipeline: the same images? which is faster? (Benchmark image models themselves with ``diffcache bench --model
 tiny-shapes-t2i``; an image counts as a one-frame video.)
 
 Command line::
 
-    python -m diffcache.bench.images --peer-deepcache 3:0 --prompts 8 --repeats 3
+    python -m diffcache.bench.parity --peer-deepcache 3:0 --prompts 8 --repeats 3
 """
 
 from __future__ import annotations
@@ -18,16 +19,11 @@ import torch
 from tqdm.auto import tqdm
 
 from ..api import enable
-from ..embedded.t2i.pipeline import all_image_prompts
+from .prompts import image_bench_prompts
 
 
-def image_bench_prompts(n: int) -> list[tuple[str, int]]:
-    """``n`` (prompt, seed) pairs cycling over the 15 still-image prompts of the shapes grammar."""
-    prompts = all_image_prompts()
-    return [(prompts[i % len(prompts)], i) for i in range(n)]
-
-
-def _generate(pipe, prompt: str, seed: int, steps: int, guidance: float) -> np.ndarray:
+def generate_image(pipe, prompt: str, seed: int, steps: int, guidance: float) -> np.ndarray:
+    """The pipeline's image of ``prompt`` and ``seed`` as a one-frame video ``(1, H, W, 3)``."""
     image = pipe(prompt, num_inference_steps=steps, guidance_scale=guidance,
                  generator=torch.Generator().manual_seed(seed), output_type="np").images[0]
     return np.asarray(image)[None]  # one frame
@@ -37,30 +33,31 @@ def compare_with_deepcache_package(pipe, interval: int = 3, branch: int = 0, num
                                    guidance: float = 5.0, repeats: int = 3, progress: bool = True) -> dict:
     """diffcache's DeepCache against the PyPI ``DeepCache`` package's ``DeepCacheSDHelper`` (a test-only
     dependency) with the same interval and branch: the largest pixel difference of their images, and the
-    speed ratio (the package's total time over diffcache's) from runs interleaved in this process."""
+    speed ratio (the package's total time over diffcache's) from runs interleaved in this process, each
+    side's total seconds in ``seconds``."""
     from DeepCache import DeepCacheSDHelper
 
     pairs = image_bench_prompts(num_prompts)
     pipe.set_progress_bar_config(disable=True)
 
-    def ours(prompt, seed):
+    def run_diffcache(prompt, seed):
         with enable(pipe, "deepcache", interval=interval, branch=branch):
             start = time.perf_counter()
-            image = _generate(pipe, prompt, seed, steps, guidance)
+            image = generate_image(pipe, prompt, seed, steps, guidance)
             return image, time.perf_counter() - start
 
-    def peer(prompt, seed):
+    def run_deepcache_package(prompt, seed):
         helper = DeepCacheSDHelper(pipe=pipe)
         helper.set_params(cache_interval=interval, cache_branch_id=branch)
         helper.enable()
         try:
             start = time.perf_counter()
-            image = _generate(pipe, prompt, seed, steps, guidance)
+            image = generate_image(pipe, prompt, seed, steps, guidance)
             return image, time.perf_counter() - start
         finally:
             helper.disable()
 
-    runners = {"diffcache": ours, "DeepCache": peer}
+    runners = {"diffcache": run_diffcache, "DeepCache": run_deepcache_package}
     for run in runners.values():
         run(*pairs[0])  # warm-up
     times = {name: 0.0 for name in runners}
@@ -84,10 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     from ..loading import load_pipeline
 
     parser = argparse.ArgumentParser(
-        prog="python -m diffcache.bench.images",
+        prog="python -m diffcache.bench.parity",
         description="Compare diffcache's DeepCache with the PyPI DeepCache package on a text-to-image pipeline "
                     "(default: tiny-shapes-t2i): largest pixel difference and speed ratio from interleaved runs.",
-        epilog="example:\n  python -m diffcache.bench.images --peer-deepcache 3:0 --prompts 8 --repeats 3",
+        epilog="example:\n  python -m diffcache.bench.parity --peer-deepcache 3:0 --prompts 8 --repeats 3",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="tiny-shapes-t2i", help="embedded model name or pipeline folder")
     parser.add_argument("--peer-deepcache", metavar="INTERVAL:BRANCH", required=True,

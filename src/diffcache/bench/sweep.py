@@ -1,0 +1,233 @@
+"""The sweep: every method of ``--methods`` on each item (prompt, seed) of one pipeline, as one record per item.
+
+Every method runs on an item in the same process:
+
+1. one counted run per method (untimed): the video for the quality metrics, denoiser FLOPs per forward, peak
+   tensor memory and the method's cache memory (:mod:`.measure`), and the method's own report (computed steps,
+   blocks run or reused per step);
+2. ``repeats`` timed runs, the methods interleaved and the order rotated each repeat, so that machine noise hits
+   them alike. Speedup is the uncached run's wall-clock time over the method's, summed over items; the same
+   ratio of the process's CPU time (``time.process_time``) is recorded too, since other processes on a shared
+   machine add noise to wall-clock time but not to this process's CPU time.
+
+The uncached video of each item is generated once (``none``'s counted run) and is the reference of every method.
+Each method's video is written to the results folder (:func:`.store.clip_path`). A method that cannot run here
+(refused by its adapter, or a peer that is not installed or crashes) is a skipped row with the reason, found on
+the first item and kept for the others. Storing the records, resuming and the reports are not done here
+(:mod:`.store`, :mod:`.benchmark`, :mod:`.report`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from ..adapters.base import UnsupportedModelError
+from ..files import write_video
+from ..api import enable
+from ..errors import CallRefusedError
+from .measure import Cost, measure_cost, timed
+from .metrics import lpips_distance, lpips_unavailable_reason, psnr, relative_l1, ssim
+from .peers import PEERS, PeerUnavailable, Setup
+from .prompts import Item
+from .specs import BASELINE, MethodSpec
+from .store import clip_path
+
+GALLERY_UPSCALE = 4  #: the clips are written this many times larger (nearest neighbour) for the HTML gallery
+
+
+def output_frames(output) -> np.ndarray:
+    """A pipeline's first output as ``(frames, H, W, 3)``: video pipelines' ``.frames[0]``; image pipelines'
+    ``.images[0]`` as a one-frame video."""
+    if hasattr(output, "frames") and output.frames is not None:
+        return np.asarray(output.frames[0])
+    image = np.asarray(output.images[0])
+    return image[None]
+
+
+def quality(video: np.ndarray, reference: np.ndarray, prompt: str | None = None, lpips: bool = False) -> dict:
+    """Metrics of ``video`` against ``reference`` (and the checker's, given the prompt of an embedded model)."""
+    result = {"psnr": psnr(video, reference), "ssim": ssim(video, reference), "rel_l1": relative_l1(video, reference),
+              "lpips": lpips_distance(video, reference) if lpips else None, "adherence": None,
+              "temporal_stability": None}
+    if prompt is not None:
+        from ..embedded.checker import check
+
+        checked = check(video, prompt)
+        result["adherence"] = checked.adherence
+        result["temporal_stability"] = checked.temporal_stability if video.shape[0] > 1 else None
+    return result
+
+
+def report_timeline(report) -> dict:
+    """From a diffcache method's report: computed steps, and per step the fraction of block forwards run (times
+    the fraction of active tokens when the method reports one)."""
+    if not report.calls:
+        return {"computed_steps": None}
+    call = report.calls[-1]
+    fractions = []
+    for record in call.steps:
+        blocks = record.blocks_computed + record.blocks_reused
+        fraction = record.blocks_computed / blocks if blocks else float(record.computed)
+        active = getattr(record, "active_fraction", None)
+        if active is None:
+            active = record.values.get("active_fraction")
+        fractions.append(round(fraction * (1.0 if active is None else float(active)), 4))
+    return {"computed_steps": call.computed_steps, "step_compute": fractions}
+
+
+@dataclass
+class Generation:
+    """One generation with a method enabled: the video, its wall-clock and CPU seconds (CPU seconds only for a
+    timed run), the cost (only for a counted run) and what the record keeps of the method's state."""
+
+    video: np.ndarray
+    seconds: float
+    cpu_seconds: float | None
+    cost: Cost | None
+    info: dict
+
+
+class Sweep:
+    """Runs items on one pipeline; see the module docs. ``clips``: the results folder the videos go to (``None``:
+    none written); ``size``: height / width / num_frames given to the pipeline (``None`` values left out)."""
+
+    def __init__(self, pipe, specs: list[MethodSpec], steps: int = 30, guidance: float = 5.0, repeats: int = 2,
+                 cfg_mode: str | None = None, scored: bool = False, calibration: tuple[str, int] = ("", 0),
+                 clips: Path | None = None, size: dict | None = None):
+        if specs[0].name != BASELINE:
+            raise ValueError("the first method must be 'none', the uncached reference")
+        self.pipe, self.specs, self.steps, self.guidance, self.repeats = pipe, specs, steps, guidance, repeats
+        self.cfg_mode, self.scored, self.clips = cfg_mode, scored, clips
+        params = inspect.signature(pipe.__call__).parameters
+        self.extra = {} if cfg_mode is None else {"cfg_mode": cfg_mode}
+        if cfg_mode is not None and "cfg_mode" not in params:
+            raise ValueError(f"--cfg-mode is only available for the embedded models; {type(pipe).__name__} "
+                             "chooses its own guidance batching.")
+        for key, value in (size or {}).items():  # height / width / num_frames
+            if value is None:
+                continue
+            if key not in params:
+                raise ValueError(f"{type(pipe).__name__} takes no {key!r} argument; leave that option out.")
+            self.extra[key] = value
+        self.setup = Setup(steps, cfg_mode, lambda prompt, seed: self.generate(prompt, seed, steps), calibration)
+        self.unavailable: dict[str, str] = {}  #: label → why it cannot run (found once, kept for every item)
+        self.lpips_note = lpips_unavailable_reason()
+
+    def generate(self, prompt: str, seed: int, steps: int) -> np.ndarray:
+        return output_frames(self.pipe(prompt, num_inference_steps=steps, guidance_scale=self.guidance,
+                                       generator=torch.Generator().manual_seed(seed), output_type="np",
+                                       **self.extra))
+
+    def _denoiser(self):
+        from ..api import denoiser_of
+
+        return denoiser_of(self.pipe)[0]
+
+    def run(self, spec: MethodSpec, item: Item, counted: bool) -> Generation:
+        """One generation with ``spec`` enabled: ``counted`` measures its cost (:func:`.measure.measure_cost`),
+        otherwise it is timed (:func:`.measure.timed`). Raises :class:`PeerUnavailable` /
+        :class:`UnsupportedModelError` when the method cannot run here."""
+        steps = int(spec.preset) if spec.kind == "steps" else self.steps
+        handle = active = None
+        roots = None
+        if spec.kind == "method":
+            try:
+                handle = enable(self.pipe, spec.name, preset=spec.preset, **dict(spec.overrides))
+            except (UnsupportedModelError, ValueError) as error:  # refused before any work: it cannot run here
+                raise UnsupportedModelError(str(error)) from error
+            roots = lambda: [handle.runtime]  # noqa: E731
+        elif spec.kind == "peer":
+            active = PEERS[spec.name].enable(self.pipe, self.setup, dict(spec.overrides))
+            roots = (lambda: active.state_roots) if active.hooked_modules is not None else None
+        try:
+            go = lambda: self.generate(item.prompt, item.seed, steps)  # noqa: E731
+            try:
+                if counted:
+                    start = time.perf_counter()
+                    video, cost = measure_cost(self._denoiser(), go, roots)
+                    seconds, cpu_seconds = time.perf_counter() - start, None
+                else:
+                    (video, seconds, cpu_seconds), cost = timed(go), None
+            except CallRefusedError as error:  # refused as the call began, before any work (e.g. too few steps)
+                raise UnsupportedModelError(str(error)) from error
+            except Exception as error:  # noqa: BLE001
+                if spec.kind != "peer":
+                    raise
+                raise PeerUnavailable(f"{spec.label} failed on {type(self.pipe).__name__} (cfg_mode="
+                                      f"{self.cfg_mode or 'default'}): {type(error).__name__}: {error}") from error
+        finally:
+            if handle is not None:
+                handle.disable()
+            if active is not None:
+                active.disable()
+        info = {"steps_run": steps}
+        if handle is not None and counted:
+            info.update(report_timeline(handle.report()))
+        if active is not None and active.notes:
+            info["notes"] = active.notes
+        if active is not None and active.hooked_modules is not None:
+            info["hooked_modules"] = active.hooked_modules
+        return Generation(video, seconds, cpu_seconds, cost, info)
+
+    def run_item(self, item: Item, progress: Callable[[str], None] | None = None) -> dict:
+        """Every method on one item; returns the item's record (one line of results.jsonl). ``progress`` is told
+        each stage done (``"LABEL counted"``, ``"LABEL timed R/N"``)."""
+        videos, rows, skipped = {}, {}, {}
+        runnable = []
+        for spec in self.specs:
+            if spec.label in self.unavailable:
+                skipped[spec.label] = self.unavailable[spec.label]
+                continue
+            try:
+                run = self.run(spec, item, counted=True)
+            except (PeerUnavailable, UnsupportedModelError) as error:
+                if spec.kind == "baseline":
+                    raise
+                self.unavailable[spec.label] = skipped[spec.label] = str(error)
+                continue
+            cost = run.cost
+            videos[spec.label] = run.video
+            rows[spec.label] = {"seconds": [], "cpu_seconds": [], "counted_seconds": run.seconds,
+                                "flops": cost.flops, "flops_per_forward": cost.flops_per_forward,
+                                "peak_memory_bytes": cost.peak_memory_bytes, "memory_measure": cost.memory_measure,
+                                "cache_bytes": cost.cache_bytes, **run.info}
+            runnable.append(spec)
+            if progress:
+                progress(f"{spec.label} counted")
+        for repeat in range(self.repeats):
+            shift = repeat % len(runnable)
+            for spec in runnable[shift:] + runnable[:shift]:
+                run = self.run(spec, item, counted=False)
+                rows[spec.label]["seconds"].append(run.seconds)
+                rows[spec.label]["cpu_seconds"].append(run.cpu_seconds)
+                if progress:
+                    progress(f"{spec.label} timed {repeat + 1}/{self.repeats}")
+        reference = videos[BASELINE]
+        for spec in runnable:
+            video, row = videos[spec.label], rows[spec.label]
+            row.update(quality(video, reference, item.prompt if self.scored else None,
+                               lpips=self.lpips_note is None))
+            row["frames"] = int(video.shape[0])
+            if self.clips is not None:
+                name = clip_path(item.key, spec.label)
+                write_video(self.clips / name, video, upscale=GALLERY_UPSCALE, force=True)
+                row["clip"] = str(name)
+        return {"item": item.key, "prompt": item.prompt, "seed": item.seed, "methods": rows, "skipped": skipped,
+                "torch_threads": torch.get_num_threads()}
+
+    def run_items(self, items: list[Item], progress: Callable[[Item, str | None], None] | None = None
+                  ) -> Iterator[tuple[Item, dict]]:
+        """:meth:`run_item` on each item in turn, yielding ``(item, record)``; ``progress(item, None)`` as an
+        item starts, ``progress(item, stage)`` after each of its stages."""
+        for item in items:
+            if progress:
+                progress(item, None)
+            tell = (lambda what, item=item: progress(item, what)) if progress else None
+            yield item, self.run_item(item, progress=tell)
