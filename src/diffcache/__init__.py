@@ -10,21 +10,43 @@ Public API::
     diffcache.list_methods()
 """
 
-from .adapters import UnsupportedModelError
-from .context import StepContext, StepTrackingError
-from .distill.sampler import DistilledShapesT2VPipeline
-from .methods import (CallRefusedError, Handle, MethodAlreadyEnabledError, MethodSilentWarning,
-                      NothingSkippedWarning, Report, UnknownMethodError, enable, list_methods)
-from .methods.adacache import AdaCacheConfig
-from .methods.deepcache import DeepCacheConfig
-from .methods.fbcache import FBCacheConfig
-from .methods.pab import PABConfig
-from .methods.teacache import TeaCacheConfig
-from .embedded.t2v.pipeline import TinyShapesT2VPipeline
-from .embedded.t2i.pipeline import TinyShapesT2IPipeline
-from .loading import EMBEDDED_MODELS, ModelLoadError, load_pipeline
-from .embedded.shapes import PromptError
-from .embedded.text import ShapesTextEncoder
+import importlib
+
+#: public name -> the module that defines it. Imported on first use (PEP 562), so that ``import diffcache`` and
+#: ``diffcache --help`` do not load torch and diffusers; ``from diffcache import enable`` works as before.
+_LAZY = {
+    "UnsupportedModelError": ".adapters",
+    "StepContext": ".context",
+    "StepTrackingError": ".context",
+    "DistilledShapesT2VPipeline": ".distill.sampler",
+    **dict.fromkeys(("CallRefusedError", "Handle", "MethodAlreadyEnabledError", "MethodSilentWarning",
+                     "NothingSkippedWarning", "Report", "UnknownMethodError", "enable", "list_methods"), ".methods"),
+    "AdaCacheConfig": ".methods.adacache",
+    "DeepCacheConfig": ".methods.deepcache",
+    "FBCacheConfig": ".methods.fbcache",
+    "PABConfig": ".methods.pab",
+    "TeaCacheConfig": ".methods.teacache",
+    "TinyShapesT2VPipeline": ".embedded.t2v.pipeline",
+    "TinyShapesT2IPipeline": ".embedded.t2i.pipeline",
+    "EMBEDDED_MODELS": ".loading",
+    "ModelLoadError": ".loading",
+    "load_pipeline": ".loading",
+    "PromptError": ".embedded.shapes",
+    "ShapesTextEncoder": ".embedded.text",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value  # later look-ups skip this function
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __version__ = "0.1.0"
 

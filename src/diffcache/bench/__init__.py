@@ -4,13 +4,42 @@ of interleaved runs in one process, FLOPs and memory; resumable, split across pr
 Modules: :mod:`.specs` (what ``--methods`` names), :mod:`.peers` (the peers' own code), :mod:`.metrics` (PSNR,
 SSIM, relative L1, LPIPS), :mod:`.flops` (FLOPs, peak and cache memory), :mod:`.runner` (items, interleaved timing,
 results.jsonl, resume, processes), :mod:`.report` (tables, Pareto plots, compute timeline, HTML),
-:mod:`.benchmark` (all of it as one call).
+:mod:`.benchmark` (all of it as one call), :mod:`.defaults` (what `--methods` runs when not given).
 """
 
-from .benchmark import benchmark
-from .metrics import psnr, relative_l1, ssim
-from .runner import Sweep, bench_prompts, plan_items, run_sweep
-from .specs import MethodSpec, parse_methods
+import importlib
+import sys
+import types
 
-__all__ = ["MethodSpec", "Sweep", "bench_prompts", "benchmark", "parse_methods", "plan_items", "psnr",
-           "relative_l1", "run_sweep", "ssim"]
+from .defaults import DEFAULT_METHODS
+
+#: public name -> its module, imported on first use (PEP 562) so that the command line's ``--help`` reads
+#: :data:`DEFAULT_METHODS` without loading torch
+_LAZY = {"benchmark": ".benchmark", "psnr": ".metrics", "relative_l1": ".metrics", "ssim": ".metrics",
+         "Sweep": ".runner", "bench_prompts": ".runner", "plan_items": ".runner", "run_sweep": ".runner",
+         "MethodSpec": ".specs", "parse_methods": ".specs"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class _Package(types.ModuleType):
+    """Keeps ``diffcache.bench.benchmark`` the function once the submodule of the same name is imported (the import
+    system sets the package attribute to the submodule; the eager ``from .benchmark import benchmark`` used to
+    rebind it)."""
+
+    def __setattr__(self, name, value):
+        if name == "benchmark" and isinstance(value, types.ModuleType):
+            value = value.benchmark
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
+__all__ = ["DEFAULT_METHODS", "MethodSpec", "Sweep", "bench_prompts", "benchmark", "parse_methods", "plan_items",
+           "psnr", "relative_l1", "run_sweep", "ssim"]

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from .defaults import DEFAULT_METHODS
 from .report import write_reports
 from .runner import Distributed, Sweep, bench_prompts, plan_items, run_sweep
 from .specs import parse_methods
@@ -24,14 +25,14 @@ def default_prompts(model: str, pipe, n: int) -> list[str]:
     raise ValueError(f"{model!r} is not an embedded model: give its prompts with --prompt (repeat it).")
 
 
-def benchmark(model: str = "tiny-shapes-t2v", methods: str = "none,ours", out: str | Path = "out/bench",
+def benchmark(model: str = "tiny-shapes-t2v", methods: str = DEFAULT_METHODS, out: str | Path = "out/bench",
               prompts: list[str] | None = None, num_prompts: int = 8, seeds: int = 1, steps: int = 30,
               guidance: float = 5.0, repeats: int = 2, cfg_mode: str | None = None, force: bool = False,
               progress: bool = True, pipe=None, dist: Distributed | None = None, after_item=None,
               height: int | None = None, width: int | None = None, frames: int | None = None) -> dict | None:
     """Run (or resume) a benchmark into ``out``; returns the reports on rank 0 (``None`` on other ranks).
 
-    ``methods`` as for ``--methods``; ``prompts`` default to ``num_prompts`` grammar prompts of the embedded
+    ``methods`` as for ``--methods`` (default :data:`~diffcache.bench.defaults.DEFAULT_METHODS`); ``prompts`` default to ``num_prompts`` grammar prompts of the embedded
     model; every prompt runs with ``seeds`` seeds. ``height`` / ``width`` / ``frames`` override the pipeline's
     default size (a pipeline folder of a real model defaults to its full size).
     """
