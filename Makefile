@@ -16,8 +16,8 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # `diffcache demo`: a short benchmark on the embedded model (4 prompts, 30 steps, 2 repeats, into out/demo):
-# uncached, every diffcache method at its default preset, two diffusers
-# peers; prints the table and the path of the HTML report. Running it again resumes (finished videos are kept).
+# uncached, every diffcache method at its default preset, two diffusers peers; prints the table and the path of
+# the HTML report. Running it again resumes (finished videos are kept).
 demo: $(STAMP)
 	$(BIN)/diffcache demo
 

@@ -9,6 +9,7 @@ how to use it (``adacache:fast-moreg[moreg_norm=...]``).
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -30,13 +31,14 @@ def calibrate_moreg_norm(pipe, prompts: list[str], num_inference_steps: int = 30
     ``(m / 0.385) ** 8`` is near 0 and MoReg *loosens* the schedule; with this model's own scale, videos with
     more motion than the ``quantile`` get ``m > 1`` and are computed more often. The default 0.85 is diffcache's
     choice, read off the trade-off curve on tiny-shapes-t2v (README); it is not from the paper."""
-    from ..methods.base import enable
+    from ..methods.base import NothingSkippedWarning, enable
 
     if not 0 < quantile <= 1:
         raise CalibrationError(f"quantile must be in (0, 1], got {quantile}")
     config = AdaCacheConfig.from_preset("fast-moreg", codebook=((float("inf"), 1),))
     scores = []
-    with enable(pipe, config) as handle:
+    with enable(pipe, config) as handle, warnings.catch_warnings():
+        warnings.simplefilter("ignore", NothingSkippedWarning)  # computing every step is the point here
         for i, prompt in enumerate(prompts):
             pipe(prompt, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                  generator=torch.Generator().manual_seed(seed + i), output_type="latent")
