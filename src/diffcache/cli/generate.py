@@ -107,7 +107,6 @@ def run(args) -> int:
     return 0
 
 
-
 def _generate_image(args, spec) -> int:
     """`generate` for a text-to-image pipeline (tiny-shapes-t2i, Stable Diffusion, SDXL): one PNG."""
     import torch

@@ -8,7 +8,6 @@ EXAMPLES = """examples:
   diffcache methods"""
 
 
-
 def add_parser(subparsers) -> None:
     subparsers.add_parser("methods", help="list the caching methods, their presets and supported model families",
                           epilog=EXAMPLES, formatter_class=FORMATTER)
