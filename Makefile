@@ -15,10 +15,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# A short benchmark on the embedded model: uncached, every diffcache method at its default preset, two diffusers
-# peers; prints the table and the path of the HTML report. Running it again resumes (finished videos are kept).
+# `diffcache demo`: a short benchmark on the embedded model (4 prompts, 30 steps, 2 repeats, into out/demo):
+# uncached, every diffcache method at its default preset, two diffusers peers; prints the table and the path of
+# the HTML report. Running it again resumes (finished videos are kept).
 demo: $(STAMP)
-	$(BIN)/diffcache bench --prompts 4 --steps 30 --repeats 2 --out out/demo
+	$(BIN)/diffcache demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -13,8 +13,8 @@ import diffcache
 from diffcache.bench.specs import MethodSpec, parse_methods
 from diffcache.cli import main
 from diffcache.errors import NothingSkippedWarning
-from diffcache.methods.teacache import (TeaCacheConfig, calibrate_teacache, fit_polynomial, teacache_schedule,
-                                        threshold_for)
+from diffcache.calibrate.teacache import calibrate_teacache, fit_polynomial, threshold_for
+from diffcache.methods.teacache import TeaCacheConfig, teacache_schedule
 
 PROMPT = "a red circle moving left"
 

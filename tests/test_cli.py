@@ -81,10 +81,40 @@ def test_train_and_evaluate_commands(tmp_path, capsys):
 
 
 def test_help_has_examples(capsys):
-    for command in ("generate", "train", "evaluate", "bench", "calibrate", "methods", "demo"):
+    for command in ("generate", "train", "evaluate", "bench", "calibrate", "methods", "demo", "clips", "distill"):
         with pytest.raises(SystemExit):
             main([command, "--help"])
         assert "examples:" in capsys.readouterr().out
+
+
+def test_help_answers_without_loading_torch():
+    """`diffcache --help` and every command's --help build the parsers only: no torch, diffusers or numpy."""
+    code = """
+import sys
+from diffcache.cli import COMMANDS, main
+for argv in ([], *([c] for c in COMMANDS), ["distill", "gallery"]):
+    try:
+        main([*argv, "--help"])
+    except SystemExit as exit:
+        assert exit.code == 0, argv
+heavy = sorted(m for m in ("torch", "diffusers", "numpy", "matplotlib") if m in sys.modules)
+assert not heavy, heavy
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "diffcache bench --out out/bench" in proc.stdout and "calibrated:\n  teacache" in proc.stdout
+
+
+def test_errors_are_one_line_and_debug_reraises(tmp_path, capsys, monkeypatch):
+    missing = tmp_path / "no-such-run"
+    assert main(["distill", "gallery", str(missing), "--out", str(tmp_path / "g.html")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("diffcache distill: error: ") and len(err.strip().splitlines()) == 1
+    monkeypatch.setenv("DIFFCACHE_DEBUG", "1")
+    from diffcache.errors import DiffcacheError
+
+    with pytest.raises((DiffcacheError, OSError)):
+        main(["distill", "gallery", str(missing), "--out", str(tmp_path / "g.html")])
 
 
 @pytest.mark.parametrize("family, size", [("wan", ("16", "16", "9")), ("cogvideox", ("16", "16", "9")),

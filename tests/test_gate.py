@@ -1,4 +1,6 @@
-"""The shipped model's quality gate and the demo (main job) on it."""
+"""The shipped model's quality gate, the demo (main job) and the side-by-side clips on it."""
+
+from pathlib import Path
 
 import pytest
 
@@ -15,18 +17,38 @@ def test_shipped_model_meets_the_adherence_gate(shipped_pipe):
     assert min(report.colour, report.shape, report.direction) >= 0.8, report.summary()
 
 
-def test_demo_writes_clips_and_index(tmp_path, capsys):
+def test_demo_is_the_short_benchmark_and_resumes(tmp_path, capsys):
+    """`diffcache demo` (= `make demo`) is `diffcache bench` with the demo's arguments: the same folder, resumed."""
+    from diffcache.bench.defaults import DEFAULT_METHODS
+    from diffcache.demo import DEMO
+
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--steps", "4"]) == 0
+    small = ["--prompts", "1", "--steps", "2", "--repeats", "1"]
+    assert main(["demo", "--out", str(out), *small, "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "1 of 1 videos" in text and f"report: {out / 'index.html'}" in text
+    assert (out / "results.jsonl").exists() and (out / "index.html").exists()
+    assert DEMO["methods"] == DEFAULT_METHODS and DEMO["out"] == "out/demo"
+    finished = (out / "results.jsonl").read_text()
+    bench = ["bench", "--methods", DEFAULT_METHODS, "--out", str(out), *small, "--no-progress"]
+    assert main(bench) == 0  # the same configuration: resumed, nothing rerun
+    assert (out / "results.jsonl").read_text() == finished and "1 of 1 videos" in capsys.readouterr().out
+    makefile = (Path(__file__).parents[1] / "Makefile").read_text()
+    assert "demo: $(STAMP)\n\t$(BIN)/diffcache demo\n" in makefile  # make demo runs exactly this command
+
+
+def test_clips_writes_side_by_side_clips_and_index(tmp_path, capsys):
+    out = tmp_path / "clips"
+    assert main(["clips", "--out", str(out), "--steps", "4"]) == 0
     page = (out / "index.html").read_text()
     gifs = sorted(p.name for p in out.glob("*.gif"))
     assert len(gifs) == 6 and all(name in page for name in gifs)
     assert "uncached vs adacache:fast" in page and "Overall speedup" in page
     out_text = capsys.readouterr().out
     assert "report:" in out_text and "steps computed" in out_text
-    assert main(["demo", "--out", str(out), "--steps", "4"]) == 2  # no silent overwrite
+    assert main(["clips", "--out", str(out), "--steps", "4"]) == 2  # no silent overwrite
 
 
-def test_demo_refuses_an_unknown_method_before_any_work(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path / "demo"), "--method", "adacache:turbo"]) == 2
-    assert "presets: fast" in capsys.readouterr().err and not (tmp_path / "demo").exists()
+def test_clips_refuses_an_unknown_method_before_any_work(tmp_path, capsys):
+    assert main(["clips", "--out", str(tmp_path / "clips"), "--method", "adacache:turbo"]) == 2
+    assert "presets: fast" in capsys.readouterr().err and not (tmp_path / "clips").exists()

@@ -14,6 +14,7 @@ Re-exports only: the call path (:mod:`diffcache.api`), the report (:mod:`diffcac
 and the embedded pipelines.
 """
 
+<<<<<<< HEAD
 import logging as _logging
 
 from .adapters import Adapter, register_adapter
@@ -40,6 +41,45 @@ from .methods.teacache import TeaCacheConfig
 from .report import CallReport, Report, StepRecord
 
 _logging.getLogger("diffcache").addHandler(_logging.NullHandler())
+=======
+import importlib
+
+#: public name -> the module that defines it. Imported on first use (PEP 562), so that ``import diffcache`` and
+#: ``diffcache --help`` do not load torch and diffusers; ``from diffcache import enable`` works as before.
+_LAZY = {
+    "UnsupportedModelError": ".adapters",
+    "StepContext": ".context",
+    "StepTrackingError": ".context",
+    "DistilledShapesT2VPipeline": ".distill.sampler",
+    **dict.fromkeys(("CallRefusedError", "Handle", "MethodAlreadyEnabledError", "MethodSilentWarning",
+                     "NothingSkippedWarning", "Report", "UnknownMethodError", "enable", "list_methods"), ".methods"),
+    "AdaCacheConfig": ".methods.adacache",
+    "DeepCacheConfig": ".methods.deepcache",
+    "FBCacheConfig": ".methods.fbcache",
+    "PABConfig": ".methods.pab",
+    "TeaCacheConfig": ".methods.teacache",
+    "TinyShapesT2VPipeline": ".embedded.t2v.pipeline",
+    "TinyShapesT2IPipeline": ".embedded.t2i.pipeline",
+    "EMBEDDED_MODELS": ".loading",
+    "ModelLoadError": ".loading",
+    "load_pipeline": ".loading",
+    "PromptError": ".embedded.shapes",
+    "ShapesTextEncoder": ".embedded.text",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value  # later look-ups skip this function
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+>>>>>>> wt-cli
 
 __version__ = "0.1.0"
 

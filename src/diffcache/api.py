@@ -56,6 +56,10 @@ class Handle:
     def report(self) -> Report:
         return self.runtime.report
 
+    def state_roots(self) -> list:
+        """The objects that hold the method's cached tensors (for measuring cache memory; read, never change)."""
+        return [self.runtime]
+
     def reset(self) -> None:
         """Forget the call in progress and the cached tensors; the next forward starts a new call."""
         self.tracker.reset()

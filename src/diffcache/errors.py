@@ -82,6 +82,11 @@ class PeerUnavailable(DiffcacheError, RuntimeError):
     """A peer implementation cannot run here (its package is missing, or it does not support this model)."""
 
 
+class CalibrationError(DiffcacheError, ValueError):
+    """A calibration cannot fit its constants from these runs (too few prompts or steps, a method that cannot be
+    calibrated); the message says what to change."""
+
+
 # -- warnings --------------------------------------------------------------------------------------------------
 class MethodSilentWarning(DiffcacheWarning):
     """A method's hooks did not run — it is doing nothing."""

@@ -17,8 +17,12 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
+<<<<<<< HEAD
 from . import store
 from .prompts import Item, default_prompts, plan_items
+=======
+from .defaults import DEFAULT_METHODS
+>>>>>>> wt-cli
 from .report import write_reports
 from .specs import parse_methods
 from .sweep import Sweep
@@ -82,14 +86,14 @@ def run_sweep(sweep: Sweep, items: list[Item], out: Path, config: dict, force: b
     return store.stored_records(out, {it.key for it in items})
 
 
-def benchmark(model: str = "tiny-shapes-t2v", methods: str = "none,ours", out: str | Path = "out/bench",
+def benchmark(model: str = "tiny-shapes-t2v", methods: str = DEFAULT_METHODS, out: str | Path = "out/bench",
               prompts: list[str] | None = None, num_prompts: int = 8, seeds: int = 1, steps: int = 30,
               guidance: float = 5.0, repeats: int = 2, cfg_mode: str | None = None, force: bool = False,
               progress: bool = True, pipe=None, dist: Distributed | None = None, after_item=None,
               height: int | None = None, width: int | None = None, frames: int | None = None) -> dict | None:
     """Run (or resume) a benchmark into ``out``; returns the reports on rank 0 (``None`` on other ranks).
 
-    ``methods`` as for ``--methods``; ``prompts`` default to ``num_prompts`` grammar prompts of the embedded
+    ``methods`` as for ``--methods`` (default :data:`~diffcache.bench.defaults.DEFAULT_METHODS`); ``prompts`` default to ``num_prompts`` grammar prompts of the embedded
     model; every prompt runs with ``seeds`` seeds. ``height`` / ``width`` / ``frames`` override the pipeline's
     default size (a pipeline folder of a real model defaults to its full size).
     """

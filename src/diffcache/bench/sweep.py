@@ -28,7 +28,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from ..adapters.base import UnsupportedModelError
+from ..errors import UnsupportedModelError
 from ..files import write_video
 from ..api import enable
 from ..errors import CallRefusedError
@@ -142,7 +142,7 @@ class Sweep:
                 handle = enable(self.pipe, spec.name, preset=spec.preset, **dict(spec.overrides))
             except (UnsupportedModelError, ValueError) as error:  # refused before any work: it cannot run here
                 raise UnsupportedModelError(str(error)) from error
-            roots = lambda: [handle.runtime]  # noqa: E731
+            roots = handle.state_roots  # noqa: E731
         elif spec.kind == "peer":
             active = PEERS[spec.name].enable(self.pipe, self.setup, dict(spec.overrides))
             roots = (lambda: active.state_roots) if active.hooked_modules is not None else None

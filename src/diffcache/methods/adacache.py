@@ -353,33 +353,6 @@ class AdaCacheRuntime(Runtime):
         self.step_record.values.setdefault("rate", self.schedule.rate)
 
 
-def calibrate_moreg_norm(pipe, prompts: list[str], num_inference_steps: int = 30, guidance_scale: float = 5.0,
-                         seed: int = 1000, quantile: float = 0.85) -> float:
-    """A ``moreg_norm`` for ``pipe``: the ``quantile`` of its raw motion scores (metric residual, every step
-    computed, inside the MoReg window) over ``prompts``.
-
-    The official normaliser 0.385 was set for Open-Sora. On a model whose residuals move less, every
-    ``(m / 0.385) ** 8`` is near 0 and MoReg *loosens* the schedule; with this model's own scale, videos with
-    more motion than the ``quantile`` get ``m > 1`` and are computed more often. The default 0.85 is diffcache's
-    choice, read off the trade-off curve on tiny-shapes-t2v (README); it is not from the paper."""
-    from ..api import enable
-
-    if not 0 < quantile <= 1:
-        raise ConfigError(f"quantile must be in (0, 1], got {quantile}")
-    config = AdaCacheConfig.from_preset("fast-moreg", codebook=((float("inf"), 1),))
-    scores = []
-    with enable(pipe, config) as handle:
-        for i, prompt in enumerate(prompts):
-            pipe(prompt, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                 generator=torch.Generator().manual_seed(seed + i), output_type="latent")
-            start, end = handle.runtime.schedule.window
-            scores += [s.values["motion_raw"] for s in handle.report().calls[-1].steps
-                       if "motion_raw" in s.values and start <= s.step + 1 <= end]
-    if not scores:
-        raise RuntimeError("no computed step fell inside the MoReg window; use more steps")
-    return float(np.quantile(scores, quantile))
-
-
 register(
     "adacache",
     "AdaCache + MoReg: per-block residual caching on a schedule chosen per video from how fast residuals change",

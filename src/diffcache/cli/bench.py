@@ -1,0 +1,83 @@
+"""``diffcache bench``: compare caching methods and peers on one model (resumable, HTML report)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ..bench.defaults import DEFAULT_METHODS
+from ._common import FORMATTER, positive
+
+EXAMPLES = """examples:
+  diffcache bench --out out/bench        # uncached, every diffcache method at its default, two diffusers peers
+  diffcache bench --methods none,adacache:fast,adacache:slow,steps:15 --prompts 16 --steps 30 --out out/ada
+  diffcache bench --methods "ours,peers" --prompts 8 --seeds 2 --out out/all       # every method and peer
+  diffcache bench --methods "teacache,fbcache[threshold=0.2],diffusers-fbcache[threshold=0.1]" --out out/fb
+  diffcache bench --model ./my-wan-pipeline --prompt "a cat surfing" --prompt "a dog running" --steps 50 --out out/wan
+  accelerate launch --multi_gpu --num_processes 2 -m diffcache.cli bench --out out/bench   # 2 processes (CPU too)
+
+--methods names: none (the uncached reference, always added), steps:N (the plain pipeline at N steps),
+METHOD[:PRESET][option=value;...] (see 'diffcache methods'), 'ours' (every diffcache method at its default
+preset), the peers diffusers-pab, diffusers-fastercache, diffusers-fbcache, diffusers-taylorseer,
+diffusers-magcache, cachedit-dbcache (optionally PEER[option=value;...]) and 'peers' (all of them). A method or
+peer that cannot run on the model is a skipped row with the reason.
+
+Per video: speedup (interleaved timed runs in one process), denoiser FLOPs, peak and cache memory, PSNR / SSIM /
+relative L1 against the uncached video of the same prompt and seed, the checker's adherence and temporal
+stability (embedded model). Re-running the same command resumes (finished items are kept); --force starts over.
+Writes results.jsonl, summary.csv / summary.md, pareto-*.png, timeline.png, clips/ and index.html."""
+
+
+def add_parser(subparsers) -> None:
+    b = subparsers.add_parser("bench", help="compare caching methods and peers on one model: speed, FLOPs, memory, "
+                              "quality; resumable; HTML report", epilog=EXAMPLES, formatter_class=FORMATTER)
+    b.add_argument("--model", default="tiny-shapes-t2v",
+                   help="embedded model name or pipeline folder (default: tiny-shapes-t2v)")
+    b.add_argument("--methods", default=DEFAULT_METHODS,
+                   help="comma-separated list, see below (default: %(default)s)")
+    b.add_argument("--prompts", type=int, default=8,
+                   help="embedded models: number of prompts spread over the grammar (default: 8)")
+    b.add_argument("--prompt", action="append", default=None,
+                   help="a prompt (repeat for several); required for models other than the embedded ones")
+    b.add_argument("--seeds", type=int, default=1, help="seeds per prompt (default: 1)")
+    b.add_argument("--steps", type=int, default=30, help="denoising steps (default: 30)")
+    b.add_argument("--guidance", type=float, default=5.0, help="guidance scale (default: 5)")
+    b.add_argument("--repeats", type=int, default=2, help="timed runs per method and video (default: 2)")
+    b.add_argument("--cfg-mode", choices=("split", "batched"), default=None,
+                   help="embedded models: guidance as two calls per step (split, default) or one batched call")
+    b.add_argument("--out", default="out/bench", help="output folder (default: out/bench)")
+    b.add_argument("--force", action="store_true", help="discard the results in --out and start over")
+    b.add_argument("--height", type=int, default=None, help="frame height in pixels (default: the model's)")
+    b.add_argument("--width", type=int, default=None, help="frame width in pixels (default: the model's)")
+    b.add_argument("--frames", type=int, default=None, help="number of frames (default: the model's)")
+    b.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args) -> int:
+    from ..bench.benchmark import benchmark
+
+    positive(prompts=args.prompts, steps=args.steps, repeats=args.repeats, seeds=args.seeds, height=args.height,
+             width=args.width, frames=args.frames)
+    try:
+        reports = benchmark(model=args.model, methods=args.methods, out=args.out, prompts=args.prompt,
+                            num_prompts=args.prompts, seeds=args.seeds, steps=args.steps, guidance=args.guidance,
+                            repeats=args.repeats, cfg_mode=args.cfg_mode, force=args.force,
+                            progress=not args.no_progress, height=args.height, width=args.width,
+                            frames=args.frames)
+    except KeyboardInterrupt:
+        print(f"diffcache bench: interrupted; the finished videos are in {Path(args.out) / 'results.jsonl'}. Run the "
+              "same command again to resume.", file=sys.stderr)
+        return 130
+    if reports is None:  # not rank 0 of a multi-process run: rank 0 prints
+        return 0
+    print_reports(reports, args.model, args.steps, args.guidance, args.repeats, args.out)
+    return 0
+
+
+def print_reports(reports: dict, model: str, steps: int, guidance: float, repeats: int, out) -> None:
+    """The benchmark's summary: what ran, the table, where the results and the report are (also ``diffcache demo``)."""
+    print(f"{model}: {len(reports['records'])} of {reports['items']} videos, {steps} steps, guidance "
+          f"{guidance:g}, {repeats} interleaved timed repeats")
+    print(reports["table"])
+    print(f"results: {Path(out) / 'results.jsonl'}; table: {reports['markdown']}, {reports['csv']}")
+    print(f"report: {reports['html']}")

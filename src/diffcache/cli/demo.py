@@ -1,0 +1,50 @@
+"""``diffcache demo`` (= ``make demo``), the main job: a short benchmark on the embedded model into ``out/demo``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ..demo import DEMO
+from ._common import FORMATTER, positive
+
+EXAMPLES = f"""examples:
+  diffcache demo                      # the main job (= make demo) -> {DEMO["out"]}/index.html
+  diffcache demo                      # again: resumes, the finished videos are kept
+  diffcache demo --force              # start over
+  diffcache demo --prompts 1 --steps 4 --out out/demo-smoke   # a quick look
+
+The same as: diffcache bench --methods {DEMO["methods"]} --prompts {DEMO["num_prompts"]} --steps {DEMO["steps"]} \\
+    --repeats {DEMO["repeats"]} --out {DEMO["out"]}
+(uncached, every diffcache method at its default preset, two diffusers peers; see 'diffcache bench --help').
+One method's clips beside the uncached ones: 'diffcache clips'."""
+
+
+def add_parser(subparsers) -> None:
+    d = subparsers.add_parser("demo", help="the main job (make demo): a short benchmark of every method on the "
+                              "embedded model; resumable; HTML report", epilog=EXAMPLES, formatter_class=FORMATTER)
+    d.add_argument("--out", default=DEMO["out"], help="output folder (default: %(default)s)")
+    d.add_argument("--prompts", type=int, default=DEMO["num_prompts"], help="prompts (default: %(default)s)")
+    d.add_argument("--steps", type=int, default=DEMO["steps"], help="denoising steps (default: %(default)s)")
+    d.add_argument("--repeats", type=int, default=DEMO["repeats"],
+                   help="timed runs per method and video (default: %(default)s)")
+    d.add_argument("--force", action="store_true", help="discard the results in --out and start over")
+    d.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args) -> int:
+    from ..demo import run_demo
+    from .bench import print_reports
+
+    positive(prompts=args.prompts, steps=args.steps, repeats=args.repeats)
+    try:
+        reports = run_demo(out=args.out, force=args.force, progress=not args.no_progress, num_prompts=args.prompts,
+                           steps=args.steps, repeats=args.repeats)
+    except KeyboardInterrupt:
+        print(f"diffcache demo: interrupted; the finished videos are in {Path(args.out) / 'results.jsonl'}. Run the "
+              "same command again to resume.", file=sys.stderr)
+        return 130
+    if reports is None:  # not rank 0 of a multi-process run: rank 0 prints
+        return 0
+    print_reports(reports, DEMO["model"], args.steps, DEMO["guidance"], args.repeats, args.out)
+    return 0

@@ -1,0 +1,64 @@
+"""``diffcache evaluate``: the adherence gate of an embedded model (analytic checker), optionally with a method."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from ._common import FORMATTER, effect, enable_spec, method_spec, positive
+
+EXAMPLES = """examples:
+  diffcache evaluate                                # the shipped model: 64 prompts, 30 steps, CFG 5
+  diffcache evaluate --model runs/t2v/model --prompts 64 --json gate.json
+  diffcache evaluate --model tiny-shapes-t2i        # the text-to-image gate: 64 prompts, 50 steps, CFG 5
+  diffcache evaluate --model tiny-shapes-t2i --prompts 150 --method deepcache:uniform-3   # adherence with a cache
+  diffcache evaluate --prompts 60 --height 64 --width 64 --method hsa:hsa-25        # HSA at 1,024 tokens per clip"""
+
+
+def add_parser(subparsers) -> None:
+    e = subparsers.add_parser("evaluate", help="adherence gate of an embedded model (analytic checker)",
+                              epilog=EXAMPLES, formatter_class=FORMATTER)
+    e.add_argument("--model", default="tiny-shapes-t2v", help="embedded model name or pipeline folder")
+    e.add_argument("--prompts", type=int, default=64, help="number of prompts, cycling over the grammar (default: 64)")
+    e.add_argument("--steps", type=int, default=None,
+                   help="denoising steps (default: 30; 50 for tiny-shapes-t2i)")
+    e.add_argument("--guidance", type=float, default=5.0, help="guidance scale (default: 5)")
+    e.add_argument("--height", type=int, default=None, help="frame height in pixels (default: the model's)")
+    e.add_argument("--width", type=int, default=None, help="frame width in pixels (default: the model's)")
+    e.add_argument("--method", default=None,
+                   help="score the model with a diffcache method enabled, e.g. deepcache:uniform-3 (default: none)")
+    e.add_argument("--json", default=None, help="also write the per-prompt results to this JSON file")
+    e.add_argument("--force", action="store_true", help="overwrite --json if it exists")
+
+
+def run(args) -> int:
+    from ..files import check_writable, write_text
+    from ..embedded.evaluate import evaluate_adherence
+    from ..loading import load_pipeline
+
+    if args.json:
+        check_writable(args.json, args.force)
+    positive(prompts=args.prompts, steps=args.steps, height=args.height, width=args.width)
+    spec = method_spec(args.method, "evaluate")
+    pipe = load_pipeline(args.model)
+    if args.steps is None:
+        from ..embedded.evaluate import is_image_pipeline
+
+        args.steps = 50 if is_image_pipeline(pipe) else 30
+    handle = enable_spec(pipe, spec)
+    start = time.perf_counter()
+    try:
+        report = evaluate_adherence(pipe, num_prompts=args.prompts, num_inference_steps=args.steps,
+                                    guidance_scale=args.guidance, height=args.height, width=args.width)
+    finally:
+        if handle is not None:
+            handle.disable()
+    method = f", {spec.label} ({effect(handle, args.steps)} per call)" if handle is not None else ""
+    size = f", {args.height or 'default'}×{args.width or 'default'} px" if args.height or args.width else ""
+    print(f"{args.model}{method}: {report.summary()} [{args.steps} steps, guidance {args.guidance:g}{size}, "
+          f"{time.perf_counter() - start:.0f} s]")
+    if args.json:
+        write_text(args.json, json.dumps(report.__dict__, indent=1), force=args.force)
+        print(f"per-prompt results: {args.json}")
+    return 0
+

@@ -1,0 +1,152 @@
+"""``diffcache generate``: one clip (GIF / MP4) or image (PNG) from a prompt, optionally with a method."""
+
+from __future__ import annotations
+
+import inspect
+import time
+from pathlib import Path
+
+from ._common import FORMATTER, effect, enable_spec, method_spec, positive
+
+EXAMPLES = """examples:
+  diffcache generate --prompt "a red circle moving left" --out clip.gif
+  diffcache generate --prompt "a red circle moving left" --method adacache:fast --out fast.gif
+  diffcache generate --prompt "a red circle moving left" --steps 40 --method hsa:hsa-50 --budget-map map.gif --out hsa.gif
+  diffcache generate --prompt "a blue square moving up" --steps 30 --guidance 5 --seed 3 --cfg-mode batched --out clip.mp4
+  diffcache generate --model ./my-wan-pipeline --prompt "a cat surfing" --out cat.mp4
+  diffcache generate --model tiny-shapes-t2i --prompt "a red circle" --steps 50 --out red.png
+  diffcache generate --model tiny-shapes-t2i --prompt "a red circle" --steps 50 --method deepcache --out fast.png"""
+
+
+def add_parser(subparsers) -> None:
+    g = subparsers.add_parser("generate", help="generate one clip (GIF or MP4) from a prompt", epilog=EXAMPLES,
+                              formatter_class=FORMATTER)
+    g.add_argument("--prompt", required=True, help="text prompt; the embedded models take "
+                   "'a {colour} {shape} moving {direction}' (tiny-shapes-t2v) or 'a {colour} {shape}' (tiny-shapes-t2i)")
+    g.add_argument("--negative-prompt", default=None, help="negative prompt for guidance (default: empty)")
+    g.add_argument("--model", default="tiny-shapes-t2v",
+                   help="embedded model name, local pipeline folder, or diffusers hub id (default: tiny-shapes-t2v)")
+    g.add_argument("--steps", type=int, default=None, help="number of denoising steps (default: the pipeline's; "
+                   "30 for tiny-shapes-t2v, 50 for tiny-shapes-t2i, 4 for a distilled student)")
+    g.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the "
+                   "pipeline's; 5 for tiny-shapes-t2v; a distilled student has none)")
+    g.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    g.add_argument("--cfg-mode", choices=("split", "batched"), default="split",
+                   help="guidance as two calls per step (split, as WanPipeline) or one batched call (embedded "
+                   "models only; default: split)")
+    g.add_argument("--budget-map", default=None, metavar="FILE.gif",
+                   help="with --method hsa: also write the clip beside a heat-map of how many steps each token was "
+                   "computed (dark = few, bright = all)")
+    g.add_argument("--height", type=int, default=None, help="frame height in pixels (default: the model's)")
+    g.add_argument("--width", type=int, default=None, help="frame width in pixels (default: the model's)")
+    g.add_argument("--frames", type=int, default=None, help="number of frames (default: the model's)")
+    g.add_argument("--fps", type=int, default=8, help="frames per second of the written clip (default: 8)")
+    g.add_argument("--upscale", type=int, default=None,
+                   help="enlarge frames this many times (nearest); default: enough for a 256-pixel short side")
+    g.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    g.add_argument("--method", default=None, help="accelerate with METHOD[:PRESET], e.g. adacache:fast "
+                   "(see 'diffcache methods'; default: none)")
+    g.add_argument("--out", required=True, help="output file: .gif or .mp4 (a text-to-image model: .png)")
+    g.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+
+
+def run(args) -> int:
+    import numpy as np
+    import torch
+
+    from ..embedded.t2v.pipeline import TinyShapesT2VPipeline
+    from ..files import IMAGE_SUFFIXES, VIDEO_SUFFIXES, check_writable, write_video
+    from ..generation import generate_clip
+    from ..loading import SUPPORTED_VIDEO_PIPELINES, ModelLoadError, load_pipeline
+    from ..embedded.shapes import parse_prompt
+
+    out = Path(args.out)
+    if out.suffix.lower() not in VIDEO_SUFFIXES + IMAGE_SUFFIXES:
+        raise ValueError(f"--out {out.name!r}: use a file name ending in .gif or .mp4 (a video), or .png (an image).")
+    positive(steps=args.steps, fps=args.fps, upscale=args.upscale, height=args.height, width=args.width,
+             frames=args.frames, seed=args.seed)
+    check_writable(out, args.force)
+    spec = method_spec(args.method, "generate")
+    if args.budget_map is not None:
+        if spec is None or spec.name != "hsa":
+            raise ValueError("--budget-map shows HSA's per-token step budgets; use it with --method hsa[:PRESET].")
+        if Path(args.budget_map).suffix.lower() not in VIDEO_SUFFIXES:
+            raise ValueError(f"--budget-map {Path(args.budget_map).name!r}: use a file name ending in .gif or .mp4.")
+        check_writable(Path(args.budget_map), args.force)
+    if args.model == "tiny-shapes-t2i" or out.suffix.lower() in IMAGE_SUFFIXES:
+        return _generate_image(args, spec)
+    pipe = load_pipeline(args.model)
+    if type(pipe).__name__ not in SUPPORTED_VIDEO_PIPELINES:
+        raise ModelLoadError(f"{args.model!r} is a {type(pipe).__name__}; `generate` supports text-to-video "
+                             f"pipelines: {', '.join(SUPPORTED_VIDEO_PIPELINES)}.")
+    if isinstance(pipe, TinyShapesT2VPipeline):
+        parse_prompt(args.prompt)  # the embedded model knows its grammar: reject a bad prompt before any work
+    pipe.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    handle = enable_spec(pipe, spec)
+    start = time.perf_counter()
+    steps = args.steps
+    if steps is None:  # the pipeline's own default (30 for the embedded model, 4 for a distilled student)
+        default = inspect.signature(pipe.__call__).parameters.get("num_inference_steps")
+        steps = default.default if default is not None and isinstance(default.default, int) else 30
+    clip = generate_clip(pipe, args.prompt, steps, args.guidance, args.seed, args.cfg_mode, args.negative_prompt,
+                         height=args.height, width=args.width, num_frames=args.frames)
+    took = time.perf_counter() - start
+    write_video(out, clip, fps=args.fps, upscale=args.upscale, force=args.force)
+    extra = ""
+    if handle is not None:
+        extra = f", {spec.label}: {effect(handle, steps)}"
+        if args.budget_map is not None:
+            from ..methods.hsa import budget_map_clip
+
+            budgets = np.asarray(handle.report().calls[-1].token_steps)  # HSA refuses a too short call up front
+            write_video(args.budget_map, budget_map_clip(budgets[0], clip, steps), fps=args.fps,
+                        upscale=args.upscale, force=args.force)
+            extra += (f"; budget map ({int(budgets.min())}–{int(budgets.max())} steps per token, dark = few): "
+                      f"{args.budget_map}")
+        handle.disable()
+    print(f"generated in {took:.2f} s ({steps} steps{extra}): {out}")
+    return 0
+
+
+def _generate_image(args, spec) -> int:
+    """`generate` for a text-to-image pipeline (tiny-shapes-t2i, Stable Diffusion, SDXL): one PNG."""
+    import torch
+
+    from ..files import IMAGE_SUFFIXES, write_image
+    from ..loading import SUPPORTED_IMAGE_PIPELINES, ModelLoadError, load_pipeline
+    from ..embedded.shapes import parse_prompt
+
+    out = Path(args.out)
+    if out.suffix.lower() not in IMAGE_SUFFIXES:
+        raise ValueError(f"--out {out.name!r}: {args.model} makes images; use a file name ending in .png.")
+    if args.frames is not None or args.cfg_mode != "split":
+        raise ValueError("--frames and --cfg-mode apply to video models only; a text-to-image pipeline runs guidance "
+                         "batched, as Stable Diffusion does.")
+    if args.model == "tiny-shapes-t2i":
+        parse_prompt(args.prompt, require_direction=False)  # reject a bad prompt before any work
+    pipe = load_pipeline(args.model)
+    if type(pipe).__name__ not in SUPPORTED_IMAGE_PIPELINES:
+        raise ModelLoadError(f"{args.model!r} is a {type(pipe).__name__}; `generate --out *.png` supports text-to-image "
+                             f"pipelines: {', '.join(SUPPORTED_IMAGE_PIPELINES)}.")
+    pipe.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    handle = enable_spec(pipe, spec)
+    args.steps = args.steps or 50
+    kwargs = dict(num_inference_steps=args.steps, guidance_scale=5.0 if args.guidance is None else args.guidance,
+                  output_type="np",
+                  generator=torch.Generator().manual_seed(args.seed))
+    for key in ("height", "width"):
+        if getattr(args, key) is not None:
+            kwargs[key] = getattr(args, key)
+    if args.negative_prompt is not None:
+        kwargs["negative_prompt"] = args.negative_prompt
+    start = time.perf_counter()
+    image = pipe(args.prompt, **kwargs).images[0]
+    took = time.perf_counter() - start
+    write_image(out, image, upscale=args.upscale, force=args.force)
+    extra = ""
+    if handle is not None:
+        extra = f", {spec.label}: {handle.report().computed_steps()}/{args.steps} steps computed"
+        handle.disable()
+    print(f"generated in {took:.2f} s ({args.steps} steps{extra}): {out}")
+    return 0
+
