@@ -14,58 +14,36 @@ Re-exports only: the call path (:mod:`diffcache.api`), the report (:mod:`diffcac
 and the embedded pipelines.
 """
 
-<<<<<<< HEAD
-import logging as _logging
-
-from .adapters import Adapter, register_adapter
-from .api import Handle, disable, enable
-from .context import StepContext
-from .distill.sampler import DistilledShapesT2VPipeline
-from .embedded.shapes import PromptError
-from .embedded.t2i.pipeline import TinyShapesT2IPipeline
-from .embedded.t2v.pipeline import TinyShapesT2VPipeline
-from .embedded.text import ShapesTextEncoder
-from .errors import (BenchConfigError, CallRefusedError, ConfigError, DiffcacheError, DiffcacheWarning,
-                     MethodAlreadyEnabledError, MethodSilentWarning, ModelLoadError, NothingSkippedWarning,
-                     OutputExistsError, StepTrackingError, UnknownMethodError, UnknownOptionError,
-                     UnsupportedModelError)
-from .loading import EMBEDDED_MODELS, load_pipeline
-from .methods import list_methods
-from .methods.adacache import AdaCacheConfig
-from .methods.deepcache import DeepCacheConfig
-from .methods.fastercache import FasterCacheConfig
-from .methods.fbcache import FBCacheConfig
-from .methods.hsa import HSAConfig
-from .methods.pab import PABConfig
-from .methods.teacache import TeaCacheConfig
-from .report import CallReport, Report, StepRecord
-
-_logging.getLogger("diffcache").addHandler(_logging.NullHandler())
-=======
 import importlib
+import logging
 
 #: public name -> the module that defines it. Imported on first use (PEP 562), so that ``import diffcache`` and
-#: ``diffcache --help`` do not load torch and diffusers; ``from diffcache import enable`` works as before.
+#: ``diffcache --help`` do not load torch and diffusers; ``from diffcache import enable`` works as usual.
 _LAZY = {
-    "UnsupportedModelError": ".adapters",
+    **dict.fromkeys(("Adapter", "register_adapter"), ".adapters"),
+    **dict.fromkeys(("Handle", "disable", "enable"), ".api"),
     "StepContext": ".context",
-    "StepTrackingError": ".context",
     "DistilledShapesT2VPipeline": ".distill.sampler",
-    **dict.fromkeys(("CallRefusedError", "Handle", "MethodAlreadyEnabledError", "MethodSilentWarning",
-                     "NothingSkippedWarning", "Report", "UnknownMethodError", "enable", "list_methods"), ".methods"),
+    "TinyShapesT2IPipeline": ".embedded.t2i.pipeline",
+    "TinyShapesT2VPipeline": ".embedded.t2v.pipeline",
+    "ShapesTextEncoder": ".embedded.text",
+    **dict.fromkeys(("EMBEDDED_MODELS", "load_pipeline"), ".loading"),
+    "list_methods": ".methods.framework",
     "AdaCacheConfig": ".methods.adacache",
     "DeepCacheConfig": ".methods.deepcache",
+    "FasterCacheConfig": ".methods.fastercache",
     "FBCacheConfig": ".methods.fbcache",
+    "HSAConfig": ".methods.hsa",
     "PABConfig": ".methods.pab",
     "TeaCacheConfig": ".methods.teacache",
-    "TinyShapesT2VPipeline": ".embedded.t2v.pipeline",
-    "TinyShapesT2IPipeline": ".embedded.t2i.pipeline",
-    "EMBEDDED_MODELS": ".loading",
-    "ModelLoadError": ".loading",
-    "load_pipeline": ".loading",
-    "PromptError": ".embedded.shapes",
-    "ShapesTextEncoder": ".embedded.text",
+    **dict.fromkeys(("CallReport", "Report", "StepRecord"), ".report"),
 }
+
+# the errors have no heavy imports: they are always here
+from .errors import *  # noqa: E402,F401,F403
+from .errors import __all__ as _ERRORS  # noqa: E402
+
+logging.getLogger("diffcache").addHandler(logging.NullHandler())
 
 
 def __getattr__(name: str):
@@ -79,47 +57,7 @@ def __getattr__(name: str):
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
 
->>>>>>> wt-cli
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "EMBEDDED_MODELS",
-    "AdaCacheConfig",
-    "Adapter",
-    "BenchConfigError",
-    "CallRefusedError",
-    "CallReport",
-    "ConfigError",
-    "DeepCacheConfig",
-    "DiffcacheError",
-    "DiffcacheWarning",
-    "DistilledShapesT2VPipeline",
-    "FBCacheConfig",
-    "FasterCacheConfig",
-    "HSAConfig",
-    "Handle",
-    "MethodAlreadyEnabledError",
-    "MethodSilentWarning",
-    "ModelLoadError",
-    "NothingSkippedWarning",
-    "OutputExistsError",
-    "PABConfig",
-    "PromptError",
-    "Report",
-    "ShapesTextEncoder",
-    "StepContext",
-    "StepRecord",
-    "StepTrackingError",
-    "TeaCacheConfig",
-    "TinyShapesT2IPipeline",
-    "TinyShapesT2VPipeline",
-    "UnknownMethodError",
-    "UnknownOptionError",
-    "UnsupportedModelError",
-    "disable",
-    "enable",
-    "list_methods",
-    "load_pipeline",
-    "register_adapter",
-]
+__all__ = sorted([*_LAZY, *_ERRORS])

@@ -1,6 +1,6 @@
 """The demo: the main job, and a page of one method's clips beside the uncached ones.
 
-* :func:`run_demo` is ``diffcache demo`` and ``make demo``: a short benchmark (:func:`diffcache.bench.benchmark`)
+* :func:`run_demo` is ``diffcache demo`` and ``make demo``: a short benchmark (:func:`diffcache.bench.benchmark.benchmark`)
   on the embedded model with fixed arguments (:data:`DEMO`): uncached, every diffcache method at its default
   preset and two diffusers peers (:data:`~diffcache.bench.defaults.DEFAULT_METHODS`), 4 prompts, 30 steps, 2
   interleaved timed repeats, into ``out/demo``. Running it again resumes (finished videos are kept).
@@ -20,7 +20,7 @@ from typing import Callable
 
 from .bench.defaults import DEFAULT_METHODS
 
-#: the demo's benchmark: :func:`diffcache.bench.benchmark` arguments
+#: the demo's benchmark: :func:`diffcache.bench.benchmark.benchmark` arguments
 DEMO = {"model": "tiny-shapes-t2v", "methods": DEFAULT_METHODS, "num_prompts": 4, "steps": 30, "guidance": 5.0,
         "repeats": 2, "out": "out/demo"}
 
@@ -28,7 +28,7 @@ DEMO = {"model": "tiny-shapes-t2v", "methods": DEFAULT_METHODS, "num_prompts": 4
 def run_demo(out: str | Path = DEMO["out"], force: bool = False, progress: bool = True,
              num_prompts: int = DEMO["num_prompts"], steps: int = DEMO["steps"],
              repeats: int = DEMO["repeats"]) -> dict | None:
-    """Run (or resume) the demo benchmark into ``out``; the reports of :func:`diffcache.bench.benchmark`."""
+    """Run (or resume) the demo benchmark into ``out``; the reports of :func:`diffcache.bench.benchmark.benchmark`."""
     from .bench.benchmark import benchmark
 
     return benchmark(model=DEMO["model"], methods=DEMO["methods"], out=out, num_prompts=num_prompts, steps=steps,

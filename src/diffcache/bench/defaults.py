@@ -1,7 +1,7 @@
 """The benchmark's defaults, in a module with no heavy imports: the command line shows them in ``--help``
 without loading torch."""
 
-#: what ``--methods`` (and :func:`diffcache.bench.benchmark`'s ``methods``) runs when not given: the uncached
+#: what ``--methods`` (and :func:`diffcache.bench.benchmark.benchmark`'s ``methods``) runs when not given: the uncached
 #: reference, every registered diffcache method at its default preset, and two diffusers peers (the README's main
 #: command and ``make demo``)
 DEFAULT_METHODS = "none,ours,diffusers-pab,diffusers-magcache"

@@ -9,15 +9,13 @@ from dataclasses import dataclass
 
 from ..errors import UnknownMethodError
 from ..methods.framework import list_methods, method_info
+from .defaults import DEFAULT_METHODS  # noqa: F401 - re-exported: what --methods runs by default
 from .peers import PEERS
 
 BASELINE = "none"  #: the uncached run, the reference of every quality metric and of the speedup
 FEWER_STEPS = "steps"  #: "steps:N": the plain pipeline at N steps, the baseline every cache must beat
 OURS = "ours"  #: every registered diffcache method at its default preset
 ALL_PEERS = "peers"  #: every peer with its defaults
-#: ``--methods`` when not given (the README's main command): uncached, every registered diffcache method at its
-#: default preset, two diffusers peers
-DEFAULT_METHODS = "none,ours,diffusers-pab,diffusers-magcache"
 
 
 def accepted_names() -> str:
