@@ -17,12 +17,9 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-<<<<<<< HEAD
 from . import store
-from .prompts import Item, default_prompts, plan_items
-=======
 from .defaults import DEFAULT_METHODS
->>>>>>> wt-cli
+from .prompts import Item, default_prompts, plan_items
 from .report import write_reports
 from .specs import parse_methods
 from .sweep import Sweep
