@@ -223,3 +223,43 @@ def tiny_svd_pipeline(seed: int = 0):
     return _eval(StableVideoDiffusionPipeline(
         vae=vae, image_encoder=image_encoder, unet=unet, scheduler=scheduler,
         feature_extractor=CLIPImageProcessor(crop_size=32, size=32, do_center_crop=True)))
+
+
+# -- one tiny pipeline per built-in adapter family (the method contract runs every method on each) ------------------
+def _frames(output) -> "np.ndarray":
+    import numpy as np
+
+    return np.asarray(output.frames if hasattr(output, "frames") else output.images)
+
+
+def _video_call(size: dict, images: bool = False):
+    many = "num_images_per_prompt" if images else "num_videos_per_prompt"
+
+    def call(pipe, steps: int, guidance: float = 5.0, per_prompt: int = 1, seed: int = 0, negative: str = "dog"):
+        return _frames(pipe(prompt="a cat surfing", negative_prompt=negative, num_inference_steps=steps,
+                            guidance_scale=guidance, output_type="np", generator=torch.Generator().manual_seed(seed),
+                            **{many: per_prompt}, **size))
+    return call
+
+
+def _svd_call(pipe, steps: int, guidance: float = 5.0, per_prompt: int = 1, seed: int = 0, negative: str = "dog"):
+    from PIL import Image
+
+    return _frames(pipe(Image.new("RGB", (32, 32), (200, 30, 30)), height=32, width=32, num_frames=3,
+                        decode_chunk_size=3, num_inference_steps=steps, min_guidance_scale=min(guidance, 1.0),
+                        max_guidance_scale=guidance, num_videos_per_prompt=per_prompt, output_type="np",
+                        generator=torch.Generator().manual_seed(seed)))
+
+
+#: adapter family -> (build the pipeline, call it → frames / images array, does it run CFG as two calls per step)
+TINY_PIPELINES = {
+    "Wan": (lambda: tiny_wan_pipeline(num_layers=3), _video_call(dict(height=32, width=32, num_frames=5)), True),
+    "CogVideoX": (lambda: tiny_cogvideox_pipeline(num_layers=3), _video_call(dict(height=16, width=16, num_frames=9)),
+                  False),
+    "LTX-Video": (lambda: tiny_ltx_pipeline(num_layers=3), _video_call(dict(height=32, width=32, num_frames=9)),
+                  False),
+    "Stable Diffusion U-Net": (tiny_sd_pipeline, _video_call(dict(height=32, width=32), images=True), False),
+    "ModelScope U-Net": (tiny_modelscope_pipeline, _video_call(dict(height=32, width=32, num_frames=3), images=True),
+                         False),
+    "Stable Video Diffusion U-Net": (tiny_svd_pipeline, _svd_call, False),
+}
