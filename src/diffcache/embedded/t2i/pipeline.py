@@ -28,7 +28,7 @@ UNSHUFFLE = 2
 IMAGE_SIZE = 32
 # Mean and standard deviation of the training images in [-1, 1] (512 images: −0.819 and 0.350; a dark background
 # covers nine tenths of each): latents are ``(x − LATENT_SHIFT) · LATENT_SCALE``, zero-mean and unit-variance.
-# Why it matters (44.5 % → 93 % adherence), in the docstring of ``train_t2i``.
+# Why it matters (44.5 % → 93 % adherence), in the docstring of ``diffcache.embedded.t2i.train``.
 LATENT_SHIFT = -0.82
 LATENT_SCALE = 1 / 0.35
 
