@@ -19,10 +19,11 @@ from diffcache.bench import metrics
 from diffcache.bench.benchmark import benchmark
 from diffcache.bench.flops import measure_cost, tensor_bytes
 from diffcache.bench.report import markdown_table, pareto_front, summarize
-from diffcache.bench.runner import (RESULTS, BenchConfigError, Distributed, Item, append_record, bench_prompts,
+from diffcache.bench.runner import (RESULTS, BenchConfigError, Distributed, Item, append_record,
                                     merge_parts, read_records)
 from diffcache.bench.specs import MethodSpec, parse_methods
 from diffcache.cli import main
+from diffcache.embedded import shapes
 from diffcache.methods import UnknownMethodError, list_methods
 
 FAST = dict(num_prompts=2, steps=3, repeats=1, progress=False)
@@ -123,7 +124,7 @@ def test_cache_bytes_walk_state_but_not_weights():
 
 # -- the sweep -----------------------------------------------------------------------------------------------------
 def test_bench_prompts_cover_the_grammar():
-    pairs = bench_prompts(16)
+    pairs = shapes.prompts(16, spread=True, seeded=True)
     assert [seed for _, seed in pairs] == list(range(16))
     assert {p.split()[1] for p, _ in pairs} == {"red", "green", "blue", "yellow", "white"}
     assert {p.split()[-1] for p, _ in pairs} == {"left", "right", "up", "down"}

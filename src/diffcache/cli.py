@@ -552,7 +552,7 @@ def cmd_calibrate(args) -> int:
     from .files import check_writable, write_text
     from .methods.teacache import calibrate_teacache
     from .loading import EMBEDDED_MODELS, load_pipeline
-    from .embedded.shapes import all_prompts, parse_prompt
+    from .embedded.shapes import parse_prompt, prompts as grammar_prompts
 
     _positive(prompts=args.prompts, steps=args.steps)
     out = Path(args.out)
@@ -564,8 +564,7 @@ def cmd_calibrate(args) -> int:
     if args.prompt:
         prompts = args.prompt
     elif args.model in EMBEDDED_MODELS:
-        grammar = all_prompts()
-        prompts = [grammar[(i * len(grammar)) // args.prompts % len(grammar)] for i in range(args.prompts)]
+        prompts = grammar_prompts(args.prompts, spread=True)
     else:
         raise ValueError("give calibration prompts with --prompt (repeat it) for a model other than the embedded ones")
     pipe = load_pipeline(args.model)

@@ -9,8 +9,8 @@ results.jsonl, resume, processes), :mod:`.report` (tables, Pareto plots, compute
 
 from .benchmark import benchmark
 from .metrics import psnr, relative_l1, ssim
-from .runner import Sweep, bench_prompts, plan_items, run_sweep
+from .runner import Sweep, plan_items, run_sweep
 from .specs import MethodSpec, parse_methods
 
-__all__ = ["MethodSpec", "Sweep", "bench_prompts", "benchmark", "parse_methods", "plan_items", "psnr",
+__all__ = ["MethodSpec", "Sweep", "benchmark", "parse_methods", "plan_items", "psnr",
            "relative_l1", "run_sweep", "ssim"]

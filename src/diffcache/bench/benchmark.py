@@ -7,7 +7,8 @@ from pathlib import Path
 import torch
 
 from .report import write_reports
-from .runner import Distributed, Sweep, bench_prompts, plan_items, run_sweep
+from ..embedded.shapes import prompts as grammar_prompts
+from .runner import Distributed, Sweep, plan_items, run_sweep
 from .specs import parse_methods
 
 
@@ -17,10 +18,9 @@ def default_prompts(model: str, pipe, n: int) -> list[str]:
     from ..loading import EMBEDDED_MODELS
 
     if type(pipe).__name__ == "TinyShapesT2VPipeline":
-        return [prompt for prompt, _ in bench_prompts(n)]
+        return grammar_prompts(n, spread=True)
     if model in EMBEDDED_MODELS:
-        stills = list(dict.fromkeys(prompt.split(" moving ")[0] for prompt, _ in bench_prompts(60)))
-        return [stills[(i * len(stills)) // n % len(stills)] for i in range(n)]
+        return grammar_prompts(n, kind="image", spread=True)
     raise ValueError(f"{model!r} is not an embedded model: give its prompts with --prompt (repeat it).")
 
 

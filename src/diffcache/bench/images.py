@@ -18,13 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..methods.base import enable
-from ..embedded.t2i.pipeline import all_image_prompts
-
-
-def image_bench_prompts(n: int) -> list[tuple[str, int]]:
-    """``n`` (prompt, seed) pairs cycling over the 15 still-image prompts of the shapes grammar."""
-    prompts = all_image_prompts()
-    return [(prompts[i % len(prompts)], i) for i in range(n)]
+from ..embedded.shapes import prompts as grammar_prompts
 
 
 def _generate(pipe, prompt: str, seed: int, steps: int, guidance: float) -> np.ndarray:
@@ -40,7 +34,7 @@ def compare_with_deepcache_package(pipe, interval: int = 3, branch: int = 0, num
     speed ratio (the package's total time over diffcache's) from runs interleaved in this process."""
     from DeepCache import DeepCacheSDHelper
 
-    pairs = image_bench_prompts(num_prompts)
+    pairs = grammar_prompts(num_prompts, kind="image", seeded=True)
     pipe.set_progress_bar_config(disable=True)
 
     def ours(prompt, seed):

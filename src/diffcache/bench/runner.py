@@ -60,14 +60,6 @@ class Item:
         return f"{self.index:04d}"
 
 
-def bench_prompts(n: int) -> list[tuple[str, int]]:
-    """``n`` (prompt, seed) pairs spread evenly over the 60 prompts of the shapes grammar (seed = position)."""
-    from ..embedded.shapes import all_prompts
-
-    prompts = all_prompts()
-    return [(prompts[(i * len(prompts)) // n % len(prompts)], i) for i in range(n)]
-
-
 def plan_items(prompts: list[str], seeds: int = 1) -> list[Item]:
     """Every prompt with ``seeds`` seeds; seeds are numbered by position (prompt ``i``, seed ``j`` → ``i·seeds+j``)."""
     items = []

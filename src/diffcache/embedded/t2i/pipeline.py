@@ -176,8 +176,3 @@ def render_images(specs: list[shapes.ClipSpec], generator: torch.Generator | Non
     """Still training images ``(B, H, W, 3)`` and their shape coverage ``(B, H, W)`` (one-frame clips)."""
     clips, masks = shapes.render_clips(specs, generator, num_frames=1, height=IMAGE_SIZE, width=IMAGE_SIZE)
     return clips[:, 0], masks[:, 0]
-
-
-def all_image_prompts() -> list[str]:
-    """Every prompt of the still-image grammar: 5 colours × 3 shapes = 15."""
-    return [shapes.ClipSpec(c, s).prompt for c in shapes.COLOURS for s in shapes.SHAPES]
