@@ -12,7 +12,6 @@ Public API::
 
 from .adapters import UnsupportedModelError
 from .context import StepContext, StepTrackingError
-from .distill.sampler import DistilledShapesT2VPipeline
 from .methods import (CallRefusedError, Handle, MethodAlreadyEnabledError, MethodSilentWarning,
                       NothingSkippedWarning, Report, UnknownMethodError, enable, list_methods)
 from .methods.adacache import AdaCacheConfig
@@ -27,6 +26,15 @@ from .embedded.shapes import PromptError
 from .embedded.text import ShapesTextEncoder
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # diffcache.distill (and the benchmark code it uses) is imported only when its pipeline class is asked for
+    if name == "DistilledShapesT2VPipeline":
+        from .distill.sampler import DistilledShapesT2VPipeline
+
+        return DistilledShapesT2VPipeline
+    raise AttributeError(f"module 'diffcache' has no attribute {name!r}")
 
 
 def disable(target) -> None:
