@@ -21,13 +21,13 @@ from diffcache.bench import metrics
 from diffcache.bench.benchmark import Distributed, benchmark
 from diffcache.bench.measure import measure_cost, tensor_bytes
 from diffcache.bench.peers import PEERS, ActivePeer, PeerInfo
-from diffcache.bench.prompts import bench_prompts
 from diffcache.bench.report import markdown_table, pareto_front, summarize
 from diffcache.bench.specs import DEFAULT_METHODS, MethodSpec, parse_methods
 from diffcache.bench.store import RESULTS, append_record, merge_parts, read_records
 from diffcache.errors import BenchConfigError
 from diffcache.cli import main
 from diffcache import UnknownMethodError, list_methods
+from diffcache.embedded import shapes
 
 FAST = dict(num_prompts=2, steps=3, repeats=1, progress=False)
 
@@ -143,7 +143,7 @@ def test_cache_bytes_walk_state_but_not_weights():
 
 # -- the sweep -----------------------------------------------------------------------------------------------------
 def test_bench_prompts_cover_the_grammar():
-    pairs = bench_prompts(16)
+    pairs = shapes.prompts(16, spread=True, seeded=True)
     assert [seed for _, seed in pairs] == list(range(16))
     assert {p.split()[1] for p, _ in pairs} == {"red", "green", "blue", "yellow", "white"}
     assert {p.split()[-1] for p, _ in pairs} == {"left", "right", "up", "down"}

@@ -161,3 +161,44 @@ def test_load_pipeline_errors(tmp_path, monkeypatch):
     with pytest.raises(diffcache.ModelLoadError, match="could not load 'Wan-AI/Wan2.1-T2V-1.3B-Diffusers'") as info:
         diffcache.load_pipeline("Wan-AI/Wan2.1-T2V-1.3B-Diffusers")
     assert "\n" not in str(info.value)
+
+
+class _RegisteredShapesPipeline(TinyShapesT2VPipeline):
+    """A pipeline class diffusers does not know: loadable only once registered with diffcache.loading."""
+
+
+def test_registered_pipeline_class_loads_its_folders(random_pipe, tmp_path, monkeypatch):
+    import diffcache
+    from diffcache import loading
+
+    monkeypatch.setattr(loading, "_PIPELINE_CLASSES", dict(loading._PIPELINE_CLASSES))
+    pipe = _RegisteredShapesPipeline(random_pipe.transformer, random_pipe.text_encoder, random_pipe.scheduler)
+    pipe.save_pretrained(tmp_path / "pipe")
+    with pytest.raises(diffcache.ModelLoadError):
+        diffcache.load_pipeline(tmp_path / "pipe")  # diffusers alone cannot resolve the class name
+    loading.register_pipeline_class("_RegisteredShapesPipeline", f"{__name__}:_RegisteredShapesPipeline")
+    assert type(diffcache.load_pipeline(tmp_path / "pipe")) is _RegisteredShapesPipeline
+    loading.register_pipeline_class("_RegisteredShapesPipeline", TinyShapesT2VPipeline)
+    assert type(diffcache.load_pipeline(tmp_path / "pipe")) is TinyShapesT2VPipeline
+    with pytest.raises(ValueError, match="module:ClassName"):
+        loading.register_pipeline_class("X", "no_colon_here")
+    with pytest.raises(TypeError, match="expected a class"):
+        loading.register_pipeline_class("X", 3)
+
+
+def test_embedded_package_imports_neither_bench_nor_distill():
+    import pkgutil
+    import subprocess
+    import sys
+
+    import diffcache.embedded
+
+    modules = ["diffcache.embedded", "diffcache.loading"] + [
+        m.name for m in pkgutil.walk_packages(diffcache.embedded.__path__, "diffcache.embedded.")]
+    code = ("import importlib, sys\n"
+            f"for name in {modules!r}:\n    importlib.import_module(name)\n"
+            "print(sorted(k for k in sys.modules if k.split('.')[:2] in (['diffcache', 'bench'], "
+            "['diffcache', 'distill'])))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "diffcache.embedded.trainer" in modules and "diffcache.embedded.t2i.train" in modules
+    assert out.stdout.strip() == "[]"

@@ -11,7 +11,7 @@ def test_parse_prompt_full_grammar():
     spec = parse_prompt("A Yellow triangle moving up")
     assert spec == ClipSpec("yellow", "triangle", "up")
     assert spec.prompt == "a yellow triangle moving up"
-    assert len(shapes.all_prompts()) == 60
+    assert len(shapes.prompts()) == 60
 
 
 def test_unknown_word_lists_accepted_words():

@@ -12,9 +12,9 @@ import torch
 import diffcache
 from diffcache.cli import main
 from diffcache.embedded.checker import check
-from diffcache.embedded.t2i.pipeline import (TinyShapesT2IPipeline, all_image_prompts, pack_images, render_images,
+from diffcache.embedded.t2i.pipeline import (TinyShapesT2IPipeline, pack_images, render_images,
                                            unpack_images)
-from diffcache.embedded.shapes import ClipSpec
+from diffcache.embedded.shapes import ClipSpec, prompts
 from diffcache.embedded.t2i.train import T2ITrainConfig, T2ITrainer, make_image_batch
 
 SMOKE = T2ITrainConfig(steps=30, batch_size=8, warmup_steps=5, checkpoint_every=1000)
@@ -36,7 +36,7 @@ def test_packing_round_trips_and_ground_truth_images_pass_the_checker():
     for image, spec in zip(images.numpy(), specs):
         result = check(image, spec.prompt)
         assert result.adherence == 1.0 and set(result.matches) == {"colour", "shape"}
-    assert len(all_image_prompts()) == 15 and "a red circle" in all_image_prompts()
+    assert len(prompts(kind="image")) == 15 and "a red circle" in prompts(kind="image")
 
 
 def test_latents_are_normalised_over_the_training_images():

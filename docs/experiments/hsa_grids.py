@@ -25,7 +25,7 @@ import torch
 import diffcache
 from diffcache.bench.metrics import psnr
 from diffcache.bench.specs import MethodSpec
-from diffcache.embedded.shapes import all_prompts
+from diffcache.embedded.shapes import prompts as grammar_prompts
 
 
 def main() -> None:
@@ -40,7 +40,7 @@ def main() -> None:
     torch.set_num_threads(1)
     pipe = diffcache.load_pipeline("tiny-shapes-t2v")
     pipe.set_progress_bar_config(disable=True)
-    prompts = all_prompts()[::5][: args.prompts]
+    prompts = grammar_prompts()[::5][: args.prompts]
 
     def generate(steps: int, prompt: str, seed: int) -> np.ndarray:
         return pipe(prompt, num_inference_steps=steps, guidance_scale=5.0, height=64, width=64,

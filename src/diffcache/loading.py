@@ -1,11 +1,14 @@
-"""Finding and loading pipelines: the embedded models by name, or any diffusers pipeline by hub id or folder."""
+"""Finding and loading pipelines: the embedded models by name, or any diffusers pipeline by hub id or folder; folders
+of diffcache's own pipeline classes through a registry of class names (:func:`register_pipeline_class`)."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 from importlib import resources
 from pathlib import Path
+
 from .errors import ModelLoadError
 
 EMBEDDED_MODELS: dict[str, str] = {
@@ -25,6 +28,36 @@ SUPPORTED_VIDEO_PIPELINES = (
     "TinyShapesT2VPipeline",
     "DistilledShapesT2VPipeline",
 )
+
+# Pipeline classes of diffcache's own, by the class name a model_index.json records: diffusers resolves that name only
+# among its own pipelines, so load_pipeline looks ours up here. A value is the class, or "module:attribute" imported on
+# first use, so that loading imports none of them (nor what they import) until a folder of that class is loaded.
+_PIPELINE_CLASSES: dict[str, type | str] = {
+    "TinyShapesT2VPipeline": "diffcache.embedded.t2v.pipeline:TinyShapesT2VPipeline",
+    "TinyShapesT2IPipeline": "diffcache.embedded.t2i.pipeline:TinyShapesT2IPipeline",
+    "DistilledShapesT2VPipeline": "diffcache.distill.sampler:DistilledShapesT2VPipeline",
+}
+
+
+def register_pipeline_class(name: str, target: type | str) -> None:
+    """Make :func:`load_pipeline` load a folder whose ``model_index.json`` names class ``name`` with ``target``: the
+    pipeline class, or its import path ``"package.module:ClassName"`` (imported when such a folder is loaded)."""
+    if isinstance(target, str):
+        module, sep, attribute = target.partition(":")
+        if not (module and sep and attribute):
+            raise ValueError(f"pipeline class {name!r}: import path {target!r} is not of the form 'module:ClassName'.")
+    elif not isinstance(target, type):
+        raise TypeError(f"pipeline class {name!r}: expected a class or a 'module:ClassName' string, got {target!r}.")
+    _PIPELINE_CLASSES[name] = target
+
+
+def pipeline_class(name: str | None) -> type | None:
+    """The registered pipeline class of that name (importing it on first use), or ``None`` if there is none."""
+    target = _PIPELINE_CLASSES.get(name) if name is not None else None
+    if isinstance(target, str):
+        module, _, attribute = target.partition(":")
+        target = _PIPELINE_CLASSES[name] = getattr(importlib.import_module(module), attribute)
+    return target
 
 
 
@@ -57,14 +90,6 @@ def load_pipeline(name_or_path: str | os.PathLike = "tiny-shapes-t2v", **kwargs)
     from diffusers import DiffusionPipeline
     from diffusers.utils import logging as diffusers_logging
 
-    from .distill.sampler import DistilledShapesT2VPipeline
-    from .embedded.t2v.pipeline import TinyShapesT2VPipeline
-    from .embedded.t2i.pipeline import TinyShapesT2IPipeline
-
-    # diffusers resolves a model_index.json's class only among its own pipelines; ours are looked up here
-    own_pipelines = {cls.__name__: cls for cls in (TinyShapesT2VPipeline, TinyShapesT2IPipeline,
-                                                   DistilledShapesT2VPipeline)}
-
     name = str(name_or_path)
     if name in EMBEDDED_MODELS:
         path = embedded_model_path(name)
@@ -85,7 +110,7 @@ def load_pipeline(name_or_path: str | os.PathLike = "tiny-shapes-t2v", **kwargs)
     loader = DiffusionPipeline
     if isinstance(path, Path):
         class_name = json.loads((path / "model_index.json").read_text()).get("_class_name")
-        loader = own_pipelines.get(class_name, DiffusionPipeline)
+        loader = pipeline_class(class_name) or DiffusionPipeline
     verbosity = diffusers_logging.get_verbosity()
     diffusers_logging.set_verbosity_error()  # hub connection warnings would bury the one-line reason
     try:

@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..api import enable
-from .prompts import image_bench_prompts
+from ..embedded.shapes import prompts as grammar_prompts
 
 
 def generate_image(pipe, prompt: str, seed: int, steps: int, guidance: float) -> np.ndarray:
@@ -37,7 +37,7 @@ def compare_with_deepcache_package(pipe, interval: int = 3, branch: int = 0, num
     side's total seconds in ``seconds``."""
     from DeepCache import DeepCacheSDHelper
 
-    pairs = image_bench_prompts(num_prompts)
+    pairs = grammar_prompts(num_prompts, kind="image", seeded=True)
     pipe.set_progress_bar_config(disable=True)
 
     def run_diffcache(prompt, seed):

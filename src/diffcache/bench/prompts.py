@@ -1,5 +1,5 @@
-"""What a benchmark runs on: prompt lists of the embedded models' shapes grammar, and the *items* of a sweep,
-each one (prompt, seed)."""
+"""What a benchmark runs on: the default prompts (the embedded models' grammar, from
+:func:`diffcache.embedded.shapes.prompts`), and the *items* of a sweep, each one (prompt, seed)."""
 
 from __future__ import annotations
 
@@ -19,32 +19,16 @@ class Item:
         return f"{self.index:04d}"
 
 
-def bench_prompts(n: int) -> list[tuple[str, int]]:
-    """``n`` (prompt, seed) pairs spread evenly over the 60 prompts of the shapes grammar (seed = position)."""
-    from ..embedded.shapes import all_prompts
-
-    prompts = all_prompts()
-    return [(prompts[(i * len(prompts)) // n % len(prompts)], i) for i in range(n)]
-
-
-def image_bench_prompts(n: int) -> list[tuple[str, int]]:
-    """``n`` (prompt, seed) pairs cycling over the 15 still-image prompts of the shapes grammar."""
-    from ..embedded.t2i.pipeline import all_image_prompts
-
-    prompts = all_image_prompts()
-    return [(prompts[i % len(prompts)], i) for i in range(n)]
-
-
 def default_prompts(model: str, pipe, n: int) -> list[str]:
     """``n`` prompts spread over the shapes grammar for the embedded models: ``a {colour} {shape} moving
     {direction}`` for the text-to-video model, ``a {colour} {shape}`` for an embedded still-image model."""
+    from ..embedded.shapes import prompts
     from ..loading import EMBEDDED_MODELS
 
     if type(pipe).__name__ == "TinyShapesT2VPipeline":
-        return [prompt for prompt, _ in bench_prompts(n)]
+        return prompts(n, spread=True)
     if model in EMBEDDED_MODELS:
-        stills = list(dict.fromkeys(prompt.split(" moving ")[0] for prompt, _ in bench_prompts(60)))
-        return [stills[(i * len(stills)) // n % len(stills)] for i in range(n)]
+        return prompts(n, kind="image", spread=True)
     raise ValueError(f"{model!r} is not an embedded model: give its prompts with --prompt (repeat it).")
 
 

@@ -66,14 +66,13 @@ def calibrator(method: str) -> Calibrator:
 
 def calibration_prompts(model: str, num_prompts: int, prompts: list[str] | None = None) -> list[str]:
     """``prompts`` when given; for an embedded model ``num_prompts`` prompts spread evenly over its grammar."""
-    from ..embedded.shapes import all_prompts
+    from ..embedded.shapes import prompts as grammar_prompts
     from ..loading import EMBEDDED_MODELS
 
     if prompts:
         return list(prompts)
     if model in EMBEDDED_MODELS:
-        grammar = all_prompts()
-        return [grammar[(i * len(grammar)) // num_prompts % len(grammar)] for i in range(num_prompts)]
+        return grammar_prompts(num_prompts, spread=True)
     raise CalibrationError("give calibration prompts with --prompt (repeat it) for a model other than the embedded "
                            "ones")
 

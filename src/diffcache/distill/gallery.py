@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 
 from ..files import OutputExistsError, atomic_path, check_writable, write_text, write_video
 from ..embedded.checker import check
-from ..embedded.evaluate import gate_prompts
+from ..embedded.shapes import prompts as grammar_prompts
 from .rounds import CONFIG_FILE, finished_rounds, load_round
 from ..errors import RunNotFoundError
 
@@ -119,7 +119,7 @@ def write_gallery(run: str | os.PathLike, page: str | os.PathLike, prompts: int 
         raise OutputExistsError(f"{files} already exists; pass --force to overwrite the gallery's files.")
     cfg = info["config"]
     steps = cfg["eval_steps"]
-    pairs = gate_prompts(cfg["eval_prompts"])
+    pairs = grammar_prompts(cfg["eval_prompts"], seeded=True)
     rows = gallery_prompt_rows(len(pairs), prompts)
     columns = _columns(info["rounds"])
     teacher = {k: v.numpy() for k, v in load_file(str(run / "eval" / "teacher.safetensors")).items()}

@@ -35,9 +35,9 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..bench.metrics import psnr
-from ..embedded.evaluate import gate_prompts, score_clips
+from ..embedded.evaluate import score_clips
 from ..embedded.t2v.pipeline import TinyShapesT2VPipeline, unpack
-from ..embedded.shapes import all_prompts
+from ..embedded.shapes import prompts as grammar_prompts
 from .cache import DataCache, Slice, teacher_trajectory
 from .sampler import ConsistencyFlowMatchScheduler, DistilledShapesT2VPipeline
 
@@ -192,7 +192,7 @@ class Distiller:
     def slice_prompts(self, index: int) -> tuple[list[str], list[int]]:
         """Prompts and noise seeds of slice ``index`` (0 = held-out probe): slices 1, 2 split one shuffled
         pass over the grammar's 60 prompts, 3, 4 the next pass, and so on; every clip has its own seed."""
-        prompts = all_prompts()
+        prompts = grammar_prompts()
         c = self.config
         n = c.probe_clips if index == 0 else c.slice_clips
         out = []
@@ -295,7 +295,7 @@ class Distiller:
         return float(((latents.float() - probe.trajectory[:, -1].float()) ** 2).mean())
 
     def eval_pairs(self) -> list[tuple[str, int]]:
-        return gate_prompts(self.config.eval_prompts)
+        return grammar_prompts(self.config.eval_prompts, seeded=True)
 
     @torch.no_grad()
     def _generate(self, pipe, steps: int, guidance: float | None) -> np.ndarray:

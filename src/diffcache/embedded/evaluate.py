@@ -13,7 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .checker import check
-from .shapes import all_prompts
+from .shapes import prompts
 
 
 def is_image_pipeline(pipe) -> bool:
@@ -21,15 +21,6 @@ def is_image_pipeline(pipe) -> bool:
     from .t2i.pipeline import TinyShapesT2IPipeline
 
     return isinstance(pipe, TinyShapesT2IPipeline)
-
-
-def gate_prompts(n: int = 64, image: bool = False) -> list[tuple[str, int]]:
-    """``n`` (prompt, seed) pairs cycling through all prompts of the grammar (60 for video; 15 still-image ones with
-    ``image=True``); seed = position in the list."""
-    from .t2i.pipeline import all_image_prompts
-
-    prompts = all_image_prompts() if image else all_prompts()
-    return [(prompts[i % len(prompts)], i) for i in range(n)]
 
 
 @dataclass
@@ -78,12 +69,13 @@ def evaluate_adherence(
     batch_size: int = 16, progress: bool = True, return_clips: bool = False, height: int | None = None,
     width: int | None = None,
 ):
-    """Generate the gate's prompt set with fixed seeds and score it. Returns an :class:`AdherenceReport`
+    """Generate the gate's prompt set with fixed seeds (``shapes.prompts(num_prompts, seeded=True)``, still-image
+    prompts for a text-to-image pipeline) and score it. Returns an :class:`AdherenceReport`
     (and the clips — images for a text-to-image pipeline — with ``return_clips=True``). ``height`` / ``width``:
     the frame size in pixels (default: the pipeline's own)."""
     size = {key: value for key, value in (("height", height), ("width", width)) if value is not None}
     image = is_image_pipeline(pipe)
-    pairs = gate_prompts(num_prompts, image=image)
+    pairs = prompts(num_prompts, kind="image" if image else "video", seeded=True)
     clips = []
     saved = dict(getattr(pipe, "_progress_bar_config", {}))
     pipe.set_progress_bar_config(**{**saved, "disable": True})

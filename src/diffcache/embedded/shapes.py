@@ -101,9 +101,37 @@ def parse_prompt(prompt: str, require_direction: bool = True) -> ClipSpec:
     return ClipSpec(colours[0], shapes[0], directions[0] if directions else None)
 
 
-def all_prompts() -> list[str]:
-    """Every prompt of the grammar: 5 colours × 3 shapes × 4 directions = 60."""
-    return [ClipSpec(c, s, d).prompt for c in COLOURS for s in SHAPES for d in DIRECTIONS]
+PROMPT_KINDS = ("video", "image")
+
+
+def prompts(count: int | None = None, *, kind: str = "video", spread: bool = False,
+            seeded: bool = False) -> list[str] | list[tuple[str, int]]:
+    """Prompts of the grammar, deterministically: every prompt once by default, else ``count`` of them.
+
+    ``kind="video"``: the 60 prompts ``a {colour} {shape} moving {direction}`` (5 colours × 3 shapes ×
+    4 directions, in the order colour, shape, direction of :data:`COLOURS`, :data:`SHAPES`, :data:`DIRECTIONS`);
+    ``kind="image"``: the 15 still-image prompts ``a {colour} {shape}`` in the same order.
+
+    ``count`` prompts cycle through that list (prompt ``i`` is ``grammar[i % len(grammar)]``: the gates'
+    prompt set); with ``spread=True`` they are spread evenly over it instead (``grammar[i·len(grammar) // count]``,
+    so a few prompts still differ in colour, shape and direction: the benchmark's and the calibration's
+    defaults). With ``seeded=True`` each prompt comes as ``(prompt, seed)``, the seed being its position.
+    """
+    if kind not in PROMPT_KINDS:
+        raise ValueError(f"kind={kind!r} is not a prompt kind; use one of {', '.join(PROMPT_KINDS)}.")
+    if kind == "video":
+        grammar = [ClipSpec(c, s, d).prompt for c in COLOURS for s in SHAPES for d in DIRECTIONS]
+    else:
+        grammar = [ClipSpec(c, s).prompt for c in COLOURS for s in SHAPES]
+    if count is None:
+        count = len(grammar)
+    elif isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        raise ValueError(f"count must be a non-negative integer (or None for every prompt once), got {count!r}.")
+    if spread:
+        chosen = [grammar[(i * len(grammar)) // count % len(grammar)] for i in range(count)]
+    else:
+        chosen = [grammar[i % len(grammar)] for i in range(count)]
+    return [(prompt, seed) for seed, prompt in enumerate(chosen)] if seeded else chosen
 
 
 def _extents(shape: str, radius: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -15,23 +15,20 @@ from __future__ import annotations
 
 from typing import Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
+from diffusers import DDIMScheduler, UNet2DConditionModel
 from diffusers.pipelines.stable_diffusion.pipeline_output import StableDiffusionPipelineOutput
-from diffusers.utils.torch_utils import randn_tensor
 
 from .. import shapes
-from ..t2v.pipeline import CallState
+from ..pipeline import ShapesPipeline
 from ..text import ShapesTextEncoder
 
 UNSHUFFLE = 2
-OUTPUT_TYPES = ("np", "pt", "pil", "latent")
 IMAGE_SIZE = 32
 # Mean and standard deviation of the training images in [-1, 1] (512 images: −0.819 and 0.350; a dark background
 # covers nine tenths of each): latents are ``(x − LATENT_SHIFT) · LATENT_SCALE``, zero-mean and unit-variance.
-# Why it matters (44.5 % → 93 % adherence), in the docstring of ``train_t2i``.
+# Why it matters (44.5 % → 93 % adherence), in the docstring of ``diffcache.embedded.t2i.train``.
 LATENT_SHIFT = -0.82
 LATENT_SCALE = 1 / 0.35
 
@@ -74,7 +71,7 @@ def tiny_scheduler() -> DDIMScheduler:
     )
 
 
-class TinyShapesT2IPipeline(CallState, DiffusionPipeline):
+class TinyShapesT2IPipeline(ShapesPipeline):
     """Text-to-image for the still-shape grammar ``"a {colour} {shape}"``, with the calling conventions of
     diffusers' ``StableDiffusionPipeline``.
 
@@ -90,14 +87,12 @@ class TinyShapesT2IPipeline(CallState, DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "text_encoder->unet"
-    _callback_tensor_inputs = ["latents"]
+    denoiser_name = "unet"
 
     def __init__(self, unet: UNet2DConditionModel, text_encoder: ShapesTextEncoder, scheduler: DDIMScheduler):
         super().__init__()
         self.register_modules(unet=unet, text_encoder=text_encoder, scheduler=scheduler)
-        self._guidance_scale = 1.0
-        self._num_timesteps = 0
-        self._interrupt = False
+        self._init_call_state()
         self._cross_attention_kwargs = None
 
     @classmethod
@@ -109,20 +104,12 @@ class TinyShapesT2IPipeline(CallState, DiffusionPipeline):
             text_encoder = ShapesTextEncoder(embed_dim=unet.config.cross_attention_dim)
         return cls(unet, text_encoder, tiny_scheduler())
 
-    def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
-        return self.text_encoder.encode(prompts).to(self.unet.dtype)
-
     @property
     def cross_attention_kwargs(self):
         return self._cross_attention_kwargs
 
     def check_inputs(self, num_inference_steps, guidance_scale, output_type, height, width):
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"output_type={output_type!r} is not supported; use one of {', '.join(OUTPUT_TYPES)}.")
-        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}.")
-        if guidance_scale < 0:
-            raise ValueError(f"guidance_scale must be >= 0 (1 or less disables guidance), got {guidance_scale}.")
+        self.check_common_inputs(num_inference_steps, guidance_scale, output_type)
         factor = UNSHUFFLE * 2 ** (len(self.unet.config.block_out_channels) - 1)
         if height % factor or width % factor or height < factor or width < factor:
             raise ValueError(f"height and width must be positive multiples of {factor}; got {height}×{width}.")
@@ -152,75 +139,33 @@ class TinyShapesT2IPipeline(CallState, DiffusionPipeline):
         of PIL images, ``"np"`` floats in [0, 1] of shape ``(batch, height, width, 3)``, ``"pt"`` a tensor
         ``(batch, 3, height, width)``, ``"latent"`` the packed latents."""
         self.check_inputs(num_inference_steps, guidance_scale, output_type, height, width)
-        unknown = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
-        if unknown:
-            raise ValueError(f"callback_on_step_end_tensor_inputs {unknown} are not available; "
-                             f"choose from {self._callback_tensor_inputs}.")
-        self._guidance_scale = guidance_scale
+        self.check_callback_inputs(callback_on_step_end_tensor_inputs)
+        self.begin_call(guidance_scale)
         self._cross_attention_kwargs = cross_attention_kwargs
-        self._interrupt = False
         do_cfg = self.do_classifier_free_guidance
         device = self._execution_device
         dtype = self.unet.dtype
-        if prompt_embeds is None:
-            if prompt is None:
-                raise ValueError("pass a prompt (or prompt_embeds).")
-            prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-            prompt_embeds = self.encode_prompt(prompts)
-        elif prompt is not None:
-            raise ValueError("pass either prompt or prompt_embeds, not both.")
-        num_prompts = prompt_embeds.shape[0]
-        embeds = prompt_embeds.to(device, dtype).repeat_interleave(num_images_per_prompt, 0)
+        embeds, uncond, batch = self.prepare_embeddings(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
+                                                        num_images_per_prompt, device)
         if do_cfg:
-            if negative_prompt_embeds is None:
-                negatives = negative_prompt if negative_prompt is not None else ""
-                negatives = [negatives] * num_prompts if isinstance(negatives, str) else list(negatives)
-                if len(negatives) != num_prompts:
-                    raise ValueError(f"got {num_prompts} prompts but {len(negatives)} negative prompts.")
-                negative_prompt_embeds = self.encode_prompt(negatives)
-            uncond = negative_prompt_embeds.to(device, dtype).repeat_interleave(num_images_per_prompt, 0)
             embeds = torch.cat([uncond, embeds])  # [uncond, cond], as StableDiffusionPipeline
-        batch = num_prompts * num_images_per_prompt
 
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
         shape = (batch, self.unet.config.in_channels, height // UNSHUFFLE, width // UNSHUFFLE)
-        if latents is None:
-            latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
-        elif tuple(latents.shape) != shape:
-            raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}.")
-        latents = latents * self.scheduler.init_noise_sigma
+        latents = self.prepare_latents(shape, generator, latents, device) * self.scheduler.init_noise_sigma
         extra = {"eta": eta, "generator": generator} if isinstance(self.scheduler, DDIMScheduler) else {}
-        self._num_timesteps = len(timesteps)
 
-        with self.progress_bar(total=len(timesteps)) as progress_bar:
-            for i, t in enumerate(timesteps):
-                if self.interrupt:
-                    continue
-                x = torch.cat([latents] * 2) if do_cfg else latents
-                x = self.scheduler.scale_model_input(x, t).to(dtype)
-                noise_pred = self.unet(x, t, encoder_hidden_states=embeds,
-                                       cross_attention_kwargs=cross_attention_kwargs, return_dict=False)[0]
-                if do_cfg:
-                    noise_uncond, noise_cond = noise_pred.chunk(2)
-                    noise_pred = noise_uncond + guidance_scale * (noise_cond - noise_uncond)
-                latents = self.scheduler.step(noise_pred.float(), t, latents, **extra, return_dict=False)[0]
-                if callback_on_step_end is not None:
-                    local = {"latents": latents}
-                    outputs = callback_on_step_end(self, i, t, {k: local[k] for k in callback_on_step_end_tensor_inputs})
-                    latents = outputs.pop("latents", latents)
-                progress_bar.update()
+        def predict(i, t, latents):
+            x = torch.cat([latents] * 2) if do_cfg else latents
+            x = self.scheduler.scale_model_input(x, t).to(dtype)
+            noise_pred = self.unet(x, t, encoder_hidden_states=embeds,
+                                   cross_attention_kwargs=cross_attention_kwargs, return_dict=False)[0]
+            return self.guide(*noise_pred.chunk(2)) if do_cfg else noise_pred
 
-        if output_type == "latent":
-            images = latents
-        else:
-            pixels = unpack_images(latents.float())
-            if output_type == "pt":
-                images = pixels.permute(0, 3, 1, 2)
-            else:
-                images = pixels.cpu().numpy().astype(np.float32)
-                if output_type == "pil":
-                    images = self.numpy_to_pil(images)
+        latents = self.denoise(latents, timesteps, predict, extra, callback_on_step_end,
+                               callback_on_step_end_tensor_inputs)
+        images = self.convert_output(latents, output_type, unpack_images)
         self.maybe_free_model_hooks()
         if not return_dict:
             return (images, None)
@@ -231,8 +176,3 @@ def render_images(specs: list[shapes.ClipSpec], generator: torch.Generator | Non
     """Still training images ``(B, H, W, 3)`` and their shape coverage ``(B, H, W)`` (one-frame clips)."""
     clips, masks = shapes.render_clips(specs, generator, num_frames=1, height=IMAGE_SIZE, width=IMAGE_SIZE)
     return clips[:, 0], masks[:, 0]
-
-
-def all_image_prompts() -> list[str]:
-    """Every prompt of the still-image grammar: 5 colours × 3 shapes = 15."""
-    return [shapes.ClipSpec(c, s).prompt for c in shapes.COLOURS for s in shapes.SHAPES]

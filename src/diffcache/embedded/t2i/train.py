@@ -13,7 +13,7 @@ the ideal — which DDIM carried into the sample as pixel noise that later steps
 adherence; DDIM started from a real image noised to t ≤ 600 gave clean images, so low-t accuracy was not the
 problem). What fixed it, in order of effect:
 
-- **normalised latents** (``pipeline_t2i.LATENT_SHIFT`` / ``LATENT_SCALE``, the role of Stable Diffusion's VAE
+- **normalised latents** (``t2i.pipeline.LATENT_SHIFT`` / ``LATENT_SCALE``, the role of Stable Diffusion's VAE
   scaling factor): the images in [-1, 1] have mean −0.82 and std 0.35 (a dark background covers nine tenths
   of each), so against unit noise the signal was 2.9× weaker than a unit-variance latent's and the schedule's
   SNR effectively 8× lower; the same ε error then put 2.9× more error into the predicted image, and the
@@ -43,7 +43,7 @@ Cost: 6000 steps of 16 images, about 0.28 s per step on two CPU threads (0.38 s 
   square / circle / triangle call;
 - 10 % prompt dropout for classifier-free guidance; AdamW with warm-up and cosine decay; the EMA weights ship.
 
-Checkpointing and resuming are those of the text-to-video recipe (:class:`diffcache.embedded.t2v.train.Trainer`):
+Checkpointing and resuming are those of every embedded recipe (:class:`diffcache.embedded.trainer.ShapesTrainer`):
 model, EMA weights and optimiser state in safetensors every ``checkpoint_every`` steps, and the same command
 continues where a stopped run left off.
 """
@@ -56,8 +56,8 @@ import torch
 import torch.nn.functional as F
 
 from .. import shapes
+from ..trainer import BaseTrainConfig, ShapesTrainer, step_generator
 from .pipeline import UNSHUFFLE, TinyShapesT2IPipeline, pack_images, render_images
-from ..t2v.train import Trainer, step_generator
 
 FOREGROUND_WEIGHT = 3.0
 PROMPT_DROPOUT = 0.1
@@ -68,15 +68,13 @@ DC_WEIGHT = 10.0
 
 
 @dataclass
-class T2ITrainConfig:
+class T2ITrainConfig(BaseTrainConfig):
+    """The text-to-image recipe: 6000 steps of 16 images, 200 warm-up steps (the fields of
+    :class:`~diffcache.embedded.trainer.BaseTrainConfig`)."""
+
     steps: int = 6000
     batch_size: int = 16
-    lr: float = 1e-3
     warmup_steps: int = 200
-    weight_decay: float = 0.01
-    ema_decay: float = 0.999
-    seed: int = 0
-    checkpoint_every: int = 250
 
 
 def make_image_batch(config: T2ITrainConfig, step: int):
@@ -118,21 +116,12 @@ def min_snr_weight(scheduler, timesteps: torch.Tensor) -> torch.Tensor:
     return snr.clamp(max=MIN_SNR_GAMMA) / snr
 
 
-class T2ITrainer(Trainer):
-    """:class:`~diffcache.embedded.t2v.train.Trainer` for the text-to-image U-Net (same checkpoints, resume, EMA)."""
+class T2ITrainer(ShapesTrainer):
+    """:class:`~diffcache.embedded.trainer.ShapesTrainer` for the text-to-image U-Net (same checkpoints, resume,
+    EMA and schedule as the text-to-video recipe)."""
 
-    def __init__(self, config: T2ITrainConfig, out_dir):
-        super().__init__(config, out_dir)
-
-    def build_pipeline(self):
+    def build_pipeline(self) -> TinyShapesT2IPipeline:
         return TinyShapesT2IPipeline.from_scratch(seed=self.config.seed)
 
-    @property
-    def denoiser(self) -> torch.nn.Module:
-        return self.pipe.unet
-
-    def trainable(self) -> torch.nn.Module:
-        return torch.nn.ModuleDict({"unet": self.pipe.unet, "text_encoder": self.pipe.text_encoder})
-
-    def compute_loss(self):
+    def compute_loss(self) -> tuple[torch.Tensor, dict]:
         return image_loss(self.pipe, *make_image_batch(self.config, self.step))

@@ -11,19 +11,17 @@ from __future__ import annotations
 import inspect
 from typing import Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
+from diffusers import FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
 from diffusers.pipelines.wan.pipeline_output import WanPipelineOutput
-from diffusers.utils.torch_utils import randn_tensor
 
 from .. import shapes
+from ..pipeline import ShapesPipeline
 from ..text import ShapesTextEncoder
 
 UNSHUFFLE = 2
 CFG_MODES = ("split", "batched")
-OUTPUT_TYPES = ("np", "pt", "pil", "latent")
 
 
 def pack(clips: torch.Tensor) -> torch.Tensor:
@@ -61,28 +59,7 @@ def tiny_transformer_config() -> dict:
     )
 
 
-class CallState:
-    """Read-only state of the embedded pipelines while a call runs, named as in diffusers' pipelines (WanPipeline,
-    StableDiffusionPipeline), whose cache configs and callbacks read these."""
-
-    @property
-    def guidance_scale(self) -> float:
-        return self._guidance_scale
-
-    @property
-    def do_classifier_free_guidance(self) -> bool:
-        return self._guidance_scale > 1.0
-
-    @property
-    def num_timesteps(self) -> int:
-        return self._num_timesteps
-
-    @property
-    def interrupt(self) -> bool:
-        return self._interrupt
-
-
-class TinyShapesT2VPipeline(CallState, DiffusionPipeline):
+class TinyShapesT2VPipeline(ShapesPipeline):
     """Text-to-video for the shapes grammar, with the calling conventions of diffusers' ``WanPipeline``.
 
     Example::
@@ -98,7 +75,7 @@ class TinyShapesT2VPipeline(CallState, DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "text_encoder->transformer"
-    _callback_tensor_inputs = ["latents"]
+    denoiser_name = "transformer"
 
     def __init__(
         self,
@@ -108,10 +85,8 @@ class TinyShapesT2VPipeline(CallState, DiffusionPipeline):
     ):
         super().__init__()
         self.register_modules(transformer=transformer, text_encoder=text_encoder, scheduler=scheduler)
-        self._guidance_scale = 1.0
-        self._num_timesteps = 0
+        self._init_call_state()
         self._current_timestep = None
-        self._interrupt = False
         self._attention_kwargs = None
 
     @classmethod
@@ -123,18 +98,10 @@ class TinyShapesT2VPipeline(CallState, DiffusionPipeline):
             text_encoder = ShapesTextEncoder(embed_dim=transformer.config.text_dim)
         return cls(transformer, text_encoder, FlowMatchEulerDiscreteScheduler(shift=shift))
 
-    def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
-        return self.text_encoder.encode(prompts).to(self.transformer.dtype)
-
     def check_inputs(self, num_inference_steps, guidance_scale, cfg_mode, output_type, num_frames, height, width):
         if cfg_mode not in CFG_MODES:
             raise ValueError(f"cfg_mode={cfg_mode!r} is not supported; use one of {', '.join(CFG_MODES)}.")
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"output_type={output_type!r} is not supported; use one of {', '.join(OUTPUT_TYPES)}.")
-        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}.")
-        if guidance_scale < 0:
-            raise ValueError(f"guidance_scale must be >= 0 (1 or less disables guidance), got {guidance_scale}.")
+        self.check_common_inputs(num_inference_steps, guidance_scale, output_type)
         p_t, p_h, p_w = self.transformer.config.patch_size
         if num_frames % p_t or height % (UNSHUFFLE * p_h) or width % (UNSHUFFLE * p_w):
             raise ValueError(
@@ -176,103 +143,58 @@ class TinyShapesT2VPipeline(CallState, DiffusionPipeline):
         [0, 1] of shape ``(batch, frames, height, width, 3)``, ``"pt"`` a tensor ``(batch, frames, 3, H, W)``,
         ``"pil"`` a list of lists of images, ``"latent"`` the packed latents."""
         self.check_inputs(num_inference_steps, guidance_scale, cfg_mode, output_type, num_frames, height, width)
-        unknown = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
-        if unknown:
-            raise ValueError(f"callback_on_step_end_tensor_inputs {unknown} are not available; "
-                             f"choose from {self._callback_tensor_inputs}.")
-        self._guidance_scale = guidance_scale
+        self.check_callback_inputs(callback_on_step_end_tensor_inputs)
+        self.begin_call(guidance_scale)
         self._attention_kwargs = attention_kwargs
         self._current_timestep = None
-        self._interrupt = False
         do_cfg = self.do_classifier_free_guidance
         device = self._execution_device
-        if prompt_embeds is None:
-            if prompt is None:
-                raise ValueError("pass a prompt (or prompt_embeds).")
-            prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-            prompt_embeds = self.encode_prompt(prompts)
-        elif prompt is not None:
-            raise ValueError("pass either prompt or prompt_embeds, not both.")
-        num_prompts = prompt_embeds.shape[0]
-        cond = prompt_embeds.to(device, self.transformer.dtype).repeat_interleave(num_videos_per_prompt, 0)
-        uncond = None
-        if do_cfg:
-            if negative_prompt_embeds is None:
-                negatives = negative_prompt if negative_prompt is not None else ""
-                negatives = [negatives] * num_prompts if isinstance(negatives, str) else list(negatives)
-                if len(negatives) != num_prompts:
-                    raise ValueError(f"got {num_prompts} prompts but {len(negatives)} negative prompts.")
-                negative_prompt_embeds = self.encode_prompt(negatives)
-            uncond = negative_prompt_embeds.to(device, self.transformer.dtype).repeat_interleave(
-                num_videos_per_prompt, 0)
-        batch = num_prompts * num_videos_per_prompt
+        cond, uncond, batch = self.prepare_embeddings(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
+                                                      num_videos_per_prompt, device)
 
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         self.scheduler.set_begin_index(0)
         timesteps = self.scheduler.timesteps
         shape = (batch, self.transformer.config.in_channels, num_frames, height // UNSHUFFLE, width // UNSHUFFLE)
-        if latents is None:
-            latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
-        elif tuple(latents.shape) != shape:
-            raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}.")
+        latents = self.prepare_latents(shape, generator, latents, device)
         dtype = self.transformer.dtype
-        self._num_timesteps = len(timesteps)
         # a stochastic scheduler (the consistency sampler's re-noising) draws from the caller's generator
         takes_generator = "generator" in inspect.signature(self.scheduler.step).parameters
         step_kwargs = {"generator": generator} if takes_generator else {}
 
-        with self.progress_bar(total=len(timesteps)) as progress_bar:
-            for i, t in enumerate(timesteps):
-                if self.interrupt:
-                    continue
-                self._current_timestep = t
-                context = {"step_index": i, "sigma": float(self.scheduler.sigmas[i]),
-                           "num_inference_steps": len(timesteps), "timestep": t}
-                x = latents.to(dtype)
-                if do_cfg and cfg_mode == "batched":
-                    with self.transformer.cache_context("cond_uncond", **context):
-                        both = self.transformer(
-                            hidden_states=torch.cat([x, x]),
-                            timestep=t.expand(2 * batch),
-                            encoder_hidden_states=torch.cat([uncond, cond]),
-                            attention_kwargs=attention_kwargs,
-                            return_dict=False,
-                        )[0]
-                    noise_uncond, noise_pred = both.chunk(2)
-                else:
-                    with self.transformer.cache_context("cond", **context):
-                        noise_pred = self.transformer(
-                            hidden_states=x, timestep=t.expand(batch), encoder_hidden_states=cond,
+        def predict(i, t, latents):
+            self._current_timestep = t
+            context = {"step_index": i, "sigma": float(self.scheduler.sigmas[i]),
+                       "num_inference_steps": len(timesteps), "timestep": t}
+            x = latents.to(dtype)
+            if do_cfg and cfg_mode == "batched":
+                with self.transformer.cache_context("cond_uncond", **context):
+                    both = self.transformer(
+                        hidden_states=torch.cat([x, x]),
+                        timestep=t.expand(2 * batch),
+                        encoder_hidden_states=torch.cat([uncond, cond]),
+                        attention_kwargs=attention_kwargs,
+                        return_dict=False,
+                    )[0]
+                noise_uncond, noise_pred = both.chunk(2)
+            else:
+                with self.transformer.cache_context("cond", **context):
+                    noise_pred = self.transformer(
+                        hidden_states=x, timestep=t.expand(batch), encoder_hidden_states=cond,
+                        attention_kwargs=attention_kwargs, return_dict=False,
+                    )[0]
+                if do_cfg:
+                    with self.transformer.cache_context("uncond", **context):
+                        noise_uncond = self.transformer(
+                            hidden_states=x, timestep=t.expand(batch), encoder_hidden_states=uncond,
                             attention_kwargs=attention_kwargs, return_dict=False,
                         )[0]
-                    if do_cfg:
-                        with self.transformer.cache_context("uncond", **context):
-                            noise_uncond = self.transformer(
-                                hidden_states=x, timestep=t.expand(batch), encoder_hidden_states=uncond,
-                                attention_kwargs=attention_kwargs, return_dict=False,
-                            )[0]
-                if do_cfg:
-                    noise_pred = noise_uncond + guidance_scale * (noise_pred - noise_uncond)
-                latents = self.scheduler.step(noise_pred.float(), t, latents, return_dict=False, **step_kwargs)[0]
-                if callback_on_step_end is not None:
-                    local = {"latents": latents}
-                    outputs = callback_on_step_end(
-                        self, i, t, {k: local[k] for k in callback_on_step_end_tensor_inputs}
-                    )
-                    latents = outputs.pop("latents", latents)
-                progress_bar.update()
+            return self.guide(noise_uncond, noise_pred) if do_cfg else noise_pred
 
+        latents = self.denoise(latents, timesteps, predict, step_kwargs, callback_on_step_end,
+                               callback_on_step_end_tensor_inputs)
         self._current_timestep = None
-        if output_type == "latent":
-            video = latents
-        else:
-            pixels = unpack(latents.float())
-            if output_type == "pt":
-                video = pixels.permute(0, 1, 4, 2, 3)
-            else:
-                video = pixels.cpu().numpy().astype(np.float32)
-                if output_type == "pil":
-                    video = [self.numpy_to_pil(clip) for clip in video]
+        video = self.convert_output(latents, output_type, unpack)
         self.maybe_free_model_hooks()
         if not return_dict:
             return (video,)
