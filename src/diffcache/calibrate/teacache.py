@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import CalibrationError
-from ..methods.framework import relative_l1
+from ..methods.framework import relative_change
 from ..methods.teacache import TeaCacheConfig, teacache_schedule
 
 
@@ -124,8 +124,8 @@ def calibrate_teacache(pipe, prompts: list[str], num_inference_steps: int = 30, 
             entry = records[ctx.branch]
             out = (output[0] if isinstance(output, tuple) else getattr(output, "sample", output)).detach()
             if "prev_signal" in entry:
-                xs.append(relative_l1(entry["prev_signal"], entry["signal"]))
-                ys.append(relative_l1(entry["prev_output"], out))
+                xs.append(relative_change(entry["prev_signal"], entry["signal"]))
+                ys.append(relative_change(entry["prev_output"], out))
                 entry["sequence"].append(xs[-1])
             else:
                 entry["sequence"] = [None]

@@ -36,7 +36,7 @@ from diffusers.hooks.hooks import ModelHook
 from ..context import StepContext
 from ..adapters.capabilities import BlockStack, SplitBlocks, TokenGrid
 from ..errors import ConfigError
-from .framework import MethodConfig, Runtime, register, relative_l1
+from .framework import MethodConfig, Runtime, register, relative_change
 
 CODEBOOKS: dict[tuple[str, int], tuple[tuple[float, int], ...]] = {
     ("fast", 30): ((0.08, 6), (0.16, 5), (0.24, 4), (0.32, 3), (0.40, 2), (1.00, 1)),
@@ -333,7 +333,7 @@ class AdaCacheRuntime(Runtime):
         return "Its distances stayed above the codebook thresholds: try the 'fast' preset or a codebook with larger rates"
 
     def observe(self, index: int, cached: torch.Tensor | None, residual: torch.Tensor) -> None:
-        rel = relative_l1(cached, residual) if cached is not None else None
+        rel = relative_change(cached, residual) if cached is not None else None
         motion = None
         if self.config.moreg is not None:
             motion = motion_score(residual, self._tokens_per_frame, self.config.moreg_frame_stride)

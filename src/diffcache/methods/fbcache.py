@@ -17,7 +17,7 @@ from typing import ClassVar
 
 from ..adapters.capabilities import BlockStack
 from ..errors import ConfigError
-from .framework import MethodConfig, register, relative_l1
+from .framework import MethodConfig, register, relative_change
 from .residual_cache import ResidualCacheRuntime
 
 
@@ -51,7 +51,7 @@ class FBCacheRuntime(ResidualCacheRuntime):
         usable = self.cache_usable(state, outputs)
         self.note_step(state)
         if previous is not None and previous.shape == first_residual.shape and usable:
-            diff = relative_l1(previous, first_residual)
+            diff = relative_change(previous, first_residual)
         state.skip = diff is not None and diff < self.config.threshold
         self.record(state.skip, **({} if diff is None else {"diff": diff}))
         if state.skip:

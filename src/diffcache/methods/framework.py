@@ -156,10 +156,12 @@ def missing_capabilities(config: MethodConfig, adapter: Adapter) -> list[str]:
 
 # -- helpers shared by the methods ---------------------------------------------------------------------------------
 @torch.no_grad()
-def relative_l1(reference: torch.Tensor, current: torch.Tensor) -> float:
-    """``||reference − current||_1 / ||reference||_1`` over the whole tensor (the same as the ratio of means)."""
-    reference, current = reference.float(), current.float()
-    return float((reference - current).abs().sum() / reference.abs().sum().clamp_min(1e-12))
+def relative_change(previous: torch.Tensor, current: torch.Tensor) -> float:
+    """How much a tensor changed between two steps: ``||previous − current||_1 / ||previous||_1`` over the whole
+    tensor (the same as the ratio of means), computed in float32. The quality metric of a video against its
+    reference is another function, :func:`diffcache.bench.metrics.relative_l1` (test first, then reference)."""
+    previous, current = previous.float(), current.float()
+    return float((previous - current).abs().sum() / previous.abs().sum().clamp_min(1e-12))
 
 
 def detached(output):

@@ -276,17 +276,21 @@ class HSAConfig(MethodConfig):
     dense_tail: int | float | None = None
     overhead: float = 0.05
 
+    def __post_init__(self) -> None:
+        if isinstance(self.budgets, list):  # canonical form, before validation: a tuple (values as given)
+            self.budgets = tuple(self.budgets)
+        super().__post_init__()
+
     def validate(self) -> None:
         if isinstance(self.runtime, bool) or not isinstance(self.runtime, (int, float)) or not 0 < self.runtime <= 1:
             raise ConfigError(f"runtime must be a fraction of the uncached run in (0, 1], got {self.runtime!r}")
         if isinstance(self.groups, bool) or not isinstance(self.groups, int) or not 1 <= self.groups <= 5:
             raise ConfigError(f"groups must be an integer from 1 to 5, got {self.groups!r}")
         if self.budgets is not None:
-            if isinstance(self.budgets, int) or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1
+            if not isinstance(self.budgets, tuple) or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1
                                                         for b in self.budgets):
                 raise ConfigError(f"budgets must be a list of positive step counts dividing T (the first = T), "
                                  f"got {self.budgets!r}")
-            self.budgets = tuple(self.budgets)
         if self.warmup is not None and not (_is_int(self.warmup) and self.warmup >= 2
                                             or isinstance(self.warmup, float) and 0 < self.warmup < 1):
             raise ConfigError(f"warmup must be a number of steps >= 2 (a velocity change needs two), a fraction of "
@@ -354,6 +358,7 @@ class _SelfAttentionHook(ModelHook):
         if method.branch is None or encoder_hidden_states is not None or attention_mask is not None:
             return self.fn_ref.original_forward(hidden_states, encoder_hidden_states, attention_mask, rotary_emb,
                                                 **kwargs)
+        method.count_block(computed=True)  # this layer's block runs (for the active tokens)
         return method.adapter.synced_self_attention(module, hidden_states, rotary_emb,
                                                      method.branch.kv[self.layer], method.active)
 
@@ -460,8 +465,6 @@ class HSARuntime(Runtime):
         finally:
             self.branch = None
             self.active = None
-        for _ in self.layers:
-            self.count_block(computed=True)  # every block ran (for the active tokens)
         record = self.step_record
         record.computed = True
         record.values["active"] = record.active_fraction

@@ -38,6 +38,11 @@ class PABConfig(MethodConfig):
     cross_range: int | None = 6  #: cross-attention computes every N-th call (None: never reused)
     window: tuple[float, float] = (100, 800)  #: reuse only while window[0] < timestep < window[1]
 
+    def __post_init__(self) -> None:
+        if isinstance(self.window, list):  # canonical form, before validation: a tuple (values as given)
+            self.window = tuple(self.window)
+        super().__post_init__()
+
     def validate(self) -> None:
         for name in ("self_range", "cross_range"):
             value = getattr(self, name)
@@ -48,7 +53,6 @@ class PABConfig(MethodConfig):
         window = self.window
         if not (isinstance(window, (tuple, list)) and len(window) == 2 and window[0] < window[1]):
             raise ConfigError(f"window must be (low, high) timesteps with low < high, got {window!r}")
-        self.window = (float(window[0]), float(window[1]))
 
 
 class _AttentionHook(ModelHook):

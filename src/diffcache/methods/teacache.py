@@ -25,7 +25,7 @@ import torch
 
 from ..adapters.capabilities import BlockStack, ModulatedInput
 from ..errors import ConfigError, UnknownMethodError, UnknownOptionError, UnsupportedModelError
-from .framework import MethodConfig, register, relative_l1
+from .framework import MethodConfig, register, relative_change
 from .residual_cache import ResidualCacheRuntime
 
 WAN_1_3B = (-5.21862437e04, 9.23041404e03, -5.28275948e02, 1.36987616e01, -4.99875664e-02)
@@ -126,11 +126,17 @@ class TeaCacheConfig(MethodConfig):
                 "(diffcache calibrate teacache).", UserWarning, stacklevel=3,
             )
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
+        # canonical form, before validation: the coefficients as a tuple of floats (when they are numbers)
         try:
             self.coefficients = tuple(float(c) for c in self.coefficients)
-        except (TypeError, ValueError):  # not iterable, or not numbers
-            raise ConfigError(f"coefficients must be a sequence of numbers, got {self.coefficients!r}") from None
+        except (TypeError, ValueError):  # not iterable, or not numbers: validate() says so
+            pass
+        super().__post_init__()
+
+    def validate(self) -> None:
+        if not isinstance(self.coefficients, tuple) or not all(isinstance(c, float) for c in self.coefficients):
+            raise ConfigError(f"coefficients must be a sequence of numbers, got {self.coefficients!r}")
         if not self.coefficients:
             raise ConfigError("coefficients must not be empty (a polynomial, highest power first)")
         if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) or self.threshold < 0:
@@ -169,7 +175,7 @@ class TeaCacheRuntime(ResidualCacheRuntime):
         state = self.state()
         signal = adapter.modulated_input(block, args, kwargs).detach()
         previous = state.values.get("signal")
-        rel = relative_l1(previous, signal) if previous is not None and previous.shape == signal.shape else None
+        rel = relative_change(previous, signal) if previous is not None and previous.shape == signal.shape else None
         state.values["signal"] = signal
         streams = adapter.block_streams(block, args, kwargs)
         usable = self.cache_usable(state, streams)
