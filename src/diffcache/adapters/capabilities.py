@@ -1,25 +1,21 @@
 """Optional capabilities an adapter can have, each a named protocol.
 
 An adapter declares a capability by subclassing it (``class WanAdapter(Adapter, BlockStack, SplitBlocks, …)``),
-which also gives it the capability's default implementations; a method declares the capabilities it needs
-(``register(..., requires=(BlockStack, ModulatedInput))``). :func:`has_capability` is the one check, and a
-method's supported families are the registered adapters that have all its capabilities.
+which also gives it the capability's default implementations; a method declares the capabilities it needs in its
+config (``REQUIRES``, and ``required_capabilities()`` for those an option adds, as MoReg adds ``TokenGrid``).
+:func:`has_capability` is the one check, and a method's supported families are the registered adapters that have
+all its capabilities.
 
-============================  ===================================================  ==========================
-capability                    what the adapter tells                               needed by
-============================  ===================================================  ==========================
-:class:`BlockStack`           the residual streams a block updates                 step/block-level caches
-:class:`SplitBlocks`          a block's split point (after self-attention), or     AdaCache
-                              that the block has none (parallel attention + MLP)
-:class:`AttentionRoles`       a block's attention modules by role                  PAB, FasterCache
-:class:`ModulatedInput`       the cheap modulated input of the first block         TeaCache
-:class:`TokenGrid`            the ``(frames, height, width)`` token grid and the   MoReg, FasterCache
-                              output as per-frame 2-D maps
-:class:`BatchedArguments`     how to cut a batched-CFG forward to one half         FasterCache
-:class:`TokenSparseForward`   a forward over a subset of the tokens with a K/V     HSA
-                              cache of the whole sequence
-:class:`UNetSkipBranches`     a U-Net's down / mid / up path and skip branches     DeepCache
-============================  ===================================================  ==========================
+| capability | what the adapter tells | needed by |
+|---|---|---|
+| `BlockStack` | the residual streams a block updates | step- and block-level caches |
+| `SplitBlocks` | a block's split point after self-attention, or that it has none (parallel attention + MLP) | AdaCache |
+| `AttentionRoles` | a block's attention modules by role | PAB, FasterCache |
+| `ModulatedInput` | the cheap modulated input of the first block | TeaCache |
+| `TokenGrid` | the `(frames, height, width)` token grid, and the output as per-frame 2-D maps | MoReg, FasterCache |
+| `BatchedArguments` | how to cut a batched-CFG forward to one half | FasterCache |
+| `TokenSparseForward` | a forward over a subset of the tokens with a K/V cache of the whole sequence | HSA |
+| `UNetSkipBranches` | a U-Net's down / mid / up path and skip branches | DeepCache |
 """
 
 from __future__ import annotations
