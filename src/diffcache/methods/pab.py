@@ -38,8 +38,8 @@ class PABConfig(MethodConfig):
         cross_range (int | None): the same for cross-attention (the default is Open-Sora's cross range). At least
             one of the two ranges must be set.
         window (tuple[float, float]): ``(low, high)``: reuse only while ``low < timestep < high``, in the
-            scheduler's timestep units (0–1000 for diffusers' schedulers, noisiest first); ``low < high``. Lists are
-            accepted and stored as tuples.
+            scheduler's timestep units (0–1000 for diffusers' schedulers, 1000 the noisiest); ``low < high``.
+            Lists are accepted and stored as tuples.
 
     Presets:
         - ``default`` (the default preset): the field defaults.
