@@ -18,7 +18,8 @@ import torch
 from ..errors import CalibrationError
 from ..methods.adacache import AdaCacheConfig
 
-#: the motion-score quantile :func:`calibrate_moreg_norm` returns by default (diffcache's choice, README)
+#: the motion-score quantile :func:`calibrate_moreg_norm` returns by default (diffcache's choice,
+#: docs/results/adacache.md)
 DEFAULT_QUANTILE = 0.85
 
 
@@ -30,7 +31,7 @@ def calibrate_moreg_norm(pipe, prompts: list[str], num_inference_steps: int = 30
     The official normaliser 0.385 was set for Open-Sora. On a model whose residuals move less, every
     ``(m / 0.385) ** 8`` is near 0 and MoReg *loosens* the schedule; with this model's own scale, videos with
     more motion than the ``quantile`` get ``m > 1`` and are computed more often. The default 0.85 is diffcache's
-    choice, read off the trade-off curve on tiny-shapes-t2v (README); it is not from the paper."""
+    choice, read off the trade-off curve on tiny-shapes-t2v (docs/results/adacache.md); it is not from the paper."""
     from ..api import enable
     from ..errors import NothingSkippedWarning
     from ..methods.adacache import moreg_window_for

@@ -1,9 +1,9 @@
 """Few-step students by iterative consistency distillation with a data cache (``diffcache distill``).
 
-The seed (``000_…``, METHODS.md "Iterative distillation with a data cache") distils a few-step video student
-from a teacher in rounds; each round first adds a *data cache* slice, then continues distilling from the
-previous round's student. This package does that for flow-matching teachers (the embedded
-``tiny-shapes-t2v``; the pieces that touch the model take any ``WanTransformer3DModel``).
+Iterative distillation with a data cache distils a few-step video student from a teacher in rounds; each round
+first adds a *data cache* slice, then continues distilling from the previous round's student. This package does
+that for flow-matching teachers (the embedded ``tiny-shapes-t2v``; the pieces that touch the model take any
+``WanTransformer3DModel``).
 
 Formulation (consistency distillation for flow matching, as latent consistency models do it, with the
 teacher's guided ODE as the target and guidance distilled into the student):
@@ -26,9 +26,9 @@ teacher's guided ODE as the target and guidance distilled into the student):
 - Sampling: multistep consistency sampling (Song et al. 2023, Algorithm 1) on the σ grid ``1 − k/N``:
   ``x0 = f_θ(x, σ_k)``, then ``x ← (1 − σ_{k+1})·x0 + σ_{k+1}·ε'`` with fresh noise (:mod:`.sampler`).
 
-Departures from the seed, stated: its data cache holds real training clips; here a slice holds the teacher's
-trajectories (noise → sample) with the prompts' embeddings, which is what consistency *distillation* needs
-and saves the teacher's two guided calls per training pair; the previous round's student outputs are not
+Departures from the data-cache scheme, stated: there a slice holds real training clips; here a slice holds the
+teacher's trajectories (noise → sample) with the prompts' embeddings, which is what consistency *distillation*
+needs and saves the teacher's two guided calls per training pair; the previous round's student outputs are not
 cached (the target network plays their role). Round sizes are scaled to a CPU (about 3–4 minutes a round on
 one thread); GPU-sized runs on real Wan models need an adapter for their text encoder and VAE (not built).
 """

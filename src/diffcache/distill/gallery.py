@@ -1,8 +1,8 @@
-"""``diffcache distill gallery``: the seed's comparison page and the per-round plot of a distillation run.
+"""``diffcache distill gallery``: the comparison page and the per-round plot of a distillation run.
 
 The page has one row per (prompt, step count) and the columns Baseline (the teacher at the same few steps,
 with its classifier-free guidance) / Iter=3 / Iter=6 / final (the last finished round), as looping GIFs,
-captioned like the seed's README (``Step=4, "a red circle moving up"``) with the checker's verdict. The plot
+captioned with the step count and prompt (``Step=4, "a red circle moving up"``) and the checker's verdict. The plot
 shows adherence and PSNR against the teacher at its reference step count, per round and step count, with
 the teacher at the same step counts as dashed lines. Everything comes from the clips and metrics the run
 stored in ``DIR/eval`` and ``DIR/round-XX/round.json``; nothing is generated again.
@@ -25,7 +25,7 @@ from ..embedded.shapes import prompts as grammar_prompts
 from .rounds import CONFIG_FILE, finished_rounds, load_round
 from ..errors import RunNotFoundError
 
-GALLERY_ROUNDS = (3, 6)  # the seed's Iter=3 and Iter=6
+GALLERY_ROUNDS = (3, 6)  # the page's Iter=3 and Iter=6 columns
 
 
 

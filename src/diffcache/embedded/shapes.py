@@ -1,6 +1,6 @@
 """Procedural clips of one shape moving in one direction, and the prompt grammar that describes them.
 
-Grammar (documented in the README)::
+Grammar (documented in docs/embedded-models.md)::
 
     a {colour} {shape} moving {direction}
 

@@ -1,6 +1,7 @@
 """AdaCache + MoReg (Kahatapitiya et al., 2024): cache each block's residuals on a schedule chosen per video.
 
-Rules (``shared/METHODS.md``; official code where it differs from the paper):
+Rules (the paper, arXiv:2411.02397, and the official code, github.com/AdaCache-DiT/AdaCache, where it differs
+from the paper):
 
 * Every block caches two residuals: self-attention, and cross-attention + MLP summed. On a reused step a block
   returns ``input + both cached residuals`` and computes nothing.
@@ -71,7 +72,47 @@ def moreg_window_for(num_steps: int) -> tuple[int, int]:
 
 @dataclass
 class AdaCacheConfig(MethodConfig):
-    """AdaCache options. ``codebook``/``moreg_window`` of ``None`` mean the published ones for the step count."""
+    """AdaCache + MoReg (Kahatapitiya et al., 2024, arXiv:2411.02397; official code: github.com/AdaCache-DiT/AdaCache).
+
+    Args:
+        preset (str): the name of the preset the config was made from (``""`` for a hand-made config).
+        speed (str): which published codebook ``codebook_for`` picks when ``codebook`` is ``None``: ``"fast"``
+            (larger rates, more reuse) or ``"slow"``.
+        codebook (tuple[tuple[float, int], ...] | None): ``(threshold, rate)`` pairs. Thresholds are relative L1
+            distances of the metric residual per step of rate (unitless, > 0, strictly increasing); rates are the
+            steps until the next computed step (integers >= 1). A computed step takes the rate of the first
+            threshold its distance is below (the last rate when none is). Lists are accepted and stored as tuples.
+            ``None``: the published codebook of ``speed``, scaled to the step count (see the module docs).
+        metric_blocks (tuple[int, ...] | None): indices of the blocks whose self-attention residual decides the
+            rate (their distances and motion scores are averaged; negative indices count from the end; one ``int``
+            is accepted). They must exist in the model (checked when enabled). ``None``: the middle block
+            (``num_blocks // 2``).
+        moreg (str | None): Motion Regularisation: ``None`` (off), ``"official"`` (the official code's form: the
+            motion score raised to ``moreg_power`` inside ``moreg_window``, its gradient's magnitude scaled by
+            ``moreg_gradient_scale``) or ``"paper"`` (the paper's form: the plain motion score, its change divided
+            by the steps since the last computed step). MoReg also needs the adapter's token grid (``TokenGrid``).
+        moreg_window (tuple[int, int] | None): ``(start, end)``, 1-based inclusive steps in which the official
+            MoReg measures motion (outside them the motion factor is 1); ``1 <= start <= end``. ``None``: the
+            published window (steps 4–26 of 30, 10–90 of 100) scaled to the step count. Only ``moreg="official"``
+            reads it.
+        moreg_norm (float): the official MoReg normaliser, ``m = (m / moreg_norm) ** moreg_power`` (a motion score:
+            a relative L1 change between frames, unitless, > 0). The default is the official code's value, set for
+            Open-Sora; ``diffcache calibrate adacache`` (``diffcache.calibrate.moreg.calibrate_moreg_norm``) fits
+            one for a model (docs/results/adacache.md).
+        moreg_power (float): the official MoReg power applied to the normalised motion score (> 0).
+        moreg_gradient_scale (float): the official MoReg gradient factor, ``grad = scale · (m − m_prev) / rate``
+            (>= 0).
+        moreg_frame_stride (int): how many latent frames apart the motion score compares tokens (integer >= 1;
+            both MoReg forms).
+
+    Presets:
+        - ``fast``, ``slow``: ``speed`` = the preset's name, ``moreg=None`` (AdaCache alone).
+        - ``fast-moreg`` (the default preset), ``slow-moreg``: the same codebooks with the official MoReg
+          (``moreg="official"``).
+        - ``fast-moreg-paper``, ``slow-moreg-paper``: the same with the paper's MoReg (``moreg="paper"``).
+
+        Every field a preset does not name keeps its default.
+    """
 
     PRESETS: ClassVar = {
         "fast": {"speed": "fast", "moreg": None},
@@ -84,11 +125,11 @@ class AdaCacheConfig(MethodConfig):
     DEFAULT_PRESET: ClassVar = "fast-moreg"
     REQUIRES: ClassVar = (BlockStack, SplitBlocks)
 
-    speed: str = "fast"  #: which published codebook: "fast" or "slow"
-    codebook: tuple[tuple[float, int], ...] | None = None  #: (threshold, rate) pairs, thresholds increasing
-    metric_blocks: tuple[int, ...] | None = None  #: blocks whose residual decides; None = the middle block
-    moreg: str | None = "official"  #: None, "official" or "paper"
-    moreg_window: tuple[int, int] | None = None  #: 1-based inclusive steps where motion is measured (official)
+    speed: str = "fast"
+    codebook: tuple[tuple[float, int], ...] | None = None
+    metric_blocks: tuple[int, ...] | None = None
+    moreg: str | None = "official"
+    moreg_window: tuple[int, int] | None = None
     moreg_norm: float = 0.385
     moreg_power: float = 8.0
     moreg_gradient_scale: float = 10.0

@@ -1,7 +1,7 @@
 """DeepCache (Ma, Fang and Wang, CVPR 2024) for U-Nets: on a *cached* step only the shallow part of the U-Net runs.
 
-As in ``shared/METHODS.md`` and the official code (the ``DeepCache`` package's ``DeepCacheSDHelper`` and the
-repository's Stable Diffusion pipeline):
+As in the paper (arXiv:2312.00858) and the official code (github.com/horseee/DeepCache: the ``DeepCache``
+package's ``DeepCacheSDHelper`` and the repository's Stable Diffusion pipeline):
 
 - **Branch** ``b`` (``branch``, shallowest = 0) is a skip connection of the U-Net: 0 is ``conv_in``'s output, then
   the outputs of the down layers and downsamplers in order. It maps to (block ``b // 3``, layer ``b % 3``) in a
@@ -76,24 +76,51 @@ def nonuniform_schedule(num_steps: int, interval: int, center: int = 15, power: 
 
 @dataclass
 class DeepCacheConfig(MethodConfig):
+    """DeepCache (Ma, Fang and Wang, CVPR 2024, arXiv:2312.00858; official code: github.com/horseee/DeepCache).
+
+    Args:
+        preset (str): the name of the preset the config was made from (``""`` for a hand-made config).
+        interval (int): N of 1:N: one full step per N steps (on average, for non-uniform); integer >= 1. The
+            ``DeepCache`` package's ``cache_interval``.
+        branch (int): the skip branch whose up layer gets the cached deep feature (integer >= 0; 0 = ``conv_in``'s
+            skip, the shallowest and fastest; the deepest skips only the mid block; the model's range is checked when
+            enabled). The ``DeepCache`` package's ``cache_branch_id``.
+        uniform (bool): ``True``: uniform 1:N, full steps ``0, N, 2N, …``; ``False``: non-uniform 1:N, denser around
+            ``center`` (paper Eq. 7).
+        center (int): non-uniform only: the 0-based step the full steps crowd around (integer >= 0, well inside the
+            call's steps; ``c`` of paper Eq. 7).
+        power (float): non-uniform only: the starting power ``p`` (> 1), lowered by ``POWER_STEP`` until the
+            schedule has ``ceil(T/N)`` distinct full steps.
+
+    Presets:
+        - ``default`` (the default preset): the field defaults (uniform 1:N at the shallowest branch).
+        - ``uniform-2``, ``uniform-3``, ``uniform-5``: uniform, ``interval`` = 2, 3, 5.
+        - ``nonuniform``: ``interval=5``, ``uniform=False``, ``center=15``, ``power=1.4`` (the official setting for
+          Stable Diffusion 1.5 at 50 steps).
+        - ``nonuniform-early``: the same with ``center=5``: the full steps packed into the first, noisiest steps,
+          chosen for tiny-shapes-t2i by a sweep of ``center`` over 5..30, where its deep features change most early
+          (+4 dB over ``center=15`` at N = 5; docs/results/deepcache.md).
+
+        Every field a preset does not name keeps its default.
+    """
+
     PRESETS: ClassVar = {
         "default": {},
         "uniform-2": {"interval": 2},
         "uniform-3": {"interval": 3},
         "uniform-5": {"interval": 5},
         "nonuniform": {"interval": 5, "uniform": False, "center": 15, "power": 1.4},  # SD 1.5's (official)
-        # the full steps packed into the first, noisiest steps: c = 5 of 50, chosen for tiny-shapes-t2i by a sweep
-        # of c over 5..30, where its deep features change most early (+4 dB over c = 15 at N = 5; README)
+        # chosen for tiny-shapes-t2i (the class docstring's Presets; docs/results/deepcache.md)
         "nonuniform-early": {"interval": 5, "uniform": False, "center": 5, "power": 1.4},
     }
     DEFAULT_PRESET: ClassVar = "default"
     REQUIRES: ClassVar = (UNetSkipBranches,)
 
-    interval: int = 3  #: N of 1:N: one full step per N steps (on average, for non-uniform)
-    branch: int = 0  #: skip branch whose up layer gets the cached feature (0 = shallowest = fastest)
-    uniform: bool = True  #: uniform 1:N; False: non-uniform (denser around ``center``)
-    center: int = 15  #: non-uniform: the step the full steps crowd around (official: 15 of 50)
-    power: float = 1.4  #: non-uniform: starting power p (lowered by 0.02 until the schedule fits)
+    interval: int = 3
+    branch: int = 0
+    uniform: bool = True
+    center: int = 15
+    power: float = 1.4
 
     def validate(self) -> None:
         for name, low in (("interval", 1), ("branch", 0), ("center", 0)):

@@ -1,4 +1,5 @@
-"""FasterCache (Lv et al., 2024): dynamic reuse of self-attention outputs, and CFG-Cache.
+"""FasterCache (Lv et al., 2024, arXiv:2410.19355; official code: github.com/Vchitect/FasterCache): dynamic reuse
+of self-attention outputs, and CFG-Cache.
 
 * **Attention reuse.** On a reuse step a self-attention module does not run; it returns
   ``F_t + (F_t − F_{t+2})·w`` from the last two outputs it computed (per CFG branch, also inside a batched
@@ -25,7 +26,8 @@ they apply at any step count; parity tests such as "c even" are kept as they are
 The paper leaves the attention window and ``t0`` open: diffcache uses the CFG window (from ``T/3``) and the middle
 step. The last step always runs in full. ``default`` (for Wan-family models) is ``official-opensoraplan``'s schedule:
 measured on the embedded Wan-architecture model at 30 steps with split CFG, it is the only table that reaches 1.6×
-(1.60×, 31.1 dB); the others stay at 1.44–1.51× with 28–35 dB (README). No real Wan model could be measured here.
+(1.60×, 31.1 dB); the others stay at 1.44–1.51× with 28–35 dB (docs/results/fastercache.md). No real Wan model
+could be measured here.
 """
 
 from __future__ import annotations
@@ -49,17 +51,47 @@ SCHEDULES = ("official-opensora", "official-latte", "official-opensoraplan", "of
 
 @dataclass
 class FasterCacheConfig(MethodConfig):
+    """FasterCache (Lv et al., 2024, arXiv:2410.19355; official code: github.com/Vchitect/FasterCache).
+
+    Args:
+        preset (str): the name of the preset the config was made from (``""`` for a hand-made config).
+        schedule (str): the table that decides, per 1-based step, whether self-attention is reused, its
+            extrapolation weight, whether uncond is rebuilt and how the frequency deltas are scaled: one of
+            ``"official-opensora"``, ``"official-latte"``, ``"official-opensoraplan"``, ``"official-cogvideox"``
+            (the official per-model tables, their step thresholds scaled to the step count) or ``"paper"`` (the
+            table in the module docs).
+        attention_reuse (bool): dynamic feature reuse: on reuse steps self-attention does not run and its output is
+            extrapolated from the last two it computed (an ablation switch).
+        cfg_cache (bool): CFG-Cache: on the steps the schedule names, uncond is rebuilt from cond and the
+            frequency deltas of the last full step instead of being run (an ablation switch). At least one of
+            ``attention_reuse`` and ``cfg_cache`` must be on.
+        enhance (str): which frequency deltas the schedule's factors scale when uncond is rebuilt: ``"none"``,
+            ``"low"``, ``"high"`` or ``"both"``.
+        radius_divisor (int): the low-frequency disk's radius is ``min(H, W) // radius_divisor``, with ``H × W``
+            the size of one frame of the denoiser's output, in latent pixels (integer >= 1).
+        batch_order (str): with batched CFG, which half of the batch is which: ``"uncond_cond"`` (diffusers'
+            pipelines: uncond first) or ``"cond_uncond"``.
+
+    Presets:
+        - ``default`` (the default preset): ``schedule="official-opensoraplan"``, the table that measured best on
+          the embedded Wan-architecture model (docs/results/fastercache.md).
+        - ``official-opensora``, ``official-latte``, ``official-opensoraplan``, ``official-cogvideox``, ``paper``:
+          ``schedule`` = the preset's name.
+
+        Every field a preset does not name keeps its default.
+    """
+
     PRESETS: ClassVar = {"default": {"schedule": "official-opensoraplan"},
                          **{name: {"schedule": name} for name in SCHEDULES}}
     DEFAULT_PRESET: ClassVar = "default"
     REQUIRES: ClassVar = (AttentionRoles, TokenGrid, BatchedArguments)
 
-    schedule: str = "official-opensoraplan"  #: which table decides the steps (see the module docs)
-    attention_reuse: bool = True  #: ablation switch: dynamic feature reuse of self-attention
-    cfg_cache: bool = True  #: ablation switch: rebuild uncond from cond
-    enhance: str = "both"  #: which frequency deltas are scaled: "none", "low", "high" or "both"
-    radius_divisor: int = 5  #: low-frequency disk radius = min(H, W) // radius_divisor
-    batch_order: str = "uncond_cond"  #: batched CFG: which half is which (diffusers pipelines: uncond first)
+    schedule: str = "official-opensoraplan"
+    attention_reuse: bool = True
+    cfg_cache: bool = True
+    enhance: str = "both"
+    radius_divisor: int = 5
+    batch_order: str = "uncond_cond"
 
     def validate(self) -> None:
         if self.schedule not in SCHEDULES:

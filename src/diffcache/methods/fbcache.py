@@ -1,6 +1,6 @@
-"""First-Block-Cache (as in diffusers' ``FirstBlockCacheConfig`` and ParaAttention): the first block always runs;
-if its residual changed little since the last computed step, the other blocks are skipped and their cached residual
-is added to the first block's output.
+"""First-Block-Cache (as in diffusers' ``FirstBlockCacheConfig`` and ParaAttention, github.com/chengzeyi/ParaAttention;
+no paper): the first block always runs; if its residual changed little since the last computed step, the other
+blocks are skipped and their cached residual is added to the first block's output.
 
 Per branch: ``diff = mean|r1 − r1_prev| / mean|r1_prev|`` with ``r1`` the first block's residual (video stream) and
 ``r1_prev`` the one of the last *computed* step; reuse while ``diff < threshold``.
@@ -23,6 +23,23 @@ from .residual_cache import ResidualCacheRuntime
 
 @dataclass
 class FBCacheConfig(MethodConfig):
+    """First-Block-Cache (no paper; official code: github.com/chengzeyi/ParaAttention; in diffusers as
+    ``FirstBlockCacheConfig``).
+
+    Args:
+        preset (str): the name of the preset the config was made from (``""`` for a hand-made config).
+        threshold (float): the blocks after the first are skipped while the first block's residual changed by less
+            than this since the last computed step, as a relative mean absolute change
+            ``mean|r1 − r1_prev| / mean|r1_prev|`` (unitless, >= 0). Higher reuses more.
+
+    Presets:
+        - ``default`` (the default preset): ``threshold=0.1``, in ParaAttention's recommended range for video
+          models (0.08–0.12).
+        - ``diffusers``: ``threshold=0.05``, diffusers' default (on tiny-shapes-t2v it reuses nothing).
+        - ``slow``: ``threshold=0.08``.
+        - ``fast``: ``threshold=0.15``.
+    """
+
     PRESETS: ClassVar = {"default": {"threshold": 0.1}, "diffusers": {"threshold": 0.05},
                          "slow": {"threshold": 0.08}, "fast": {"threshold": 0.15}}
     DEFAULT_PRESET: ClassVar = "default"

@@ -1,5 +1,6 @@
-"""HSA — Heterogeneous Step Allocation (Chu & Patel 2026, seed ``004_…``): each spatio-temporal token gets its own
-number of denoising steps. No code of the paper is public; this follows its description (METHODS.md).
+"""HSA — Heterogeneous Step Allocation (Chu & Patel 2026, "Not All Tokens Need 40 Steps", arXiv:2605.06892):
+each spatio-temporal token gets its own number of denoising steps. No code of the paper is public; this follows its
+description.
 
 **Groups and the active set.** Tokens (latent patches) fall into K disjoint groups ``G1 … GK`` with step budgets
 ``s_k`` that divide ``T``; ``G1`` keeps ``s_1 = T``. Group ``k`` is computed at step ``i`` (0-based) when
@@ -254,15 +255,39 @@ def _is_int(value) -> bool:
 # -- the config -------------------------------------------------------------------------------------------------
 @dataclass
 class HSAConfig(MethodConfig):
-    """``runtime``: the target time of a call as a fraction of the uncached one (presets ``hsa-75``, ``hsa-50``,
-    ``hsa-25``); ``groups``: K; ``budgets``: fixed budgets ``(T, s_2, …)`` instead of choosing them (the group
-    sizes are still chosen for ``runtime``); ``warmup`` / ``dense_tail``: dense steps at the start (where the
-    velocity change is measured) and the end, as step counts or fractions of T, ``None`` = ``T/8`` (5 of 40, at
-    least 2) and the last step; ``hsa-50`` warms up for ``T/5`` (8 of 40; the paper looks at 5–10 of 40) and
-    ``hsa-25`` for ``T/10`` (4 of 40) and ends sparse (``dense_tail=0``): at a quarter of the time every dense step
-    is a step taken from the tokens, and on the embedded model ending sparse gave hsa-25 2–3 dB;
-    ``overhead``: the cost model's non-shrinking share of a forward (0.05, measured on the embedded model at
-    1,024 tokens; about 0.2 at 256 tokens on a CPU, where the achieved runtime then lands above the target)."""
+    """HSA, Heterogeneous Step Allocation (Chu & Patel, 2026, arXiv:2605.06892; no public code).
+
+    Args:
+        preset (str): the name of the preset the config was made from (``""`` for a hand-made config).
+        runtime (float): the target time of a call as a fraction of the uncached one, in (0, 1]; budgets and group
+            sizes are chosen so that the cost model predicts at most this (an error says so before any work when a
+            call cannot meet it).
+        groups (int): K, the number of token groups (integer from 1 to 5; fewer when T has fewer divisors, and
+            not read when ``budgets`` is given: then K is its length).
+        budgets (tuple[int, ...] | None): fixed step budgets ``(T, s_2, …)`` instead of choosing them: steps per
+            group, positive divisors of T, the first = T, non-increasing (checked against T at each call); lists are
+            accepted and stored as tuples. The group sizes are still chosen for ``runtime``. ``None``: chosen per
+            call.
+        warmup (int | float | None): dense steps at the start, where every token's velocity change is measured: a
+            number of steps (integer >= 2: a change needs two velocities) or a fraction of T in (0, 1). ``None``:
+            ``T/8`` (5 of 40, the paper's setting), at least 2 steps.
+        dense_tail (int | float | None): dense steps at the end: a number of steps (integer >= 0) or a fraction of
+            T in [0, 1) (at least one step when above 0). ``None``: the last step.
+        overhead (float): the cost model's share of a forward that does not shrink with fewer tokens (embeddings,
+            per-layer launch cost), a fraction of a full forward in [0, 1). The default is measured on the embedded
+            model at 1,024 tokens; at its usual 256 tokens on a CPU the share is about 0.2, so there the achieved
+            runtime lands above the target.
+
+    Presets:
+        - ``hsa-75``: ``runtime=0.75``.
+        - ``hsa-50`` (the default preset): ``runtime=0.5``, ``warmup=0.2`` (``T/5``, 8 of 40 steps; the paper
+          looks at 5–10 of 40).
+        - ``hsa-25``: ``runtime=0.25``, ``warmup=0.1`` (4 of 40) and ``dense_tail=0`` (it ends sparse: at a
+          quarter of the time every dense step is a step taken from the tokens, and on the embedded model ending
+          sparse gave hsa-25 2–3 dB).
+
+        Every field a preset does not name keeps its default. ``hsa-25`` needs T >= 10 and ``hsa-50`` T >= 7.
+    """
 
     PRESETS: ClassVar = {"hsa-75": {"runtime": 0.75}, "hsa-50": {"runtime": 0.5, "warmup": 0.2},
                          "hsa-25": {"runtime": 0.25, "warmup": 0.1, "dense_tail": 0}}

@@ -1,6 +1,7 @@
-"""Pyramid Attention Broadcast (Zhao et al., 2024): inside a timestep window, an attention module computes every
-``range``-th call and returns its last output otherwise; attention closer to the output of the block (cross) is
-reused longer than self-attention.
+"""Pyramid Attention Broadcast (Zhao et al., 2024, arXiv:2408.12588; official code:
+github.com/NUS-HPC-AI-Lab/VideoSys): inside a timestep window, an attention module computes every ``range``-th call
+and returns its last output otherwise; attention closer to the output of the block (cross) is reused longer than
+self-attention.
 
 As diffusers' ``PyramidAttentionBroadcastConfig`` (compute when ``iteration % range == 0``, outside
 ``window[0] < t < window[1]``, or with nothing cached), with one difference that matters: the state is kept **per
@@ -26,6 +27,28 @@ from .framework import MethodConfig, Runtime, detached, register
 
 @dataclass
 class PABConfig(MethodConfig):
+    """Pyramid Attention Broadcast (Zhao et al., 2024, arXiv:2408.12588; official code:
+    github.com/NUS-HPC-AI-Lab/VideoSys).
+
+    Args:
+        preset (str): the name of the preset the config was made from (``""`` for a hand-made config).
+        self_range (int | None): inside ``window``, a self-attention module computes every N-th call (per CFG
+            branch) and returns its last output otherwise (integer >= 1; 1 never reuses). ``None``: self-attention
+            is not hooked. The default is the spatial range of diffusers' CogVideoX example.
+        cross_range (int | None): the same for cross-attention (the default is Open-Sora's cross range). At least
+            one of the two ranges must be set.
+        window (tuple[float, float]): ``(low, high)``: reuse only while ``low < timestep < high``, in the
+            scheduler's timestep units (0–1000 for diffusers' schedulers, 1000 the noisiest); ``low < high``.
+            Lists are accepted and stored as tuples.
+
+    Presets:
+        - ``default`` (the default preset): the field defaults.
+        - ``slow``: ``self_range=2``, ``cross_range=3``.
+        - ``fast``: ``self_range=3``, ``cross_range=6``, ``window=(50, 900)``.
+
+        Every field a preset does not name keeps its default.
+    """
+
     PRESETS: ClassVar = {
         "default": {},
         "slow": {"self_range": 2, "cross_range": 3},
@@ -34,9 +57,9 @@ class PABConfig(MethodConfig):
     DEFAULT_PRESET: ClassVar = "default"
     REQUIRES: ClassVar = (AttentionRoles,)
 
-    self_range: int | None = 2  #: self-attention computes every N-th call (None: never reused)
-    cross_range: int | None = 6  #: cross-attention computes every N-th call (None: never reused)
-    window: tuple[float, float] = (100, 800)  #: reuse only while window[0] < timestep < window[1]
+    self_range: int | None = 2
+    cross_range: int | None = 6
+    window: tuple[float, float] = (100, 800)
 
     def __post_init__(self) -> None:
         if isinstance(self.window, list):  # canonical form, before validation: a tuple (values as given)

@@ -1,4 +1,5 @@
-"""TeaCache (Liu et al., 2024): skip the whole block stack while a cheap input has changed little.
+"""TeaCache (Liu et al., 2024, arXiv:2411.19108; official code: github.com/ali-vilab/TeaCache): skip the whole
+block stack while a cheap input has changed little.
 
 Per branch (cond and uncond apart, as the official Wan code's even/odd accumulators): read the first block's
 modulated input (the adapter's ``modulated_input``), ``rel = mean|x − x_prev| / mean|x_prev|``,
@@ -35,7 +36,8 @@ COGVIDEOX_5B = (-1.53880483e03, 8.43202495e02, -1.34363087e02, 7.97131516e00, -5
 COGVIDEOX15_5B = (2.50210439e02, -1.65061612e02, 3.57804877e01, -7.81551492e-01, 3.58559703e-02)
 LTX_VIDEO = (2.14700694e01, -1.28016453e01, 2.31279151e00, 7.92487521e-01, 9.69274326e-03)
 HUNYUAN_VIDEO = (7.33226126e02, -4.01131952e02, 6.75869174e01, -3.14987800e00, 9.61237896e-02)
-# fitted on tiny-shapes-t2v by `diffcache calibrate teacache --prompts 16` (README: 928 steps, R² 0.227);
+# fitted on tiny-shapes-t2v by `diffcache calibrate teacache --prompts 16` (docs/methods/teacache.md: 928 steps,
+# R² 0.227);
 # its thresholds (slow 0.0321, fast 0.0605) replay the rule to compute about 60 % / 45 % of the steps
 TINY_SHAPES_T2V = (1.67875147e+04, -6.79285125e+03, 9.38328381e+02, -5.07642918e+01, 9.45466992e-01)
 
@@ -75,7 +77,40 @@ def _presets() -> dict:
 
 @dataclass
 class TeaCacheConfig(MethodConfig):
-    """TeaCache options. ``coefficients`` are numpy.poly1d order (highest power first)."""
+    """TeaCache (Liu et al., 2024, arXiv:2411.19108; official code: github.com/ali-vilab/TeaCache).
+
+    Args:
+        preset (str): the name of the preset the config was made from (``""`` for a hand-made config), or the
+            path of the JSON preset file it was read from.
+        coefficients (tuple[float, ...]): the polynomial that rescales the relative L1 change of the modulated
+            input into an estimate of the output's change, in ``numpy.poly1d`` order (highest power first); any
+            sequence of numbers is accepted and stored as a tuple of floats. The default is ``TINY_SHAPES_T2V``,
+            fitted on the embedded tiny-shapes-t2v model by ``diffcache calibrate teacache``.
+        threshold (float): the accumulated rescaled change (unitless, >= 0) below which the block stack's residual
+            is reused; at or above it the step is computed and the sum reset to 0. Higher reuses more.
+        warmup_steps (int): the first steps that are always computed, resetting the sum (integer >= 1: the first
+            step has no previous input).
+        compute_last_step (bool): also always compute the last step.
+        model (str): the model the coefficients were fitted on (a preset's model name, e.g.
+            ``"wan2.1-t2v-1.3b"``); enabling a preset fitted on another model family is refused. ``""``: unknown
+            (own coefficients; nothing is checked). Overriding ``coefficients`` in ``from_preset`` clears it.
+
+    Presets:
+        Each model has two presets that set ``coefficients`` to its fitted polynomial, ``model`` to its name and
+        ``threshold``: ``MODEL`` (the faster threshold) and ``MODEL-slow``. The published ones are from the official
+        repository (TeaCache4Wan2.1, TeaCache4CogVideoX1.5, TeaCache4LTX-Video, TeaCache4HunyuanVideo):
+
+        - ``wan2.1-t2v-1.3b`` (threshold 0.08) / ``-slow`` (0.05) and ``wan2.1-t2v-14b`` (0.2) / ``-slow`` (0.14):
+          Wan 2.1 in retention mode, also ``warmup_steps=5``, ``compute_last_step=False``.
+        - ``cogvideox-2b``, ``cogvideox-5b``, ``cogvideox1.5-5b`` (0.2) / ``-slow`` (0.1).
+        - ``ltx-video`` (0.05) / ``-slow`` (0.03).
+        - ``hunyuanvideo`` (0.15) / ``-slow`` (0.1).
+        - ``tiny-shapes-t2v`` (the default preset; 0.0605) / ``-slow`` (0.0321): fitted here; the thresholds make
+          the rule compute about 45 % / 60 % of the steps.
+
+        Any JSON file written by ``diffcache calibrate teacache`` is a preset too (``preset="my-model.json"``).
+        Every field a preset does not name keeps its default.
+    """
 
     PRESETS: ClassVar = _presets()
     DEFAULT_PRESET: ClassVar = "tiny-shapes-t2v"
@@ -85,7 +120,7 @@ class TeaCacheConfig(MethodConfig):
     threshold: float = 0.0605
     warmup_steps: int = 1
     compute_last_step: bool = True
-    model: str = ""  #: what the coefficients were fitted on
+    model: str = ""
 
     @classmethod
     def from_preset(cls, preset: str | None = None, **overrides):
