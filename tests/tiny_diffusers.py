@@ -232,13 +232,12 @@ def _frames(output) -> "np.ndarray":
     return np.asarray(output.frames if hasattr(output, "frames") else output.images)
 
 
-def _video_call(size: dict, images: bool = False):
-    many = "num_images_per_prompt" if images else "num_videos_per_prompt"
+def _video_call(size: dict, many: str | None = "num_videos_per_prompt"):
 
     def call(pipe, steps: int, guidance: float = 5.0, per_prompt: int = 1, seed: int = 0, negative: str = "dog"):
         return _frames(pipe(prompt="a cat surfing", negative_prompt=negative, num_inference_steps=steps,
                             guidance_scale=guidance, output_type="np", generator=torch.Generator().manual_seed(seed),
-                            **{many: per_prompt}, **size))
+                            **({many: per_prompt} if many else {}), **size))
     return call
 
 
@@ -258,8 +257,8 @@ TINY_PIPELINES = {
                   False),
     "LTX-Video": (lambda: tiny_ltx_pipeline(num_layers=3), _video_call(dict(height=32, width=32, num_frames=9)),
                   False),
-    "Stable Diffusion U-Net": (tiny_sd_pipeline, _video_call(dict(height=32, width=32), images=True), False),
-    "ModelScope U-Net": (tiny_modelscope_pipeline, _video_call(dict(height=32, width=32, num_frames=3), images=True),
+    "Stable Diffusion U-Net": (tiny_sd_pipeline, _video_call(dict(height=32, width=32), many="num_images_per_prompt"), False),
+    "ModelScope U-Net": (tiny_modelscope_pipeline, _video_call(dict(height=32, width=32, num_frames=3), many=None),
                          False),
     "Stable Video Diffusion U-Net": (tiny_svd_pipeline, _svd_call, False),
 }

@@ -1,5 +1,6 @@
 """One clip from a supported video pipeline with the command line's options, as floats (used by
-``diffcache generate`` and the side-by-side clip page of :mod:`diffcache.demo`)."""
+``diffcache generate`` and the side-by-side clip page of :mod:`diffcache.demo`), and HSA's budget map beside a
+clip."""
 
 from __future__ import annotations
 
@@ -33,3 +34,18 @@ def generate_clip(pipe, prompt: str, steps: int, guidance: float | None, seed: i
             raise ValueError(f"{type(pipe).__name__} takes no {key!r} argument; leave that option out.")
         kwargs[key] = value
     return pipe(prompt, **kwargs).frames[0]
+
+
+def budget_map_clip(budgets, clip, num_steps: int):
+    """The generated ``clip`` ``(F, H, W, 3)`` beside a heat-map of each token's computed steps (``budgets``
+    ``(f, h, w)`` on the token grid: one sample of the report's ``CallReport.token_steps``), as in the paper's Figure 6: ``(F, H, 2W,
+    3)`` in [0, 1]. Colours run from dark (0 steps) to bright (``num_steps``, matplotlib's viridis)."""
+    import numpy as np
+    import torch
+    from matplotlib import colormaps
+
+    frames, height, width = clip.shape[:3]
+    grid = torch.as_tensor(budgets, dtype=torch.float32)[None, None]
+    cells = torch.nn.functional.interpolate(grid, size=(frames, height, width), mode="nearest")[0, 0].numpy()
+    heat = colormaps["viridis"](np.clip(cells / num_steps, 0, 1))[..., :3]
+    return np.concatenate([np.asarray(clip, dtype=np.float32), heat.astype(np.float32)], axis=2)

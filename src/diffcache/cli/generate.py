@@ -96,7 +96,7 @@ def run(args) -> int:
     if handle is not None:
         extra = f", {spec.label}: {effect(handle, steps)}"
         if args.budget_map is not None:
-            from ..methods.hsa import budget_map_clip
+            from ..generation import budget_map_clip
 
             budgets = np.asarray(handle.report().calls[-1].token_steps)  # HSA refuses a too short call up front
             write_video(args.budget_map, budget_map_clip(budgets[0], clip, steps), fps=args.fps,

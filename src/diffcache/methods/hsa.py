@@ -383,7 +383,8 @@ class _SelfAttentionHook(ModelHook):
         if method.branch is None or encoder_hidden_states is not None or attention_mask is not None:
             return self.fn_ref.original_forward(hidden_states, encoder_hidden_states, attention_mask, rotary_emb,
                                                 **kwargs)
-        method.count_block(computed=True)  # this layer's block runs (for the active tokens)
+        if method.ctx is not None:  # inside a tracked forward: this layer's block runs (for the active tokens)
+            method.count_block(computed=True)
         return method.adapter.synced_self_attention(module, hidden_states, rotary_emb,
                                                      method.branch.kv[self.layer], method.active)
 
@@ -531,16 +532,3 @@ register(
     HSAConfig,
     HSARuntime
 )
-
-
-def budget_map_clip(budgets: np.ndarray, clip: np.ndarray, num_steps: int) -> np.ndarray:
-    """The generated ``clip`` ``(F, H, W, 3)`` beside a heat-map of each token's computed steps (``budgets``
-    ``(f, h, w)`` on the token grid: one sample of the report's ``CallReport.token_steps``), as in the paper's Figure 6: ``(F, H, 2W,
-    3)`` in [0, 1]. Colours run from dark (0 steps) to bright (``num_steps``, matplotlib's viridis)."""
-    from matplotlib import colormaps
-
-    frames, height, width = clip.shape[:3]
-    grid = torch.as_tensor(budgets, dtype=torch.float32)[None, None]
-    cells = torch.nn.functional.interpolate(grid, size=(frames, height, width), mode="nearest")[0, 0].numpy()
-    heat = colormaps["viridis"](np.clip(cells / num_steps, 0, 1))[..., :3]
-    return np.concatenate([np.asarray(clip, dtype=np.float32), heat.astype(np.float32)], axis=2)

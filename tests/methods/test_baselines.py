@@ -245,4 +245,4 @@ def test_fewer_steps_is_a_bench_method(shipped_pipe):
     assert MethodSpec.parse("steps:15") == MethodSpec("steps", "15")
     with pytest.raises(diffcache.UnknownMethodError, match="steps:N"):
         parse_methods("steps:0")
-    # measured in the sweep: tests/test_bench.py::test_bench_end_to_end_with_skipped_rows (steps:2 of 3)
+    # measured in the sweep: tests/bench/test_bench.py::test_bench_end_to_end_with_skipped_rows (steps:2 of 3)

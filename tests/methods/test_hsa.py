@@ -8,7 +8,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import diffcache
 from diffcache.adapters.base import UnsupportedModelError
-from diffcache.methods.hsa import (Allocation, HSABudgetError, budget_map_clip, group_active, plan_allocation,
+from diffcache.generation import budget_map_clip
+from diffcache.methods.hsa import (Allocation, HSABudgetError, group_active, plan_allocation,
                                    token_groups)
 
 PROMPT = "a red circle moving left"

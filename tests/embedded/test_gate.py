@@ -33,7 +33,7 @@ def test_demo_is_the_short_benchmark_and_resumes(tmp_path, capsys):
     bench = ["bench", "--methods", DEFAULT_METHODS, "--out", str(out), *small, "--no-progress"]
     assert main(bench) == 0  # the same configuration: resumed, nothing rerun
     assert (out / "results.jsonl").read_text() == finished and "1 of 1 videos" in capsys.readouterr().out
-    makefile = (Path(__file__).parents[1] / "Makefile").read_text()
+    makefile = (Path(__file__).parents[2] / "Makefile").read_text()
     assert "demo: $(STAMP)\n\t$(BIN)/diffcache demo\n" in makefile  # make demo runs exactly this command
 
 
