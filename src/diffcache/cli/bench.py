@@ -58,19 +58,25 @@ def run(args) -> int:
 
     positive(prompts=args.prompts, steps=args.steps, repeats=args.repeats, seeds=args.seeds, height=args.height,
              width=args.width, frames=args.frames)
+    return run_and_print("bench", lambda: benchmark(
+        model=args.model, methods=args.methods, out=args.out, prompts=args.prompt, num_prompts=args.prompts,
+        seeds=args.seeds, steps=args.steps, guidance=args.guidance, repeats=args.repeats, cfg_mode=args.cfg_mode,
+        force=args.force, progress=not args.no_progress, height=args.height, width=args.width, frames=args.frames),
+        args.out, args.model, args.steps, args.guidance, args.repeats)
+
+
+def run_and_print(command: str, run_benchmark, out, model: str, steps: int, guidance: float, repeats: int) -> int:
+    """Run a benchmark (``bench`` or ``demo``); an interrupt says where the finished videos are and how to
+    resume; rank 0 prints the summary."""
     try:
-        reports = benchmark(model=args.model, methods=args.methods, out=args.out, prompts=args.prompt,
-                            num_prompts=args.prompts, seeds=args.seeds, steps=args.steps, guidance=args.guidance,
-                            repeats=args.repeats, cfg_mode=args.cfg_mode, force=args.force,
-                            progress=not args.no_progress, height=args.height, width=args.width,
-                            frames=args.frames)
+        reports = run_benchmark()
     except KeyboardInterrupt:
-        print(f"diffcache bench: interrupted; the finished videos are in {Path(args.out) / 'results.jsonl'}. Run the "
-              "same command again to resume.", file=sys.stderr)
+        print(f"diffcache {command}: interrupted; the finished videos are in {Path(out) / 'results.jsonl'}. Run "
+              "the same command again to resume.", file=sys.stderr)
         return 130
     if reports is None:  # not rank 0 of a multi-process run: rank 0 prints
         return 0
-    print_reports(reports, args.model, args.steps, args.guidance, args.repeats, args.out)
+    print_reports(reports, model, steps, guidance, repeats, out)
     return 0
 
 

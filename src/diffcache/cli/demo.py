@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 from ..demo import DEMO
 from ._common import FORMATTER, positive
 
@@ -34,17 +31,9 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     from ..demo import run_demo
-    from .bench import print_reports
+    from .bench import run_and_print
 
     positive(prompts=args.prompts, steps=args.steps, repeats=args.repeats)
-    try:
-        reports = run_demo(out=args.out, force=args.force, progress=not args.no_progress, num_prompts=args.prompts,
-                           steps=args.steps, repeats=args.repeats)
-    except KeyboardInterrupt:
-        print(f"diffcache demo: interrupted; the finished videos are in {Path(args.out) / 'results.jsonl'}. Run the "
-              "same command again to resume.", file=sys.stderr)
-        return 130
-    if reports is None:  # not rank 0 of a multi-process run: rank 0 prints
-        return 0
-    print_reports(reports, DEMO["model"], args.steps, DEMO["guidance"], args.repeats, args.out)
-    return 0
+    return run_and_print("demo", lambda: run_demo(out=args.out, force=args.force, progress=not args.no_progress,
+                                                  num_prompts=args.prompts, steps=args.steps, repeats=args.repeats),
+                         args.out, DEMO["model"], args.steps, DEMO["guidance"], args.repeats)

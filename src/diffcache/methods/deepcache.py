@@ -36,7 +36,7 @@ import numpy as np
 from diffusers.hooks.hooks import ModelHook
 
 from ..adapters.capabilities import UNetSkipBranches
-from ..errors import ConfigError, ScheduleError, UnsupportedModelError
+from ..errors import ConfigError, ScheduleError
 from .framework import MethodConfig, Runtime, detached, register
 
 POWER_STEP = 0.02  #: the official code lowers p by this much until the schedule has k distinct full steps

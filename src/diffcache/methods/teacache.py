@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
-import torch
 
 from ..adapters.capabilities import BlockStack, ModulatedInput
 from ..errors import ConfigError, UnknownMethodError, UnknownOptionError, UnsupportedModelError
