@@ -117,6 +117,29 @@ def test_repeated_timesteps_in_a_schedule(random_pipe, track):
     assert steps_and_branches(recorder, 1) == expected(4, ["cond", "uncond"])
 
 
+@pytest.mark.parametrize("forwards_per_step", [1, 2])
+def test_repeated_timesteps_without_branch_names(random_pipe, track, forwards_per_step):
+    """PNDM's PLMS start repeats a timestep (``901, 801, 801, 701``). Without branch names, a repeat is another
+    branch only while the step has fewer forwards than the first step had: one forward per step (batched CFG,
+    Stable Diffusion) gives four steps, two (a hand-written split loop) gives four steps of two branches."""
+    class Scheduler:
+        timesteps = torch.tensor([901.0, 801.0, 801.0, 701.0])
+        sigmas = None
+
+    class Pipeline:
+        scheduler = Scheduler()
+
+    model = random_pipe.transformer
+    fake = Pipeline()  # the tracker holds the pipeline weakly
+    recorder = track(model, fake)
+    x, text = torch.randn(1, 12, 8, 16, 16), random_pipe.encode_prompt([PROMPT])
+    for t in Scheduler.timesteps.tolist():
+        for _ in range(forwards_per_step):
+            model(hidden_states=x, timestep=torch.tensor([t]), encoder_hidden_states=text)
+    assert recorder.calls == [(0, 4)]
+    assert steps_and_branches(recorder) == expected(4, [f"call{i}" for i in range(forwards_per_step)])
+
+
 @pytest.mark.parametrize("scheduler_class", [None, DDIMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler,
                                              CogVideoXDPMScheduler],
                          ids=["cogvideox-ddim", "ddim", "dpm++", "unipc", "cogvideox-dpm"])

@@ -148,11 +148,12 @@ def tiny_sd_pipeline(seed: int = 0, scheduler: str = "ddim"):
     unet = tiny_sd_unet(seed)
     torch.manual_seed(seed + 1)
     tokenizer = _clip_tokenizer()
-    sched = (DDIMScheduler if scheduler == "ddim" else PNDMScheduler)(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, set_alpha_to_one=False,
-        clip_sample=False, skip_prk_steps=True) if scheduler == "pndm" else DDIMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, set_alpha_to_one=False,
-        clip_sample=False)
+    common = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
+                  set_alpha_to_one=False)
+    if scheduler == "pndm":  # Stable Diffusion 1.5's own scheduler (PLMS: its first timestep after 0 repeats)
+        sched = PNDMScheduler(**common, skip_prk_steps=True)
+    else:
+        sched = DDIMScheduler(**common, clip_sample=False)
     return _eval(StableDiffusionPipeline(vae=_tiny_vae(), text_encoder=_clip_text(tokenizer), tokenizer=tokenizer,
                                          unet=unet, scheduler=sched, safety_checker=None, feature_extractor=None,
                                          requires_safety_checker=False))

@@ -74,6 +74,9 @@ class _CallState:
     seen: set = field(default_factory=set)
     calls_in_step: int = 0
     last_timestep: float | None = None
+    #: forwards the first step had (known once the second step begins): without branch names, a timestep the
+    #: schedule repeats (PNDM's PLMS start, Heun) is another branch only while a step has fewer forwards than this
+    forwards_per_step: int | None = None
 
 
 def _first_float(value) -> float | None:
@@ -195,6 +198,8 @@ class StepTracker(ModelHook):
                 listener.begin_call(self.call_index, num_steps)
         first = step != call.step
         if first:
+            if call.step == 0 and call.forwards_per_step is None:
+                call.forwards_per_step = call.calls_in_step
             call.calls_in_step = 0
         if branch_key is None:
             branch_key = f"call{call.calls_in_step}"
@@ -207,15 +212,20 @@ class StepTracker(ModelHook):
         return StepContext(self.call_index, step, num_steps, branch_key, timestep, sigma, first)
 
     def _step_from_timesteps(self, timesteps: torch.Tensor, timestep: float, name: str | None) -> int | None:
-        """Position of ``timestep`` in the scheduler's timesteps. Some schedules repeat a timestep (Karras sigmas
-        at many steps, Heun's doubled steps): then the same step again if this is another branch of it, else the
-        first occurrence after the current step."""
+        """Position of ``timestep`` in the scheduler's timesteps. Some schedules repeat a timestep (PNDM's PLMS
+        start ``901, 801, 801, 701 …``, Karras sigmas at many steps, Heun's doubled steps): then the same step again
+        if this is another branch of it, else the first occurrence after the current step — every forward of the
+        schedule is its own step. Another branch means: a branch name not yet seen in this step or, without names,
+        fewer forwards so far in this step than the first step had."""
         matches = torch.isclose(timesteps, torch.tensor(timestep), rtol=1e-5, atol=1e-4).nonzero().flatten().tolist()
         if len(matches) <= 1:
             return matches[0] if matches else None
         call = self._call
-        another_branch = (call.step in matches and timestep == call.last_timestep
-                          and not (name is not None and (call.step, name) in call.seen))
+        if name is not None:
+            new_branch = (call.step, name) not in call.seen
+        else:
+            new_branch = call.forwards_per_step is None or call.calls_in_step < call.forwards_per_step
+        another_branch = call.step in matches and timestep == call.last_timestep and new_branch
         if another_branch:
             return call.step
         later = [m for m in matches if m > call.step]

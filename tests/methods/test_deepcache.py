@@ -277,3 +277,32 @@ def test_same_images_as_the_deepcache_package(sd_pipe, interval, branch):
         ours = _sd(sd_pipe, steps=11)
     np.testing.assert_allclose(ours, peer, atol=1e-6)
     assert not np.allclose(ours, _sd(sd_pipe, steps=11), atol=1e-4)
+
+
+@pytest.mark.parametrize("interval", [3, 5])
+def test_pndm_repeated_timestep_is_its_own_step_and_matches_the_package(interval):
+    """Stable Diffusion 1.5 ships PNDM (PLMS), whose 10-step schedule has 11 timesteps (``901, 801, 801, 701 …``):
+    every forward is its own step (no phantom branch with a full U-Net pass), and the images equal the DeepCache
+    package's. (With an even interval the package's ``timesteps.index(t)`` files both 801 forwards under the
+    first one, where diffcache counts positions: see docs/methods/deepcache.md.)"""
+    helper_module = pytest.importorskip("DeepCache", reason="the peer package DeepCache is not installed")
+    pipe = tiny_sd_pipeline(scheduler="pndm")
+    helper = helper_module.DeepCacheSDHelper(pipe=pipe)
+    helper.set_params(cache_interval=interval, cache_branch_id=0)
+    helper.enable()
+    try:
+        peer = _sd(pipe, steps=10)
+    finally:
+        helper.disable()
+    timesteps = pipe.scheduler.timesteps.tolist()
+    assert len(timesteps) == 11 and timesteps[1] == timesteps[2]
+    unet_work = []
+    probe = pipe.unet.mid_block.resnets[0].conv1.register_forward_hook(lambda *a: unet_work.append(1))  # full passes
+    with diffcache.enable(pipe, "deepcache", interval=interval, branch=0) as handle:
+        ours = _sd(pipe, steps=10)
+    probe.remove()
+    steps = handle.report().calls[-1].steps
+    assert len(steps) == 11 and all(s.branches == ["cond_uncond"] or s.branches == ["call0"] for s in steps)
+    assert [s.computed for s in steps] == [i % interval == 0 for i in range(11)]
+    assert len(unet_work) == sum(s.computed for s in steps)
+    np.testing.assert_allclose(ours, peer, atol=1e-6)

@@ -292,8 +292,16 @@ def test_only_euler_flow_matching_and_wan_are_accepted():
     with diffcache.enable(wan, "hsa", preset="hsa-75"):  # a real WanPipeline with the Euler scheduler works
         frames = wan("a cat", num_inference_steps=16, height=32, width=32, num_frames=5, output_type="np").frames
     assert np.isfinite(frames).all()
-    wan.scheduler = UniPCMultistepScheduler.from_config(wan.scheduler.config)
-    with pytest.raises(UnsupportedModelError, match="FlowMatchEulerDiscreteScheduler.from_config"):
+    wan.scheduler = UniPCMultistepScheduler.from_config(wan.scheduler.config, flow_shift=3.0, use_flow_sigmas=True,
+                                                        prediction_type="flow_prediction")  # as Wan 2.1 ships it
+    advice = r"FlowMatchEulerDiscreteScheduler\.from_config\(pipe\.scheduler\.config, shift=3\)"
+    with pytest.raises(UnsupportedModelError, match=advice):  # the advice keeps UniPC's flow_shift
+        diffcache.enable(wan, "hsa")
+    switched = FlowMatchEulerDiscreteScheduler.from_config(wan.scheduler.config, shift=3)
+    assert switched.config.shift == 3.0 and FlowMatchEulerDiscreteScheduler.from_config(
+        wan.scheduler.config).config.shift != 3.0  # what the old advice did: UniPC's flow_shift silently dropped
+    wan.scheduler = FlowMatchEulerDiscreteScheduler.from_config(wan.scheduler.config, stochastic_sampling=True)
+    with pytest.raises(UnsupportedModelError, match="with stochastic sampling.*stochastic_sampling=False"):
         diffcache.enable(wan, "hsa")
     with pytest.raises(UnsupportedModelError, match="hsa does not support CogVideoX models; it supports: Wan"):
         diffcache.enable(tiny_cogvideox_pipeline(), "hsa")
@@ -302,7 +310,7 @@ def test_only_euler_flow_matching_and_wan_are_accepted():
 
     from diffusers.models.attention_processor import AttnProcessor2_0
 
-    wan.scheduler = FlowMatchEulerDiscreteScheduler.from_config(wan.scheduler.config)
+    wan.scheduler = FlowMatchEulerDiscreteScheduler.from_config(wan.scheduler.config, stochastic_sampling=False)
     wan.transformer.blocks[1].attn1.set_processor(AttnProcessor2_0())
     with pytest.raises(UnsupportedModelError, match="uses AttnProcessor2_0; restore the default processor"):
         diffcache.enable(wan, "hsa")

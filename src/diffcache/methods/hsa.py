@@ -345,12 +345,25 @@ class HSAConfig(MethodConfig):
 def check_scheduler(scheduler) -> None:
     """Refuse a sampler the cached Euler update is not exact for."""
     name = type(scheduler).__name__
-    if name != "FlowMatchEulerDiscreteScheduler" or getattr(scheduler.config, "stochastic_sampling", False):
+    stochastic = getattr(scheduler.config, "stochastic_sampling", False)
+    if name != "FlowMatchEulerDiscreteScheduler" or stochastic:
         raise UnsupportedModelError(
             f"HSA advances skipped tokens with a cached Euler update, which is exact only for deterministic Euler "
-            f"flow-matching sampling; this pipeline uses {name}. Switch it first: "
-            "pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)."
+            f"flow-matching sampling; this pipeline uses {name}{' with stochastic sampling' if stochastic else ''}. "
+            f"Switch it first: pipe.scheduler = {euler_advice(scheduler)}."
         )
+
+
+def euler_advice(scheduler) -> str:
+    """The line that switches ``scheduler`` to deterministic flow-matching Euler with the same shift: UniPC and
+    DPM++ name it ``flow_shift``, the Euler scheduler ``shift``, and ``from_config`` alone would drop the former
+    (sampling would then run at shift 1)."""
+    config = scheduler.config
+    shift = config.get("flow_shift") if config.get("flow_shift") is not None else config.get("shift")
+    extra = f", shift={float(shift):g}" if shift is not None else ""
+    if config.get("stochastic_sampling"):
+        extra += ", stochastic_sampling=False"
+    return f"FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config{extra})"
 
 
 # -- hooks and state (in this file ``runtime`` is always the config's time fraction) --------------------------
