@@ -113,6 +113,12 @@ def enable(target, method: str | MethodConfig, preset: str | None = None, *, rep
         config = info.config_class.from_preset(preset, **overrides)
     adapter = find_adapter(model)
     missing = missing_capabilities(config, adapter)
+    if missing and adapter.family in info.families:  # the method fits the family, this option does not
+        raise UnsupportedModelError(
+            f"{info.name}:{config.preset or 'this configuration'} needs {' and '.join(missing)}, which the "
+            f"{adapter.family} adapter does not provide; choose a preset or options that do not need it "
+            f"(presets: {', '.join(info.presets)})."
+        )
     if missing:
         raise UnsupportedModelError(
             f"{info.name} does not support {adapter.family} models; it supports: {', '.join(info.families)} "

@@ -140,5 +140,6 @@ def test_methods_needing_more_say_which_capability_is_missing(model, method, mis
 
 
 def test_moreg_needs_the_token_grid(model):
-    with pytest.raises(UnsupportedModelError, match="it needs a token grid, which the TinyDiT adapter"):
+    with pytest.raises(UnsupportedModelError, match="adacache:fast-moreg needs a token grid, which the TinyDiT "
+                                                    "adapter does not provide; choose a preset"):
         diffcache.enable(model, "adacache", preset="fast-moreg", num_inference_steps=STEPS)

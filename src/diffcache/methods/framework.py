@@ -236,7 +236,8 @@ class Runtime:
         call = self.report.calls[-1]
         self._log_call_end(ctx, call)
         if (ctx.first_in_step and ctx.step == call.num_steps - 1 and self.could_skip(call.num_steps)
-                and not any(s.blocks_reused or (s.active_fraction or 1) < 1 for s in call.steps)):
+                and not any(s.blocks_reused or (s.active_fraction is not None and s.active_fraction < 1)
+                            for s in call.steps)):
             warnings.warn(
                 f"{self.report.method}:{self.config.preset} reused nothing in this {call.num_steps}-step call: every "
                 f"step was computed, so it only added overhead. {self.nothing_skipped_hint()}.",
