@@ -57,3 +57,17 @@ def test_a_config_validates_on_construction():
     config = diffcache.FBCacheConfig(threshold=0.2)
     with pytest.raises(errors.ConfigError):
         diffcache.enable(torch.nn.Linear(1, 1), config, threshold=-1)  # overrides are validated too
+
+
+def test_a_failed_replace_keeps_the_method_it_was_to_replace(random_pipe):
+    def run():
+        return random_pipe("a red circle moving left", num_inference_steps=6, output_type="latent",
+                           generator=torch.Generator().manual_seed(0)).frames
+
+    with diffcache.enable(random_pipe, "fbcache", threshold=0.5) as first:
+        cached = run()
+        with pytest.raises(errors.ConfigError, match="metric_blocks \\[99\\] out of range"):
+            diffcache.enable(random_pipe, "adacache", metric_blocks=(99,), replace=True)  # fails in install()
+        assert first.enabled and random_pipe.transformer._diffcache_handle is first
+        assert torch.equal(run(), cached)
+        assert [c.num_steps for c in first.report().calls] == [6, 6]

@@ -65,6 +65,15 @@ class Handle:
         self.tracker.reset()
         self.runtime.clear()
 
+    def _restore(self) -> None:
+        """Install this handle's hooks again (``enable(..., replace=True)`` whose new method failed to install);
+        its report is kept, and the next forward starts a new call."""
+        self.runtime.install()
+        self.tracker.reset()
+        install_tracker(self.model, self.tracker)
+        self.model._diffcache_handle = self
+        self.enabled = True
+
     def disable(self) -> None:
         """Remove every hook this method installed. Safe to call twice."""
         if not self.enabled:
@@ -142,6 +151,8 @@ def enable(target, method: str | MethodConfig, preset: str | None = None, *, rep
                 "its handle's disable() first, or pass replace=True to swap methods."
             )
         existing.disable()
+    else:
+        existing = None
 
     runtime = info.runtime_class(config, adapter, model, info.name)
     runtime.pipeline = pipeline
@@ -151,7 +162,9 @@ def enable(target, method: str | MethodConfig, preset: str | None = None, *, rep
         runtime.install()
         install_tracker(model, tracker)  # last registered = outermost: the context is known before any method hook
     except Exception:
-        runtime.remove()  # leave the model as it was
+        runtime.remove()  # leave the model as it was: with replace=True, the replaced method enabled again
+        if existing is not None:
+            existing._restore()
         raise
     handle = Handle(info, config, model, pipeline, runtime, tracker)
     model._diffcache_handle = handle
