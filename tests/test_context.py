@@ -95,17 +95,17 @@ def test_flow_schedulers_found_from_the_timestep(random_pipe, track, scheduler, 
     assert [c.sigma for c in recorder.forwards[::2]][:6] == [float(s) for s in scheduler.sigmas[:6]]
 
 
+class _ScheduleOnly:
+    """A stand-in pipeline with nothing but a scheduler holding ``timesteps`` (what the tracker reads)."""
+
+    def __init__(self, timesteps):
+        self.scheduler = type("Scheduler", (), {"timesteps": torch.tensor(timesteps), "sigmas": None})()
+
+
 def test_repeated_timesteps_in_a_schedule(random_pipe, track):
     """Karras sigmas at many steps (or Heun) repeat a timestep: each occurrence is its own step."""
-    class Scheduler:
-        timesteps = torch.tensor([900.0, 500.0, 1.0, 1.0])
-        sigmas = None
-
-    class Pipeline:
-        scheduler = Scheduler()
-
     model = random_pipe.transformer
-    fake = Pipeline()
+    fake = _ScheduleOnly([900.0, 500.0, 1.0, 1.0])  # kept alive: the tracker holds the pipeline weakly
     recorder = track(model, fake)
     x, text = torch.randn(1, 12, 8, 16, 16), random_pipe.encode_prompt([PROMPT])
     for _ in range(2):
@@ -122,18 +122,11 @@ def test_repeated_timesteps_without_branch_names(random_pipe, track, forwards_pe
     """PNDM's PLMS start repeats a timestep (``901, 801, 801, 701``). Without branch names, a repeat is another
     branch only while the step has fewer forwards than the first step had: one forward per step (batched CFG,
     Stable Diffusion) gives four steps, two (a hand-written split loop) gives four steps of two branches."""
-    class Scheduler:
-        timesteps = torch.tensor([901.0, 801.0, 801.0, 701.0])
-        sigmas = None
-
-    class Pipeline:
-        scheduler = Scheduler()
-
     model = random_pipe.transformer
-    fake = Pipeline()  # the tracker holds the pipeline weakly
+    fake = _ScheduleOnly([901.0, 801.0, 801.0, 701.0])  # kept alive: the tracker holds the pipeline weakly
     recorder = track(model, fake)
     x, text = torch.randn(1, 12, 8, 16, 16), random_pipe.encode_prompt([PROMPT])
-    for t in Scheduler.timesteps.tolist():
+    for t in fake.scheduler.timesteps.tolist():
         for _ in range(forwards_per_step):
             model(hidden_states=x, timestep=torch.tensor([t]), encoder_hidden_states=text)
     assert recorder.calls == [(0, 4)]
