@@ -1,5 +1,5 @@
 """The contract every method keeps on every adapter: each registered method × each built-in adapter's tiny real
-pipeline (tests/tiny_diffusers.py: TINY_PIPELINES). A new method or adapter is covered without editing this file.
+pipeline (tests/tiny_diffusers.py: TINY_PIPELINES, and one file per family in tests/tiny_families/). A new method or adapter is covered without editing this file.
 
 Where the adapter lacks a capability the method needs, ``enable`` must refuse, naming what is missing, and leave
 the model untouched. Where it can run:
@@ -10,7 +10,8 @@ the model untouched. Where it can run:
   block calls that did (or did not do) any work;
 * with CFG as two calls per step, what the cond branch gets does not depend on the uncond branch;
 * a method whose hooks do not run warns (``MethodSilentWarning``);
-* two consecutive calls with different step counts are two calls in the report, each with its own steps.
+* two consecutive calls with different step counts are two calls in the report, each with its own steps;
+* guidance 1 (no CFG) and two videos per prompt give finite output of the right shape and a full report.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ STEPS = 8
 METHODS = [info.name for info in diffcache.list_methods()]
 FAMILIES = [adapter.family for adapter in registered_adapters() if adapter.__module__.startswith("diffcache.")]
 _PIPES: dict = {}
+_SEVERAL_SHAPES: dict = {}  # family -> output shape of an uncached guidance-1, two-videos call
 
 
 def test_every_built_in_adapter_has_a_tiny_pipeline():
@@ -103,6 +105,10 @@ def test_method_contract(method, family, monkeypatch):
     config = info.config_class.from_preset(None)
     before = _hooks(model)
     reference = call(pipe, STEPS)
+    per_prompt = 2 if getattr(call, "many", True) else 1
+    if family not in _SEVERAL_SHAPES:  # what the pipeline itself gives (CogVideoX always makes one video per prompt)
+        _SEVERAL_SHAPES[family] = call(pipe, 2, guidance=1.0, per_prompt=per_prompt).shape
+    several_shape = _SEVERAL_SHAPES[family]
 
     if missing_capabilities(config, adapter):  # not applicable: a refusal that names what is missing
         with pytest.raises(UnsupportedModelError, match=f"{method} does not support {family} models.*it needs"):
@@ -172,6 +178,19 @@ def test_method_contract(method, family, monkeypatch):
         call(pipe, STEPS)
         call(pipe, STEPS + 2)
     assert [(c.num_steps, len(c.steps)) for c in handle.report().calls] == [(STEPS, STEPS), (STEPS + 2, STEPS + 2)]
+
+    # guidance 1 (no CFG: one denoiser call per step) and two videos per prompt
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NothingSkippedWarning)
+        try:
+            several = call(pipe, STEPS, guidance=1.0, per_prompt=per_prompt)
+        except CallRefusedError as error:  # refused as the call began, saying what would work
+            assert "guidance" in str(error) or "CFG" in str(error), error
+            several = None
+    if several is not None:
+        assert np.isfinite(several).all()
+        assert several.shape == several_shape  # as the pipeline gives it uncached
+        assert [(c.num_steps, len(c.steps)) for c in handle.report().calls][-1] == (STEPS, STEPS)
     handle.disable()
 
 

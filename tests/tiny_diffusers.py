@@ -2,29 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
+from pathlib import Path
+
 import torch
-
-WORDS = ["a", "cat", "dog", "surfing", "running", "red", "circle", "moving", "left", "on", "the", "beach"]
-
-
-def word_tokenizer():
-    """A word-level fast tokenizer built in memory, with T5-style special tokens."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {w: i for i, w in enumerate(["<pad>", "</s>", "<unk>", *WORDS])}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
-
-
-def _eval(pipe):
-    """Modules built from configs start in training mode (T5 dropout); from_pretrained would set eval mode."""
-    for component in pipe.components.values():
-        if isinstance(component, torch.nn.Module):
-            component.eval()
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+from tiny_parts import (WORDS, clip_text, clip_tokenizer, eval_mode, frames_of, red_image, tiny_t5, tiny_vae,  # noqa: F401
+                        video_call, word_tokenizer)
 
 
 def tiny_wan_pipeline(seed: int = 0, num_layers: int = 2):
@@ -42,15 +25,8 @@ def tiny_wan_pipeline(seed: int = 0, num_layers: int = 2):
                                         in_channels=16, out_channels=16, text_dim=32, freq_dim=256, ffn_dim=32,
                                         num_layers=num_layers, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
                                         rope_max_seq_len=32)
-    return _eval(WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
+    return eval_mode(WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
                              scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0)))
-
-
-def _tiny_t5(vocab_size: int):
-    from transformers import T5Config, T5EncoderModel
-
-    return T5EncoderModel(T5Config(vocab_size=vocab_size, d_model=32, d_kv=8, d_ff=37, num_layers=1, num_heads=4,
-                                   relative_attention_num_buckets=8))
 
 
 def tiny_cogvideox_pipeline(seed: int = 0, num_layers: int = 1):
@@ -68,7 +44,7 @@ def tiny_cogvideox_pipeline(seed: int = 0, num_layers: int = 1):
         in_channels=3, out_channels=3, down_block_types=("CogVideoXDownBlock3D",) * 4,
         up_block_types=("CogVideoXUpBlock3D",) * 4, block_out_channels=(8, 8, 8, 8), latent_channels=4,
         layers_per_block=1, norm_num_groups=2, temporal_compression_ratio=4)
-    return _eval(CogVideoXPipeline(tokenizer=tokenizer, text_encoder=_tiny_t5(len(tokenizer)), vae=vae,
+    return eval_mode(CogVideoXPipeline(tokenizer=tokenizer, text_encoder=tiny_t5(len(tokenizer)), vae=vae,
                                    transformer=transformer, scheduler=CogVideoXDDIMScheduler()))
 
 
@@ -91,7 +67,7 @@ def tiny_ltx_pipeline(seed: int = 0, num_layers: int = 1):
         patch_size=1, patch_size_t=1, encoder_causal=True, decoder_causal=False)
     vae.use_framewise_encoding = False
     vae.use_framewise_decoding = False
-    return _eval(LTXPipeline(tokenizer=tokenizer, text_encoder=_tiny_t5(len(tokenizer)), vae=vae,
+    return eval_mode(LTXPipeline(tokenizer=tokenizer, text_encoder=tiny_t5(len(tokenizer)), vae=vae,
                              transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler()))
 
 
@@ -104,29 +80,6 @@ VIDEO_FAMILIES = {
 
 
 # -- U-Net pipelines (DeepCache) -------------------------------------------------------------------------------------
-def _clip_text(tokenizer, hidden_size: int = 32, projection: bool = False):
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    config = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=37,
-                            num_attention_heads=4, num_hidden_layers=1, max_position_embeddings=16,
-                            projection_dim=hidden_size, pad_token_id=0, bos_token_id=1, eos_token_id=1)
-    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config)
-
-
-def _clip_tokenizer():
-    tokenizer = word_tokenizer()
-    tokenizer.model_max_length = 16
-    return tokenizer
-
-
-def _tiny_vae(latent_channels: int = 4):
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL(block_out_channels=(8, 8), in_channels=3, out_channels=3, latent_channels=latent_channels,
-                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                         norm_num_groups=4, layers_per_block=1)
-
-
 def tiny_sd_unet(seed: int = 0):
     """A ``UNet2DConditionModel`` with Stable Diffusion 1.5's layout (4 blocks, 2 layers each, cross-attention in
     the first three), 8–16 channels wide."""
@@ -147,14 +100,14 @@ def tiny_sd_pipeline(seed: int = 0, scheduler: str = "ddim"):
 
     unet = tiny_sd_unet(seed)
     torch.manual_seed(seed + 1)
-    tokenizer = _clip_tokenizer()
+    tokenizer = clip_tokenizer()
     common = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
                   set_alpha_to_one=False)
     if scheduler == "pndm":  # Stable Diffusion 1.5's own scheduler (PLMS: its first timestep after 0 repeats)
         sched = PNDMScheduler(**common, skip_prk_steps=True)
     else:
         sched = DDIMScheduler(**common, clip_sample=False)
-    return _eval(StableDiffusionPipeline(vae=_tiny_vae(), text_encoder=_clip_text(tokenizer), tokenizer=tokenizer,
+    return eval_mode(StableDiffusionPipeline(vae=tiny_vae(), text_encoder=clip_text(tokenizer), tokenizer=tokenizer,
                                          unet=unet, scheduler=sched, safety_checker=None, feature_extractor=None,
                                          requires_safety_checker=False))
 
@@ -171,10 +124,10 @@ def tiny_sdxl_pipeline(seed: int = 0):
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), transformer_layers_per_block=(1, 1, 2),
         cross_attention_dim=64, attention_head_dim=2, norm_num_groups=4, use_linear_projection=True,
         addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=80)
-    tokenizer = _clip_tokenizer()
-    return _eval(StableDiffusionXLPipeline(
-        vae=_tiny_vae(), text_encoder=_clip_text(tokenizer), text_encoder_2=_clip_text(tokenizer, projection=True),
-        tokenizer=tokenizer, tokenizer_2=_clip_tokenizer(), unet=unet,
+    tokenizer = clip_tokenizer()
+    return eval_mode(StableDiffusionXLPipeline(
+        vae=tiny_vae(), text_encoder=clip_text(tokenizer), text_encoder_2=clip_text(tokenizer, projection=True),
+        tokenizer=tokenizer, tokenizer_2=clip_tokenizer(), unet=unet,
         scheduler=EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                                          steps_offset=1, timestep_spacing="leading"),
         force_zeros_for_empty_prompt=True, add_watermarker=False))
@@ -191,9 +144,9 @@ def tiny_modelscope_pipeline(seed: int = 0):
         down_block_types=("CrossAttnDownBlock3D", "CrossAttnDownBlock3D", "DownBlock3D"),
         up_block_types=("UpBlock3D", "CrossAttnUpBlock3D", "CrossAttnUpBlock3D"),
         cross_attention_dim=32, attention_head_dim=4, norm_num_groups=4)
-    tokenizer = _clip_tokenizer()
-    return _eval(TextToVideoSDPipeline(
-        vae=_tiny_vae(), text_encoder=_clip_text(tokenizer), tokenizer=tokenizer, unet=unet,
+    tokenizer = clip_tokenizer()
+    return eval_mode(TextToVideoSDPipeline(
+        vae=tiny_vae(), text_encoder=clip_text(tokenizer), tokenizer=tokenizer, unet=unet,
         scheduler=DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
                                 set_alpha_to_one=False, clip_sample=False)))
 
@@ -221,31 +174,14 @@ def tiny_svd_pipeline(seed: int = 0):
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", interpolation_type="linear",
         prediction_type="v_prediction", sigma_max=700.0, sigma_min=0.002, steps_offset=1, timestep_spacing="leading",
         timestep_type="continuous", use_karras_sigmas=True)
-    return _eval(StableVideoDiffusionPipeline(
+    return eval_mode(StableVideoDiffusionPipeline(
         vae=vae, image_encoder=image_encoder, unet=unet, scheduler=scheduler,
         feature_extractor=CLIPImageProcessor(crop_size=32, size=32, do_center_crop=True)))
 
 
 # -- one tiny pipeline per built-in adapter family (the method contract runs every method on each) ------------------
-def _frames(output) -> "np.ndarray":
-    import numpy as np
-
-    return np.asarray(output.frames if hasattr(output, "frames") else output.images)
-
-
-def _video_call(size: dict, many: str | None = "num_videos_per_prompt"):
-
-    def call(pipe, steps: int, guidance: float = 5.0, per_prompt: int = 1, seed: int = 0, negative: str = "dog"):
-        return _frames(pipe(prompt="a cat surfing", negative_prompt=negative, num_inference_steps=steps,
-                            guidance_scale=guidance, output_type="np", generator=torch.Generator().manual_seed(seed),
-                            **({many: per_prompt} if many else {}), **size))
-    return call
-
-
 def _svd_call(pipe, steps: int, guidance: float = 5.0, per_prompt: int = 1, seed: int = 0, negative: str = "dog"):
-    from PIL import Image
-
-    return _frames(pipe(Image.new("RGB", (32, 32), (200, 30, 30)), height=32, width=32, num_frames=3,
+    return frames_of(pipe(red_image(32), height=32, width=32, num_frames=3,
                         decode_chunk_size=3, num_inference_steps=steps, min_guidance_scale=min(guidance, 1.0),
                         max_guidance_scale=guidance, num_videos_per_prompt=per_prompt, output_type="np",
                         generator=torch.Generator().manual_seed(seed)))
@@ -253,13 +189,17 @@ def _svd_call(pipe, steps: int, guidance: float = 5.0, per_prompt: int = 1, seed
 
 #: adapter family -> (build the pipeline, call it → frames / images array, does it run CFG as two calls per step)
 TINY_PIPELINES = {
-    "Wan": (lambda: tiny_wan_pipeline(num_layers=3), _video_call(dict(height=32, width=32, num_frames=5)), True),
-    "CogVideoX": (lambda: tiny_cogvideox_pipeline(num_layers=3), _video_call(dict(height=16, width=16, num_frames=9)),
+    "Wan": (lambda: tiny_wan_pipeline(num_layers=3), video_call(dict(height=32, width=32, num_frames=5)), True),
+    "CogVideoX": (lambda: tiny_cogvideox_pipeline(num_layers=3), video_call(dict(height=16, width=16, num_frames=9)),
                   False),
-    "LTX-Video": (lambda: tiny_ltx_pipeline(num_layers=3), _video_call(dict(height=32, width=32, num_frames=9)),
+    "LTX-Video": (lambda: tiny_ltx_pipeline(num_layers=3), video_call(dict(height=32, width=32, num_frames=9)),
                   False),
-    "Stable Diffusion U-Net": (tiny_sd_pipeline, _video_call(dict(height=32, width=32), many="num_images_per_prompt"), False),
-    "ModelScope U-Net": (tiny_modelscope_pipeline, _video_call(dict(height=32, width=32, num_frames=3), many=None),
+    "Stable Diffusion U-Net": (tiny_sd_pipeline, video_call(dict(height=32, width=32), many="num_images_per_prompt"), False),
+    "ModelScope U-Net": (tiny_modelscope_pipeline, video_call(dict(height=32, width=32, num_frames=3), many=None),
                          False),
     "Stable Video Diffusion U-Net": (tiny_svd_pipeline, _svd_call, False),
 }
+
+# -- families added one file each: tests/tiny_families/<family>.py defines TINY_PIPELINES for its adapters -------
+for _path in sorted((Path(__file__).parent / "tiny_families").glob("[!_]*.py")):
+    TINY_PIPELINES.update(importlib.import_module(f"tiny_families.{_path.stem}").TINY_PIPELINES)
