@@ -10,16 +10,20 @@ Usage::
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from .adapters.base import find_adapter
-from .context import TRACKER_HOOK, StepTracker, install_tracker
+from .context import TRACKER_HOOK, StepTracker, TrackerGroup, install_tracker
 from .errors import ConfigError, MethodAlreadyEnabledError, UnsupportedModelError
+from .experts import experts_of, phase_function
 from .methods.framework import MethodConfig, MethodInfo, Runtime, info_for_config, method_info, missing_capabilities
-from .report import Report
+from .report import CallReport, Report
 
 
 def denoiser_of(target) -> tuple[torch.nn.Module, Any]:
@@ -36,55 +40,91 @@ def denoiser_of(target) -> tuple[torch.nn.Module, Any]:
     )
 
 
+@dataclass
+class Part:
+    """One denoiser a handle caches: the whole model, or one expert of a multi-expert pipeline (Wan 2.2 A14B)."""
+
+    expert: str | None  #: ``"transformer"`` / ``"transformer_2"`` for an expert, ``None`` for a single denoiser
+    model: torch.nn.Module
+    config: MethodConfig
+    runtime: Runtime
+    tracker: StepTracker
+
+
 class Handle:
     """What :func:`diffcache.enable` returns. ``report()`` says what the method did; ``disable()`` removes every
-    hook (the output is then bit-identical to never having enabled). Usable as a context manager."""
+    hook (the output is then bit-identical to never having enabled). Usable as a context manager.
 
-    def __init__(self, info: MethodInfo, config: MethodConfig, model, pipeline, runtime: Runtime, tracker: StepTracker):
+    On a pipeline with two experts (Wan 2.2 A14B) the handle holds one :class:`Part` per expert (``parts``), each
+    with its own config, runtime (cache state) and tracker; ``report()`` merges them into one report over the whole
+    loop, each step record naming the expert that ran it. ``model``, ``config``, ``runtime`` and ``tracker`` are
+    those of the first part."""
+
+    def __init__(self, info: MethodInfo, parts: list[Part], pipeline):
         self.info = info
-        self.config = config
-        self.model = model
+        self.parts = parts
         self.pipeline = pipeline
-        self.runtime = runtime
-        self.tracker = tracker
         self.enabled = True
+
+    @property
+    def model(self):
+        return self.parts[0].model
+
+    @property
+    def config(self) -> MethodConfig:
+        return self.parts[0].config
+
+    @property
+    def runtime(self) -> Runtime:
+        return self.parts[0].runtime
+
+    @property
+    def tracker(self) -> StepTracker:
+        return self.parts[0].tracker
 
     @property
     def method(self) -> str:
         return self.info.name
 
     def report(self) -> Report:
-        return self.runtime.report
+        """What the method did, per call and step. With several experts: one report over the whole loop (a new
+        object at each call of ``report()``), each step's ``expert`` naming the denoiser that ran it."""
+        if len(self.parts) == 1:
+            return self.runtime.report
+        return _merged_report(self.info.name, self.parts)
 
     def state_roots(self) -> list:
         """The objects that hold the method's cached tensors (for measuring cache memory; read, never change)."""
-        return [self.runtime]
+        return [part.runtime for part in self.parts]
 
     def reset(self) -> None:
         """Forget the call in progress and the cached tensors; the next forward starts a new call."""
         self.tracker.reset()
-        self.runtime.clear()
+        for part in self.parts:
+            part.runtime.clear()
 
     def _restore(self) -> None:
         """Install this handle's hooks again (``enable(..., replace=True)`` whose new method failed to install);
         its report is kept, and the next forward starts a new call."""
-        self.runtime.install()
+        for part in self.parts:
+            part.runtime.install()
+            install_tracker(part.model, part.tracker)
+            part.model._diffcache_handle = self
         self.tracker.reset()
-        install_tracker(self.model, self.tracker)
-        self.model._diffcache_handle = self
         self.enabled = True
 
     def disable(self) -> None:
         """Remove every hook this method installed. Safe to call twice."""
         if not self.enabled:
             return
-        self.runtime.remove()
-        registry = getattr(self.model, "_diffusers_hook", None)
-        if registry is not None:
-            registry.remove_hook(TRACKER_HOOK, recurse=False)
-            registry.invalidate_child_registries_cache()
-        if getattr(self.model, "_diffcache_handle", None) is self:
-            del self.model._diffcache_handle
+        for part in self.parts:
+            part.runtime.remove()
+            registry = getattr(part.model, "_diffusers_hook", None)
+            if registry is not None:
+                registry.remove_hook(TRACKER_HOOK, recurse=False)
+                registry.invalidate_child_registries_cache()
+            if getattr(part.model, "_diffcache_handle", None) is self:
+                del part.model._diffcache_handle
         self.enabled = False
 
     def __enter__(self):
@@ -96,11 +136,40 @@ class Handle:
 
     def __repr__(self):
         state = "enabled" if self.enabled else "disabled"
-        return f"<diffcache {self.info.name}:{self.config.preset} on {type(self.model).__name__}, {state}>"
+        on = " + ".join(type(part.model).__name__ for part in self.parts)
+        return f"<diffcache {self.info.name}:{self.config.preset} on {on}, {state}>"
+
+
+def _merged_report(method: str, parts: list[Part]) -> Report:
+    """One report over the whole loop from the experts' reports: each expert's steps moved to their place in the
+    loop (its phase's offset) and marked with the expert's name; token step counts added up."""
+    configs = {part.expert: part.config.to_dict() for part in parts}
+    first = next(iter(configs.values()))
+    merged = Report(method, {**first, "experts": configs} if len({str(c) for c in configs.values()}) > 1 else first)
+    group = parts[0].tracker.group
+    by_call: dict[int, list] = {}
+    for part in parts:
+        for call in part.runtime.report.calls:
+            by_call.setdefault(call.call_index, []).append((part, call))
+    for index in sorted(by_call):
+        out = CallReport(index, group.call_steps.get(index, sum(c.num_steps for _, c in by_call[index])))
+        tokens = []
+        for part, call in by_call[index]:
+            offset = part.tracker.phases[index].start
+            for record in call.steps:
+                out.steps.append(dataclasses.replace(copy.deepcopy(record), step=record.step + offset,
+                                                     expert=part.expert))
+            if call.token_steps is not None:
+                tokens.append(np.asarray(call.token_steps))
+        out.steps.sort(key=lambda record: record.step)
+        if tokens and len({t.shape for t in tokens}) == 1:
+            out.token_steps = sum(tokens).tolist()
+        merged.calls.append(out)
+    return merged
 
 
 def enable(target, method: str | MethodConfig, preset: str | None = None, *, replace: bool = False,
-           num_inference_steps: int | None = None, **overrides) -> Handle:
+           num_inference_steps: int | None = None, experts: dict | None = None, **overrides) -> Handle:
     """Enable a caching method on a pipeline or on its denoiser module.
 
     ``method`` is a name from :func:`list_methods` (with an optional ``preset`` and field ``overrides``) or a
@@ -108,6 +177,11 @@ def enable(target, method: str | MethodConfig, preset: str | None = None, *, rep
     :class:`MethodAlreadyEnabledError` unless ``replace=True``, which disables the first.
     ``num_inference_steps`` is needed only for a bare denoiser driven by a loop that gives no step information
     (see :mod:`diffcache.context`).
+
+    On a pipeline with two experts (Wan 2.2 A14B: ``transformer`` and ``transformer_2``) the method is enabled on
+    both, each with its own cache and warm-up over the steps it runs (:mod:`diffcache.experts`); ``experts`` gives
+    one expert a config of its own: ``{"transformer_2": "preset-name" | {"field": value, "preset": ...} |
+    config object}`` (the others keep ``method``/``preset``/``overrides``).
     """
     model, pipeline = denoiser_of(target)
     if isinstance(method, MethodConfig):
@@ -120,7 +194,76 @@ def enable(target, method: str | MethodConfig, preset: str | None = None, *, rep
     else:
         info = method_info(method)
         config = info.config_class.from_preset(preset, **overrides)
-    adapter = find_adapter(model)
+    if num_inference_steps is not None and (not isinstance(num_inference_steps, int) or num_inference_steps < 1):
+        raise ConfigError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
+    expert_models = experts_of(pipeline)
+    if experts is not None:
+        names = [name for name, _ in expert_models]
+        unknown = sorted(set(experts) - set(names)) if isinstance(experts, dict) else None
+        if unknown is None or unknown:
+            raise ConfigError(
+                f"experts= must map expert names to configs; {type(target).__name__} has "
+                + (f"the experts {', '.join(names)}" if names else "a single denoiser, so it takes no experts=")
+                + (f" (got {', '.join(map(repr, unknown))})" if unknown else ""))
+    if expert_models:
+        part_configs = [(name, module, _expert_config(info, config, (experts or {}).get(name)))
+                        for name, module in expert_models]
+    else:
+        part_configs = [(None, model, config)]
+    for name, module, part_config in part_configs:
+        _check_fits(info, part_config, find_adapter(module), pipeline)
+    existing = _existing_handle([module for _, module, _ in part_configs], replace)
+
+    group = TrackerGroup()
+    parts = []
+    for name, module, part_config in part_configs:
+        adapter = find_adapter(module)
+        runtime = info.runtime_class(part_config, adapter, module, info.name)
+        runtime.pipeline = pipeline
+        tracker = StepTracker((lambda a, m: lambda args, kwargs: a.timestep(m, args, kwargs))(adapter, module),
+                              pipeline, num_inference_steps, group=group, expert=name,
+                              phase=phase_function(pipeline, name) if name is not None else None)
+        tracker.listeners.append(runtime)
+        parts.append(Part(name, module, part_config, runtime, tracker))
+    installed = []
+    try:
+        for part in parts:
+            installed.append(part)
+            part.runtime.install()
+            install_tracker(part.model, part.tracker)  # last registered = outermost: the context comes first
+    except Exception:
+        for part in installed:  # leave the models as they were: with replace=True, the replaced method again
+            part.runtime.remove()
+            registry = getattr(part.model, "_diffusers_hook", None)
+            if registry is not None and registry.get_hook(TRACKER_HOOK) is not None:
+                registry.remove_hook(TRACKER_HOOK, recurse=False)
+        if existing is not None:
+            existing._restore()
+        raise
+    handle = Handle(info, parts, pipeline)
+    for part in parts:
+        part.model._diffcache_handle = handle
+    return handle
+
+
+def _expert_config(info: MethodInfo, config: MethodConfig, given) -> MethodConfig:
+    """An expert's config: ``config``, or what ``experts=`` gives for it (a preset name, a dict of fields with an
+    optional ``"preset"``, or a config object of the same method)."""
+    if given is None:
+        return config
+    if isinstance(given, str):
+        return info.config_class.from_preset(given)
+    if isinstance(given, dict):
+        given = dict(given)
+        return info.config_class.from_preset(given.pop("preset", None), **given)
+    if isinstance(given, info.config_class):
+        return given
+    raise ConfigError(f"experts= values must be a preset name, a dict of {info.name} options or a "
+                      f"{info.config_class.__name__}; got {type(given).__name__}")
+
+
+def _check_fits(info: MethodInfo, config: MethodConfig, adapter, pipeline) -> None:
+    """Refuse a method or option the model's family cannot serve, naming the missing capability."""
     missing = missing_capabilities(config, adapter)
     if missing and adapter.family in info.families:  # the method fits the family, this option does not
         raise UnsupportedModelError(
@@ -133,42 +276,22 @@ def enable(target, method: str | MethodConfig, preset: str | None = None, *, rep
             f"{info.name} does not support {adapter.family} models; it supports: {', '.join(info.families)} "
             f"(it needs {' and '.join(missing)}, which the {adapter.family} adapter does not provide)."
         )
-    if num_inference_steps is not None and (not isinstance(num_inference_steps, int) or num_inference_steps < 1):
-        raise ConfigError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
-    if pipeline is not None and isinstance(getattr(pipeline, "transformer_2", None), torch.nn.Module):
-        raise UnsupportedModelError(
-            f"{type(pipeline).__name__} has two denoisers (transformer for high noise, transformer_2 for low noise, "
-            "as in Wan 2.2 A14B); diffcache does not coordinate one schedule across both yet. Enable on each module "
-            "separately (diffcache.enable(pipe.transformer, ...), diffcache.enable(pipe.transformer_2, ...)) to "
-            "cache each phase on its own."
-        )
     config.check_model(adapter.family, pipeline)
-    existing = getattr(model, "_diffcache_handle", None)
-    if existing is not None and existing.enabled:
-        if not replace:
-            raise MethodAlreadyEnabledError(
-                f"{existing.method}:{existing.config.preset} is already enabled on this {type(model).__name__}; call "
-                "its handle's disable() first, or pass replace=True to swap methods."
-            )
-        existing.disable()
-    else:
-        existing = None
 
-    runtime = info.runtime_class(config, adapter, model, info.name)
-    runtime.pipeline = pipeline
-    tracker = StepTracker(lambda args, kwargs: adapter.timestep(model, args, kwargs), pipeline, num_inference_steps)
-    tracker.listeners.append(runtime)
-    try:
-        runtime.install()
-        install_tracker(model, tracker)  # last registered = outermost: the context is known before any method hook
-    except Exception:
-        runtime.remove()  # leave the model as it was: with replace=True, the replaced method enabled again
-        if existing is not None:
-            existing._restore()
-        raise
-    handle = Handle(info, config, model, pipeline, runtime, tracker)
-    model._diffcache_handle = handle
-    return handle
+
+def _existing_handle(models: list, replace: bool):
+    """The handle already enabled on any of ``models`` (disabled when ``replace``), or ``None``."""
+    for model in models:
+        existing = getattr(model, "_diffcache_handle", None)
+        if existing is not None and existing.enabled:
+            if not replace:
+                raise MethodAlreadyEnabledError(
+                    f"{existing.method}:{existing.config.preset} is already enabled on this {type(model).__name__}; "
+                    "call its handle's disable() first, or pass replace=True to swap methods."
+                )
+            existing.disable()
+            return existing
+    return None
 
 
 def disable(target) -> None:

@@ -15,6 +15,13 @@ before each forward, decides
 * whether a **new pipeline call** has begun: the step went backwards, or this (step, branch) was already seen in
   the current call, or ``T`` changed. This needs no cooperation from the pipeline, so a call that died of an
   exception half way leaves the next call correct: its first forward starts a fresh call.
+
+A pipeline with two denoisers that take turns (Wan 2.2 A14B: ``transformer`` for the high-noise steps,
+``transformer_2`` for the low-noise ones) gets one tracker per denoiser in one :class:`TrackerGroup`: the step and
+call bookkeeping is shared, so steps count the whole loop and a call that never reaches the second expert is still
+one call. Each tracker's listeners see their expert's *phase* as a schedule of its own: ``StepContext.step`` counts
+from the expert's first step (``step_offset`` is where that is in the whole loop) and ``num_steps`` is the phase's
+length, so each expert has its own warm-up, cache and rules.
 """
 
 from __future__ import annotations
@@ -47,10 +54,19 @@ class StepContext:
     timestep: float | None = None
     sigma: float | None = None
     first_in_step: bool = True
+    #: the denoiser of a multi-expert pipeline this forward runs on (``"transformer"``, ``"transformer_2"``), else None
+    expert: str | None = None
+    #: where the expert's phase starts in the whole loop: the loop's step is ``step + step_offset``
+    step_offset: int = 0
 
     @property
     def step_1based(self) -> int:
         return self.step + 1
+
+    @property
+    def loop_step(self) -> int:
+        """The step in the whole denoising loop (equal to ``step`` unless this expert's phase starts later)."""
+        return self.step + self.step_offset
 
 
 class _ContextProbe(StateManager):
@@ -99,22 +115,58 @@ class StepListener(Protocol):
     def end_forward(self, context: StepContext) -> None: ...
 
 
+class TrackerGroup:
+    """The step and call bookkeeping shared by the trackers of one pipeline's denoisers (one tracker per expert),
+    and the number of steps of every call seen (``call_steps[call_index]``)."""
+
+    def __init__(self):
+        self.call_index = -1
+        self.call = _CallState()
+        self.trackers: list[StepTracker] = []
+        self.call_steps: dict[int, int] = {}
+
+    def reset(self) -> None:
+        self.call = _CallState()
+        for tracker in self.trackers:
+            tracker.current = None
+
+
 class StepTracker(ModelHook):
     """Outermost hook on the denoiser: computes a :class:`StepContext` before every forward and tells the
-    listeners (the method's runtime) about new calls and new forwards, with the forward's arguments."""
+    listeners (the method's runtime) about new calls and new forwards, with the forward's arguments.
+
+    ``group``, ``expert`` and ``phase`` are for a pipeline with several denoisers (see the module docstring):
+    ``phase(num_steps)`` gives the steps of the whole loop this tracker's denoiser runs (a ``range``)."""
 
     _is_stateful = True
 
-    def __init__(self, timestep_of: Callable[[tuple, dict], Any], pipeline=None, num_inference_steps: int | None = None):
+    def __init__(self, timestep_of: Callable[[tuple, dict], Any], pipeline=None, num_inference_steps: int | None = None,
+                 *, group: TrackerGroup | None = None, expert: str | None = None,
+                 phase: Callable[[int], range] | None = None):
         super().__init__()
         self._probe = _ContextProbe()
         self._timestep_of = timestep_of
         self._pipeline = weakref.ref(pipeline) if pipeline is not None else None
         self._fixed_steps = num_inference_steps
         self.listeners: list[StepListener] = []
-        self.call_index = -1
-        self._call = _CallState()
+        self.group = group if group is not None else TrackerGroup()
+        self.group.trackers.append(self)
+        self.expert = expert
+        self._phase_of = phase
+        self.phases: dict[int, range] = {}  #: call index -> the loop steps this tracker's denoiser runs in it
         self.current: StepContext | None = None
+
+    @property
+    def call_index(self) -> int:
+        return self.group.call_index
+
+    @property
+    def _call(self) -> _CallState:
+        return self.group.call
+
+    @_call.setter
+    def _call(self, value: _CallState) -> None:
+        self.group.call = value
 
     # -- diffusers hook protocol ---------------------------------------------------------------------------------
     def pre_forward(self, module, *args, **kwargs):
@@ -134,9 +186,15 @@ class StepTracker(ModelHook):
         return module
 
     def reset(self) -> None:
-        """Forget the call in progress: the next forward starts a new call."""
-        self._call = _CallState()
-        self.current = None
+        """Forget the call in progress (for every tracker of the group): the next forward starts a new call."""
+        self.group.reset()
+
+    def _begin_call(self, call_index: int, num_steps: int) -> None:
+        phase = self._phase_of(num_steps) if self._phase_of is not None else range(num_steps)
+        self.phases[call_index] = phase
+        if len(phase):  # an expert the call never reaches hears nothing of it
+            for listener in self.listeners:
+                listener.begin_call(call_index, len(phase))
 
     # -- step location -------------------------------------------------------------------------------------------
     def _scheduler_timesteps(self):
@@ -192,10 +250,12 @@ class StepTracker(ModelHook):
             or (step == call.step and name is not None and (step, name) in call.seen)
         )
         if new_call:
-            self.call_index += 1
-            call = self._call = _CallState(num_steps=num_steps)
-            for listener in self.listeners:
-                listener.begin_call(self.call_index, num_steps)
+            group = self.group
+            group.call_index += 1
+            call = group.call = _CallState(num_steps=num_steps)
+            group.call_steps[group.call_index] = num_steps
+            for tracker in group.trackers:
+                tracker._begin_call(group.call_index, num_steps)
         first = step != call.step
         if first:
             if call.step == 0 and call.forwards_per_step is None:
@@ -209,7 +269,14 @@ class StepTracker(ModelHook):
         call.last_timestep = timestep
         if sigma is None:
             sigma = self._sigma_at(step)
-        return StepContext(self.call_index, step, num_steps, branch_key, timestep, sigma, first)
+        phase = self.phases.get(self.call_index, range(num_steps))
+        if step not in phase:
+            raise StepTrackingError(
+                f"{self.expert or 'this denoiser'} ran step {step} of {num_steps}, outside its phase (steps "
+                f"{phase.start}..{phase.stop - 1}) as the pipeline's boundary_ratio assigns them; diffcache follows "
+                "the pipeline's own switch between experts, so a loop that switches elsewhere is not supported.")
+        return StepContext(self.call_index, step - phase.start, len(phase), branch_key, timestep, sigma, first,
+                           self.expert, phase.start)
 
     def _step_from_timesteps(self, timesteps: torch.Tensor, timestep: float, name: str | None) -> int | None:
         """Position of ``timestep`` in the scheduler's timesteps. Some schedules repeat a timestep (PNDM's PLMS

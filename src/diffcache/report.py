@@ -24,6 +24,8 @@ class StepRecord:
     blocks_reused: int = 0  #: block forwards answered from the cache
     active_fraction: float | None = None  #: share of the tokens computed (token-level methods such as HSA)
     values: dict[str, Any] = field(default_factory=dict)  #: the method's metric values and decisions
+    #: the expert that ran the step in a multi-expert pipeline (Wan 2.2 A14B: ``"transformer"``/``"transformer_2"``)
+    expert: str | None = None
 
 
 @dataclass
@@ -78,7 +80,8 @@ class Report:
             for record in call.steps:
                 values = " ".join(f"{k}={_fmt(v)}" for k, v in record.values.items())
                 mark = "compute" if record.computed else "reuse  "
-                lines.append(f"  step {record.step + 1:>3} {mark} [{','.join(record.branches)}] "
+                expert = f" {record.expert}" if record.expert else ""
+                lines.append(f"  step {record.step + 1:>3}{expert} {mark} [{','.join(record.branches)}] "
                              f"blocks {record.blocks_computed}/{record.blocks_computed + record.blocks_reused} {values}")
         return "\n".join(lines)
 

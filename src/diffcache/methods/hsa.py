@@ -442,8 +442,14 @@ class HSARuntime(Runtime):
         cheapest = cheapest_allocation(num_steps, num_tokens, groups=c.groups, budgets=c.budgets, warmup=c.warmup,
                                        dense_tail=c.dense_tail, overhead=c.overhead)
         if cheapest.cost() > c.runtime + 1e-9:
-            raise _unreachable(c.runtime, num_steps, num_tokens, c.groups, c.budgets, c.warmup, c.dense_tail,
-                               c.overhead)
+            error = _unreachable(c.runtime, num_steps, num_tokens, c.groups, c.budgets, c.warmup, c.dense_tail,
+                                 c.overhead)
+            ctx = self.ctx
+            if ctx is not None and ctx.expert is not None:  # a multi-expert pipeline: each expert's phase is planned
+                error.args = (f"{error.args[0]} (HSA plans each expert's steps on their own, and {ctx.expert} runs "
+                              f"{num_steps} steps of this call, from step {ctx.step_offset + 1}; give the call more "
+                              "steps, or pass this expert a larger runtime with experts=)",)
+            raise error
 
     def could_skip(self, num_steps: int) -> bool:
         plan = self.plan
