@@ -210,8 +210,8 @@ def enable(target, method: str | MethodConfig, preset: str | None = None, *, rep
                         for name, module in expert_models]
     else:
         part_configs = [(None, model, config)]
-    for name, module, part_config in part_configs:
-        _check_fits(info, part_config, find_adapter(module), pipeline)
+    part_configs = [(name, module, _check_fits(info, part_config, find_adapter(module), module, pipeline))
+                    for name, module, part_config in part_configs]
     existing = _existing_handle([module for _, module, _ in part_configs], replace)
 
     group = TrackerGroup()
@@ -262,8 +262,9 @@ def _expert_config(info: MethodInfo, config: MethodConfig, given) -> MethodConfi
                       f"{info.config_class.__name__}; got {type(given).__name__}")
 
 
-def _check_fits(info: MethodInfo, config: MethodConfig, adapter, pipeline) -> None:
-    """Refuse a method or option the model's family cannot serve, naming the missing capability."""
+def _check_fits(info: MethodInfo, config: MethodConfig, adapter, model, pipeline) -> MethodConfig:
+    """Refuse a method or option the model's family cannot serve, naming the missing capability; the config to run
+    on the model (:meth:`MethodConfig.for_model`)."""
     missing = missing_capabilities(config, adapter)
     if missing and adapter.family in info.families:  # the method fits the family, this option does not
         raise UnsupportedModelError(
@@ -276,7 +277,9 @@ def _check_fits(info: MethodInfo, config: MethodConfig, adapter, pipeline) -> No
             f"{info.name} does not support {adapter.family} models; it supports: {', '.join(info.families)} "
             f"(it needs {' and '.join(missing)}, which the {adapter.family} adapter does not provide)."
         )
+    config = config.for_model(adapter.family, model, pipeline)
     config.check_model(adapter.family, pipeline)
+    return config
 
 
 def _existing_handle(models: list, replace: bool):

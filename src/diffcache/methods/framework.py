@@ -85,6 +85,12 @@ class MethodConfig:
     def check_model(self, family: str, pipeline) -> None:
         """Refuse (or warn about) a config that does not fit this model family; by default every config fits."""
 
+    def for_model(self, family: str, model: torch.nn.Module, pipeline) -> "MethodConfig":
+        """The config to run on ``model`` (of ``family``, in ``pipeline`` or ``None``): by default this one. A method
+        whose values depend on the model (TeaCache's fitted coefficients) returns the config with them filled in,
+        or refuses with :class:`~diffcache.errors.UnsupportedModelError`."""
+        return self
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
