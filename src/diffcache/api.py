@@ -156,7 +156,11 @@ def enable(target, method: str | MethodConfig, preset: str | None = None, *, rep
 
     runtime = info.runtime_class(config, adapter, model, info.name)
     runtime.pipeline = pipeline
-    tracker = StepTracker(lambda args, kwargs: adapter.timestep(model, args, kwargs), pipeline, num_inference_steps)
+    def timestep_of(args, kwargs):
+        adapter.check_forward(model, pipeline, args, kwargs)  # a loop the tracker cannot follow is refused here
+        return adapter.timestep(model, args, kwargs)
+
+    tracker = StepTracker(timestep_of, pipeline, num_inference_steps)
     tracker.listeners.append(runtime)
     try:
         runtime.install()
