@@ -83,7 +83,7 @@ def skyreels_call(pipe, steps: int, guidance: float = 5.0, per_prompt: int = 1, 
                   **extra):
     """A call of any SkyReels-V2 pipeline: ``extra`` adds its own inputs (``image``, ``video``, ``ar_step`` …)."""
     return frames_of(pipe(prompt=None, **embeds(pipe, negative, per_prompt), num_inference_steps=steps, guidance_scale=guidance,
-                          output_type="np", generator=torch.Generator().manual_seed(seed), **SIZE, **extra))
+                          output_type="np", generator=torch.Generator().manual_seed(seed), **{**SIZE, **extra}))
 
 
 def i2v_call(pipe, steps, guidance=5.0, per_prompt=1, seed=0, negative="dog", **extra):
