@@ -156,6 +156,7 @@ def enable(target, method: str | MethodConfig, preset: str | None = None, *, rep
 
     runtime = info.runtime_class(config, adapter, model, info.name)
     runtime.pipeline = pipeline
+
     def timestep_of(args, kwargs):
         adapter.check_forward(model, pipeline, args, kwargs)  # a loop the tracker cannot follow is refused here
         return adapter.timestep(model, args, kwargs)

@@ -51,7 +51,7 @@ class SkyReelsV2Adapter(WanAdapter):
         forwards do not map to denoising steps."""
         if pipeline is None or not argument(type(model).forward, args, kwargs, "enable_diffusion_forcing", False):
             return
-        iterations = getattr(pipeline, "_num_timesteps", None)  # the pipeline's loop length, set before its loop
+        iterations = getattr(pipeline, "num_timesteps", None)  # the pipeline's loop length, set before its loop
         timesteps = getattr(getattr(pipeline, "scheduler", None), "timesteps", None)
         if iterations is None or timesteps is None or iterations == len(timesteps):
             return
