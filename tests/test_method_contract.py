@@ -236,6 +236,12 @@ def test_cond_branch_does_not_depend_on_the_uncond_branch(method, family):
     if method == "hsa":
         pytest.skip("HSA allocates one token grouping for both branches from both branches' velocity changes")
     overrides = {"cfg_cache": False} if method == "fastercache" else {}
+    try:  # a config-level refusal (a preset fitted on another family) leaves nothing to check
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            diffcache.enable(pipe, method, **overrides).disable()
+    except UnsupportedModelError as error:
+        pytest.skip(f"refused: {error}")
     first, second = _recorded_forwards(pipe, call, "dog"), _recorded_forwards(pipe, call, "the beach running")
     cond = first[0::2]  # WanPipeline-style loops run cond, then uncond, in every step
 

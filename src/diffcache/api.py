@@ -220,8 +220,8 @@ def enable(target, method: str | MethodConfig, preset: str | None = None, *, rep
         adapter = find_adapter(module)
         runtime = info.runtime_class(part_config, adapter, module, info.name)
         runtime.pipeline = pipeline
-        tracker = StepTracker((lambda a, m: lambda args, kwargs: a.timestep(m, args, kwargs))(adapter, module),
-                              pipeline, num_inference_steps, group=group, expert=name,
+        tracker = StepTracker(_timestep_reader(adapter, module, pipeline), pipeline, num_inference_steps, group=group,
+                              expert=name,
                               phase=phase_function(pipeline, name) if name is not None else None)
         tracker.listeners.append(runtime)
         parts.append(Part(name, module, part_config, runtime, tracker))
@@ -244,6 +244,16 @@ def enable(target, method: str | MethodConfig, preset: str | None = None, *, rep
     for part in parts:
         part.model._diffcache_handle = handle
     return handle
+
+
+def _timestep_reader(adapter, model, pipeline):
+    """What the tracker calls before every forward: the adapter refuses a loop it cannot follow, then gives the
+    forward's timestep."""
+
+    def timestep_of(args, kwargs):
+        adapter.check_forward(model, pipeline, args, kwargs)  # a loop the tracker cannot follow is refused here
+        return adapter.timestep(model, args, kwargs)
+    return timestep_of
 
 
 def _expert_config(info: MethodInfo, config: MethodConfig, given) -> MethodConfig:

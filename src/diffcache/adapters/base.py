@@ -5,7 +5,8 @@ every method may rely on:
 
 * ``family`` / ``model_classes`` / ``examples`` / ``matches(model)``: which models it serves;
 * ``blocks(model)``: the model's blocks in execution order (the unit a method hooks and counts);
-* ``timestep(model, args, kwargs)``: the timestep given to the denoiser's forward (the step tracker's clue).
+* ``timestep(model, args, kwargs)``: the timestep given to the denoiser's forward (the step tracker's clue);
+* ``check_forward(model, pipeline, args, kwargs)``: refuse a loop the step tracker cannot follow (no-op by default).
 
 Everything else is an optional, named capability (:mod:`diffcache.adapters.capabilities`): an adapter declares
 one by subclassing it, and a method declares the capabilities it needs. The model families a method supports
@@ -64,6 +65,11 @@ class Adapter:
     def timestep(self, model: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
         """The timestep passed to the denoiser's forward (a number or a tensor, per sample or per token)."""
         return argument(type(model).forward, args, kwargs, "timestep")
+
+    def check_forward(self, model: torch.nn.Module, pipeline, args: tuple, kwargs: dict) -> None:
+        """Refuse (:class:`~diffcache.errors.CallRefusedError`) a forward whose denoising loop diffcache cannot
+        follow (the step tracker asks before every forward, so a call is refused at its first forward, before any
+        work). ``pipeline`` is the pipeline enabled on, or ``None``. By default every forward is followed."""
 
 
 _ADAPTERS: list[type[Adapter]] = []

@@ -38,6 +38,11 @@ class BlockStack(Protocol):
     """The blocks form a residual stack: each maps its streams to updated streams of the same shapes (the video
     tokens, and for joint-attention models such as CogVideoX also the text tokens)."""
 
+    #: whether the model's forward adds to the streams between two blocks, outside any block (WanVACE adds its
+    #: control hints after given blocks). A cache of a run of blocks then keeps only the blocks' own updates, and
+    #: on a reused step what the model adds between the blocks is added afresh, by the model itself.
+    adds_between_blocks: bool = False
+
     def block_streams(self, block: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[torch.Tensor, ...]:
         """The streams a block's call updates, from its arguments."""
         return (argument(type(block).forward, args, kwargs, "hidden_states"),)
@@ -145,6 +150,10 @@ class TokenSparseForward(Protocol):
     def check_sparse_attention(self, modules: list[torch.nn.Module]) -> None:
         """Refuse (:class:`~diffcache.errors.UnsupportedModelError`) attention processors the synchronised
         attention does not reproduce."""
+
+    def check_sparse_call(self, model: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        """Refuse (:class:`~diffcache.errors.CallRefusedError`) a call whose forward the token-sparse forward does
+        not reproduce; HSA asks at the first forward of each call, before any work. By default every call fits."""
 
     def synced_self_attention(self, attn, hidden_states, rotary_emb, kv: dict | None, active: torch.Tensor | None):
         """Self-attention of ``hidden_states`` through the K/V cache ``kv`` (``active``: token indices, or ``None``

@@ -74,7 +74,7 @@ class FBCacheRuntime(ResidualCacheRuntime):
         if state.skip:
             return adapter.make_block_output(tuple(o + r.to(o.dtype) for o, r in zip(outputs, state.residual)))
         state.values["first_residual"] = first_residual  # from the last computed step only
-        state.run_input = outputs
+        self.begin_run(state, outputs, output)
         return output
 
     def nothing_skipped_hint(self) -> str:

@@ -471,6 +471,7 @@ class HSARuntime(Runtime):
         samples = self._samples(rows)
         self.grid = self.adapter.token_layout(model, args, kwargs)
         if ctx.step == 0 and not self.branches:
+            self.adapter.check_sparse_call(model, args, kwargs)
             self._check_reachable(ctx.num_steps, self.grid[0] * self.grid[1] * self.grid[2])
         branch = self.branches.setdefault(ctx.branch, _BranchState(len(self.layers)))
         if (branch.velocity is not None and branch.velocity.shape[0] != rows):

@@ -5,6 +5,10 @@ decision point return their input unchanged and the output of the run is ``input
 step the blocks run and the residual ``output of the last block − input of the run`` is stored. Where the run starts
 is the subclass's choice: before the first block (TeaCache) or after it (First-Block-Cache, whose first block always
 runs).
+
+Where the model adds to the stream between blocks, outside them (``adds_between_blocks``: WanVACE's control hints),
+the cached residual is the blocks' own updates only (``output − input − what was added between the blocks``): on a
+reused step the model adds those afresh, so they are never counted twice.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ class BranchState:
     run_input: tuple | None = None  #: streams entering the cached run, this step
     residual: tuple | None = None  #: cached residual of the run, per stream
     values: dict = field(default_factory=dict)  #: method-specific memory (previous signal, accumulator …)
+    last_output: tuple | None = None  #: streams the previous block of the run returned (adds_between_blocks only)
+    added: tuple | None = None  #: what the model added between the run's blocks, this step (adds_between_blocks)
 
 
 class _HeadHook(ModelHook):
@@ -48,12 +54,18 @@ class _TailHook(ModelHook):
         if state.skip:
             runtime.count_block(computed=False)
             return adapter.make_block_output(adapter.block_streams(module, args, kwargs))
+        if adapter.adds_between_blocks:
+            runtime.note_added(state, adapter.block_streams(module, args, kwargs))
         output = self.fn_ref.original_forward(*args, **kwargs)
         runtime.count_block(computed=True)
+        if adapter.adds_between_blocks:
+            state.last_output = adapter.output_streams(output)
         if self.last:
             outputs = adapter.output_streams(output)
             state.residual = tuple((o - i).detach() for o, i in zip(outputs, state.run_input))
-            state.run_input = None
+            if state.added is not None:  # the blocks' own updates only: the model adds the rest afresh
+                state.residual = tuple(r if a is None else (r - a).detach() for r, a in zip(state.residual, state.added))
+            state.run_input = state.last_output = state.added = None
         return output
 
 
@@ -91,6 +103,23 @@ class ResidualCacheRuntime(Runtime):
 
     def head_forward(self, block, forward, args, kwargs):
         raise NotImplementedError
+
+    def begin_run(self, state: BranchState, run_input: tuple, head_output) -> None:
+        """A computed step's run starts at ``run_input``; ``head_output`` is what the first block returned."""
+        state.run_input = run_input
+        state.added = None
+        state.last_output = self.adapter.output_streams(head_output) if self.adapter.adds_between_blocks else None
+
+    @staticmethod
+    def note_added(state: BranchState, inputs: tuple) -> None:
+        """Accumulate, per stream, what the model added since the previous block of the run returned (``None``: a
+        stream passed on unchanged, the usual case)."""
+        if state.last_output is None:
+            return
+        added = state.added or (None,) * len(inputs)
+        state.added = tuple(
+            sum_ if now is before else (now - before if sum_ is None else sum_ + (now - before))
+            for sum_, now, before in zip(added, inputs, state.last_output))
 
     def record(self, skip: bool, **values) -> None:
         """Note this branch's decision in the step's report (the step counts as computed if any branch computed)."""

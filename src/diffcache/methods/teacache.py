@@ -369,9 +369,10 @@ class TeaCacheRuntime(ResidualCacheRuntime):
         if skip:
             self.count_block(computed=False)
             return adapter.make_block_output(tuple(x + r.to(x.dtype) for x, r in zip(streams, state.residual)))
-        state.run_input = streams
+        output = forward(*args, **kwargs)
         self.count_block(computed=True)
-        return forward(*args, **kwargs)
+        self.begin_run(state, streams, output)
+        return output
 
     def could_skip(self, num_steps: int) -> bool:
         return num_steps - self.config.warmup_steps - int(self.config.compute_last_step) > 0
