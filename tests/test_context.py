@@ -4,7 +4,7 @@ repeated and interrupted calls, and for a bare denoiser in a hand-written loop."
 import pytest
 import torch
 from diffusers import (CogVideoXDPMScheduler, DDIMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler)
-from tiny_diffusers import tiny_cogvideox_pipeline, tiny_ltx_pipeline
+from tiny_diffusers import tiny_cogvideox_pipeline, tiny_ltx_pipeline, tiny_sd_pipeline
 
 from diffcache.adapters import find_adapter
 from diffcache.context import TRACKER_HOOK, StepTracker, StepTrackingError, install_tracker
@@ -217,3 +217,26 @@ def test_bare_denoiser_without_step_information_is_a_clear_error(random_pipe, tr
     with pytest.raises(StepTrackingError, match="num_inference_steps"):
         model(hidden_states=torch.randn(1, 12, 8, 16, 16), timestep=torch.tensor([500.0]),
               encoder_hidden_states=random_pipe.encode_prompt([PROMPT]))
+
+
+@pytest.mark.parametrize("scheduler", ["heun", "pndm-prk", "pndm"])
+def test_schedulers_that_repeat_timesteps_give_one_step_per_forward(track, scheduler):
+    """Heun evaluates the model twice per step at repeated timesteps, PNDM's Runge-Kutta (PRK) warm-up four times
+    per PLMS step and its PLMS start repeats one: in a real Stable Diffusion pipeline (batched CFG) every forward
+    is its own step of ``len(scheduler.timesteps)``, with one branch, in two calls of different lengths."""
+    from diffusers import HeunDiscreteScheduler, PNDMScheduler
+
+    pipe = tiny_sd_pipeline(scheduler="pndm" if scheduler == "pndm" else "ddim")
+    if scheduler == "heun":
+        pipe.scheduler = HeunDiscreteScheduler.from_config(pipe.scheduler.config)
+    elif scheduler == "pndm-prk":
+        pipe.scheduler = PNDMScheduler.from_config(pipe.scheduler.config, skip_prk_steps=False)
+    recorder = track(pipe.unet, pipe)
+    lengths = []
+    for steps in (5, 7):
+        pipe(prompt="a cat", height=32, width=32, num_inference_steps=steps, output_type="latent",
+             generator=torch.Generator().manual_seed(0))
+        lengths.append(len(pipe.scheduler.timesteps))
+    assert len(set(lengths)) == 2 and lengths[0] > 5  # the schedule repeats timesteps: more forwards than steps
+    assert recorder.calls == [(0, lengths[0]), (1, lengths[1])]
+    assert steps_and_branches(recorder, 1) == expected(lengths[1], ["call0"])
