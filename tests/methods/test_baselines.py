@@ -14,6 +14,7 @@ from diffcache.bench.specs import MethodSpec, parse_methods
 from diffcache.cli import main
 from diffcache.errors import NothingSkippedWarning
 from diffcache.calibrate.teacache import calibrate_teacache, fit_polynomial, threshold_for
+from diffcache.methods import teacache
 from diffcache.methods.teacache import TeaCacheConfig, teacache_schedule
 
 PROMPT = "a red circle moving left"
@@ -156,7 +157,44 @@ def test_teacache_preset_must_fit_the_model_family():
     with pytest.raises(diffcache.UnsupportedModelError, match="fitted on cogvideox-5b.*Use a Wan preset"):
         diffcache.enable(pipe, "teacache", preset="cogvideox-5b")
     with pytest.warns(UserWarning, match="fitted on the embedded tiny-shapes-t2v"):
-        diffcache.enable(pipe, "teacache").disable()
+        diffcache.enable(pipe, "teacache", preset="tiny-shapes-t2v").disable()
+
+
+def test_teacache_default_preset_is_the_recognised_models_or_a_refusal():
+    """The default preset ``auto`` takes the published coefficients of the model enabled on (by its checkpoint
+    name, else its architecture) and refuses a model that has none, saying how to calibrate it."""
+    pipe = tiny_wan_pipeline()
+    with pytest.raises(diffcache.UnsupportedModelError, match="none of Wan 2.1.*diffcache calibrate teacache"):
+        diffcache.enable(pipe, "teacache")
+    pipe.register_to_config(_name_or_path="Wan-AI/Wan2.1-T2V-1.3B-Diffusers")
+    handle = diffcache.enable(pipe, "teacache", threshold=0.07)  # a given field is kept
+    handle.disable()
+    assert (handle.config.preset, handle.config.coefficients, handle.config.threshold, handle.config.warmup_steps,
+            handle.config.compute_last_step) == ("wan2.1-t2v-1.3b", teacache.WAN_1_3B, 0.07, 5, False)
+    pipe.register_to_config(_name_or_path="Wan-AI/Wan2.2-T2V-A14B-Diffusers")
+    with pytest.raises(diffcache.UnsupportedModelError, match="Wan 2.2 has no published TeaCache coefficients"):
+        diffcache.enable(pipe, "teacache")
+
+
+@pytest.mark.parametrize("family, config, expected", [
+    ("Wan", dict(num_attention_heads=12, attention_head_dim=128, num_layers=30, in_channels=16), "wan2.1-t2v-1.3b"),
+    ("Wan", dict(num_attention_heads=40, attention_head_dim=128, num_layers=40, in_channels=16), "wan2.1-t2v-14b"),
+    ("Wan", dict(num_attention_heads=40, attention_head_dim=128, num_layers=40, in_channels=36, image_dim=1280),
+     None),  # 480P and 720P share the architecture: the checkpoint name must say which
+    ("CogVideoX", dict(num_attention_heads=30, num_layers=30, in_channels=16), "cogvideox-2b"),
+    ("CogVideoX", dict(num_attention_heads=48, num_layers=42, in_channels=32, patch_size_t=2), "cogvideox1.5-5b-i2v"),
+    ("LTX-Video", dict(num_attention_heads=32, attention_head_dim=64, num_layers=28), "ltx-video"),
+    ("HunyuanVideo", dict(num_layers=20, num_single_layers=40, in_channels=16), "hunyuanvideo"),
+    ("Mochi", dict(num_layers=48), "mochi"),
+    ("Allegro", dict(num_layers=32), None),
+])
+def test_teacache_recognises_published_models_by_architecture(family, config, expected):
+    model = torch.nn.Module()
+    model.config = {"image_dim": None, **config}
+    name, reason = teacache.recognise_model(family, model, None)
+    assert name == expected and (name is not None or reason)
+    if name is not None:
+        assert teacache.PRESET_FAMILIES[name] == family and name in TeaCacheConfig.PRESETS
 
 
 def test_bad_teacache_preset_files(tmp_path):
