@@ -110,8 +110,9 @@ class PABRuntime(Runtime):
         hooked = 0
         for index, block in enumerate(self.adapter.blocks(self.model)):
             for role, module in self.adapter.attention_modules(block).items():
-                if ranges.get(role) is not None:
-                    self.add_hook(module, _AttentionHook(self, f"{index}.{role}", ranges[role]))
+                kind = role.split(".")[0]  # "self.audio" (a second stream's self-attention) takes the self range
+                if ranges.get(kind) is not None:
+                    self.add_hook(module, _AttentionHook(self, f"{index}.{role}", ranges[kind]))
                     hooked += 1
         if hooked == 0:
             raise UnsupportedModelError(f"PAB found no attention module to hook in {type(self.model).__name__} with "
