@@ -27,7 +27,9 @@ cross-attentions at its cross range; the audio↔video attentions have no PAB ra
 change) and always run. FasterCache reuses the video self-attention.
 
 **Token grid**: the video's ``(F, H, W)`` from the forward's ``num_frames``/``height``/``width`` (every LTX-2
-pipeline passes them), else from ``video_coords``. The audio stream has no 2-D grid the model knows (the mel bins are
+pipeline passes them), or from ``video_coords`` where the sequence holds more tokens than that grid
+(``LTX2ConditionPipeline`` appends keyframe conditions as whole latent frames: they count as frames; a keyframe of
+another size has no grid and the token-grid methods refuse it). The audio stream has no 2-D grid the model knows (the mel bins are
 packed into the channels), so FasterCache's CFG-Cache rebuilds the audio uncond from the plain last difference
 ``uncond − cond`` (its frequency split applies to the video).
 
@@ -107,13 +109,18 @@ class LTX2Adapter(Adapter, BlockStack, SplitBlocks, AttentionRoles, ModulatedInp
         frames = argument(forward, args, kwargs, "num_frames")
         height = argument(forward, args, kwargs, "height")
         width = argument(forward, args, kwargs, "width")
+        tokens = argument(forward, args, kwargs, "hidden_states").shape[1]
         if None not in (frames, height, width):
             pt, p = model.config.patch_size_t, model.config.patch_size  # the token grid of prepare_video_coords
-            return -(-frames // pt), -(-height // p), -(-width // p)
+            grid = (-(-frames // pt), -(-height // p), -(-width // p))
+            if grid[0] * grid[1] * grid[2] == tokens:
+                return grid
+        # no sizes, or tokens beyond them (LTX2ConditionPipeline appends keyframe tokens): read the coordinates
         coords = argument(forward, args, kwargs, "video_coords")
         if coords is None:
-            raise UnsupportedModelError("this LTX-2 forward gives neither num_frames/height/width nor video_coords, "
-                                        "so diffcache cannot tell its video token grid.")
+            raise UnsupportedModelError(f"this LTX-2 forward's {tokens} video tokens are not the num_frames x height "
+                                        "x width grid it names, and it gives no video_coords, so diffcache cannot "
+                                        "tell its video token grid.")
         return grid_from_coords(coords)
 
     def output_frames(self, model, output, args, kwargs):

@@ -11,6 +11,9 @@ of self-attention outputs, and CFG-Cache.
   that follow only cond runs, and uncond is rebuilt as ``ifft(FFT(cond) + ΔLF·w1 + ΔHF·w2)``. With split CFG the
   uncond call is answered without running the model; with batched CFG the model runs on the cond half of the batch
   (only when enabled on a pipeline that says it guides: a bare denoiser's even batch may be two prompts).
+  A denoiser with several outputs (LTX-2: video and audio) has each rebuilt; an output the adapter gives no 2-D
+  maps for (``TokenGrid.output_stream_frames``: LTX-2's audio) is rebuilt as ``cond + (uncond − cond)`` of the last
+  full step.
 
 Schedules (1-based step ``c``; the official per-model tables, with their step thresholds scaled by ``T / T_ref`` so
 they apply at any step count; parity tests such as "c even" are kept as they are):

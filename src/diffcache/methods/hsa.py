@@ -32,7 +32,9 @@ on the few that change most.
 numbers per sample and branch (Wan 2.1 1.3B at 480p, 81 frames: about 6 GB per branch in bf16), kept from the
 last warm-up step to the first dense final step, where it is freed.
 
-**K/V-cache synchronisation** (in the adapter: ``WanAdapter.synced_self_attention`` / ``sparse_forward``). On a
+**K/V-cache synchronisation** (in the adapter: ``WanAdapter.synced_self_attention`` / ``sparse_forward``; LTX-2's
+in ``LTX2Adapter``, where the audio tokens are always computed and the video→audio attention keeps a K/V cache of
+the video tokens too). On a
 sparse step only active tokens go through the transformer: the patch embedding (one cheap convolution) runs on
 the whole latent and the ``n`` active tokens are gathered from it; the timestep modulation, every block and the
 output projection then run on those ``n`` tokens. In each self-attention layer they compute Q, K, V (with their
