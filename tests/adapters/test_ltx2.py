@@ -160,3 +160,51 @@ def test_other_pipelines_and_branches(pipe, i2v_pipe, kind, method, options):
     if method == "teacache":
         assert any(r.blocks_reused for r in records), "teacache reused nothing"
     np.testing.assert_array_equal(call(pipe, steps), reference)
+
+
+@pytest.fixture(scope="module")
+def condition_pipe():
+    from diffusers import LTX2ConditionPipeline
+    from tiny_families.ltx2 import tiny_ltx2_components
+    from tiny_parts import eval_mode
+
+    return eval_mode(LTX2ConditionPipeline(**tiny_ltx2_components()))
+
+
+def _condition_call(index: int):
+    """``LTX2ConditionPipeline`` with the red image as a condition at latent frame ``index``: 0 replaces the first
+    frame; a later one is appended to the sequence as one more latent frame of keyframe tokens."""
+    from diffusers.pipelines.ltx2 import LTX2VideoCondition
+    from tiny_families.ltx2 import SIZE, frames_and_audio
+    from tiny_parts import red_image
+
+    def call(pipe, steps):
+        return frames_and_audio(pipe(
+            conditions=[LTX2VideoCondition(frames=red_image(32), index=index, crf=0)], prompt="a cat surfing",
+            negative_prompt="dog", num_inference_steps=steps, guidance_scale=5.0, audio_guidance_scale=5.0,
+            stg_scale=0.0, audio_stg_scale=0.0, modality_scale=1.0, audio_modality_scale=1.0, max_sequence_length=16,
+            output_type="np", generator=torch.Generator().manual_seed(0), **SIZE))
+    return call
+
+
+@pytest.mark.parametrize("index", [0, 2])
+def test_condition_pipeline_grid_with_keyframe_tokens(condition_pipe, index):
+    kwargs = _first_forward(condition_pipe, _condition_call(index))
+    frames = 3 if index == 0 else 4  # an appended keyframe is one more latent frame of 8 x 8 tokens
+    assert kwargs["num_frames"] == 3 and kwargs["hidden_states"].shape[1] == frames * 64
+    assert find_adapter(condition_pipe.transformer).token_layout(condition_pipe.transformer, (), kwargs) == (frames, 8, 8)
+
+
+@pytest.mark.parametrize("method", ["adacache", "fastercache", "hsa"])
+@pytest.mark.parametrize("index", [0, 2])
+def test_condition_pipeline_methods(condition_pipe, index, method):
+    call = _condition_call(index)
+    reference = call(condition_pipe, 8)
+    handle = _quiet_enable(condition_pipe, method)
+    try:
+        cached = call(condition_pipe, 8)
+    finally:
+        report = handle.report()
+        handle.disable()
+    assert len(report.calls[-1].steps) == 8 and np.isfinite(cached).all() and cached.shape == reference.shape
+    np.testing.assert_array_equal(call(condition_pipe, 8), reference)

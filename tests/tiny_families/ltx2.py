@@ -1,4 +1,5 @@
-"""LTX-2 (``LTX2VideoTransformer3DModel``): the real ``LTX2Pipeline`` (and ``LTX2ImageToVideoPipeline``) with every
+"""LTX-2 (``LTX2VideoTransformer3DModel``): the real ``LTX2Pipeline`` (and ``LTX2ImageToVideoPipeline``,
+``LTX2ConditionPipeline`` in tests/adapters/test_ltx2.py) with every
 component tiny and random: a 2-block audio-video transformer (video width 16, audio width 8), a tiny Gemma-3
 text encoder built from ``transformers``' config classes (``Gemma3ForConditionalGeneration``: 1 text layer of width
 32 with the in-memory word tokenizer's vocabulary, and a 1-layer SigLIP vision tower the pipeline never calls), the
@@ -48,7 +49,7 @@ def tiny_ltx2_components(seed: int = 0, num_layers: int = 2) -> dict:
         in_channels=4, out_channels=4, patch_size=1, patch_size_t=1, num_attention_heads=2, attention_head_dim=8,
         cross_attention_dim=16, audio_in_channels=4, audio_out_channels=4, audio_num_attention_heads=2,
         audio_attention_head_dim=4, audio_cross_attention_dim=8, num_layers=num_layers, caption_channels=32,
-        rope_double_precision=False, rope_type="split")
+        rope_double_precision=False, rope_type="split", vae_scale_factors=(4, 4, 4))  # the tiny VAE's factors
     connectors = LTX2TextConnectors(
         caption_channels=32, text_proj_in_factor=2, video_connector_num_attention_heads=4,
         video_connector_attention_head_dim=8, video_connector_num_layers=1, video_connector_num_learnable_registers=None,
