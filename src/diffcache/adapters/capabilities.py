@@ -61,9 +61,11 @@ class SplitBlocks(Protocol):
     was added: self-attention, then cross-attention + MLP (AdaCache caches the two parts).
 
     ``split_module`` returns ``None`` for a block without such a point (attention and MLP in parallel, as in
-    HunyuanVideo's single-stream blocks): its whole update is then one part."""
+    HunyuanVideo's single-stream blocks): its whole update is then one part. A block whose streams have their own
+    self-attention each (LTX-2: video and audio) returns one module per stream, in the order of
+    :meth:`BlockStack.block_streams`; each module's :meth:`split_streams` then gives its own stream."""
 
-    def split_module(self, block: torch.nn.Module) -> torch.nn.Module | None:
+    def split_module(self, block: torch.nn.Module) -> torch.nn.Module | tuple[torch.nn.Module, ...] | None:
         raise NotImplementedError
 
     def split_streams(self, split_module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[torch.Tensor, ...]:
@@ -73,7 +75,12 @@ class SplitBlocks(Protocol):
 
 class AttentionRoles(Protocol):
     """A block's attention modules by role: ``"self"`` (over the video tokens, or joint over text and video),
-    ``"cross"`` (to the text), ``"temporal"`` / ``"spatial"`` where a family separates them."""
+    ``"cross"`` (to the text), ``"temporal"`` / ``"spatial"`` where a family separates them.
+
+    A model with a second token stream names that stream's attentions ``"<role>.<stream>"`` (LTX-2's
+    ``"self.audio"``, ``"cross.audio"``): a method that treats attentions by role reads the part before the dot
+    (PAB), one that needs the video stream's own attention asks for the plain role (FasterCache's ``"self"``).
+    Roles with no such meaning to a method (LTX-2's ``"audio_to_video"``) are left alone by it."""
 
     def attention_modules(self, block: torch.nn.Module) -> dict[str, torch.nn.Module]:
         raise NotImplementedError
@@ -102,6 +109,13 @@ class TokenGrid(Protocol):
         function that puts such a view back into the output's layout. By default the output already ends in
         ``(H, W)`` (Wan ``[B, C, F, H, W]``, CogVideoX ``[B, F, C, H, W]``)."""
         return output, lambda view: view
+
+    def output_stream_frames(self, model: torch.nn.Module, outputs: tuple[torch.Tensor, ...], args: tuple,
+                             kwargs: dict) -> list:
+        """One entry per output tensor of the denoiser (``outputs``, in the order its forward returns them): the
+        ``(view, back)`` pair of :meth:`output_frames`, or ``None`` for an output with no 2-D maps (LTX-2's audio:
+        FasterCache then rebuilds it from the plain difference). By default the denoiser has one output."""
+        return [self.output_frames(model, outputs[0], args, kwargs)] + [None] * (len(outputs) - 1)
 
 
 class BatchedArguments(Protocol):
@@ -155,15 +169,42 @@ class TokenSparseForward(Protocol):
         """Refuse (:class:`~diffcache.errors.CallRefusedError`) a call whose forward the token-sparse forward does
         not reproduce; HSA asks at the first forward of each call, before any work. By default every call fits."""
 
+    #: how many of :meth:`self_attention_modules` belong to one block (HSA counts a block at the first of them):
+    #: 1 for Wan, 2 for LTX-2 (video self-attention and the video-to-audio attention, whose keys are video tokens)
+    kv_layers_per_block: int = 1
+
     def synced_self_attention(self, attn, hidden_states, rotary_emb, kv: dict | None, active: torch.Tensor | None):
         """Self-attention of ``hidden_states`` through the K/V cache ``kv`` (``active``: token indices, or ``None``
         for every token)."""
         raise NotImplementedError
 
+    def synced_attention_call(self, attn, args: tuple, kwargs: dict, kv: dict | None, active: torch.Tensor | None):
+        """A call of a hooked layer (one of :meth:`self_attention_modules`) during HSA's forward: its output
+        through the K/V cache, or ``None`` for a call the cache does not serve (the layer's own forward then
+        runs). By default the layer's forward is ``(hidden_states, encoder_hidden_states, attention_mask,
+        rotary_emb)`` (Wan) and only a call without ``encoder_hidden_states`` and ``attention_mask`` is served,
+        by :meth:`synced_self_attention`."""
+        forward = type(attn).forward
+        if (argument(forward, args, kwargs, "encoder_hidden_states") is not None
+                or argument(forward, args, kwargs, "attention_mask") is not None):
+            return None
+        return self.synced_self_attention(attn, argument(forward, args, kwargs, "hidden_states"),
+                                          argument(forward, args, kwargs, "rotary_emb"), kv, active)
+
     def sparse_forward(self, model: torch.nn.Module, args: tuple, kwargs: dict, active: torch.Tensor
-                       ) -> torch.Tensor:
-        """The forward for the tokens ``active`` (``[B, n]``) only, returning their outputs as tokens."""
+                       ) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """The forward for the tokens ``active`` (``[B, n]``) only, returning their outputs as tokens; a model with
+        further outputs computed in full (LTX-2's audio) returns ``(tokens, *those outputs)``."""
         raise NotImplementedError
+
+    def sparse_output(self, model: torch.nn.Module, velocity: torch.Tensor, extra: tuple, return_dict: bool):
+        """The denoiser's return value made of the assembled ``velocity`` and the ``extra`` outputs of
+        :meth:`sparse_forward`, as its forward returns it (``return_dict``)."""
+        if return_dict:
+            from diffusers.models.modeling_outputs import Transformer2DModelOutput
+
+            return Transformer2DModelOutput(sample=velocity)
+        return (velocity, *extra)
 
 
 class UNetSkipBranches(Protocol):

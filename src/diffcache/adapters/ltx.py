@@ -1,10 +1,16 @@
 """LTX-Video (``LTXVideoTransformer3DModel``): tokens arrive packed ``[B, F·H·W, C]``, frame-major.
 
 Block: ``x += attn1(norm1 x)·gate``; ``x += attn2(x, text)``; ``x += ff(norm2 x)·gate``. The input of ``attn2`` is
-the state after self-attention. The grid comes from the forward's ``num_frames``, ``height``, ``width``.
+the state after self-attention. The grid comes from the forward's ``num_frames``, ``height``, ``width``
+(``LTXPipeline``), or, where the forward gets ``video_coords`` instead (``LTXConditionPipeline``), from those
+coordinates (:func:`grid_from_coords`): there the sequence may begin with conditioning tokens (a conditioning image
+or video placed at a later frame is prepended as whole latent frames of the same height and width), and these
+count as frames of the grid, in sequence order.
 """
 
 from __future__ import annotations
+
+import torch
 
 from ..errors import UnsupportedModelError
 from .base import Adapter, argument, register_adapter
@@ -46,9 +52,41 @@ class LTXVideoAdapter(Adapter, BlockStack, SplitBlocks, AttentionRoles, Modulate
         frames = argument(forward, args, kwargs, "num_frames")
         height = argument(forward, args, kwargs, "height")
         width = argument(forward, args, kwargs, "width")
-        if None in (frames, height, width):
+        if None not in (frames, height, width):
+            return frames, height, width  # the token grid: LTX's RoPE uses these directly
+        coords = argument(forward, args, kwargs, "video_coords")
+        if coords is None:
             raise UnsupportedModelError(
-                "this LTX-Video forward gives no num_frames/height/width (as LTXConditionPipeline calls it, with "
-                "video_coords and conditioning tokens); diffcache's token-grid methods (MoReg, FasterCache's "
-                "CFG-Cache) support LTXPipeline's calls only.")
-        return frames, height, width  # the token grid: LTX's RoPE uses these directly
+                "this LTX-Video forward gives neither num_frames/height/width nor video_coords, so diffcache cannot "
+                "tell its token grid (needed by MoReg and FasterCache); pass num_frames, height and width.")
+        return grid_from_coords(coords)
+
+
+def grid_from_coords(coords: torch.Tensor) -> tuple[int, int, int]:
+    """The token grid ``(frames, height, width)`` of a packed, frame-major sequence from its RoPE coordinates
+    ``[B, 3, N]`` (LTX-Video's ``video_coords``) or ``[B, 3, N, 2]`` (LTX-2's ``[start, end)`` patch bounds; the
+    starts are read), axis 1 being (frame, row, column) in any units. ``height`` and ``width`` are the numbers of
+    distinct rows and columns; every run of ``height·width`` tokens must be one frame laid out row-major (the same
+    time, every row and column in ascending order), as LTX's pipelines build them, conditioning tokens included.
+    Anything else (tokens dropped or reordered) has no grid, and is refused."""
+    if coords.ndim == 4:
+        coords = coords[..., 0]
+    if coords.ndim != 3 or coords.shape[1] != 3:
+        raise UnsupportedModelError(f"video_coords of shape {tuple(coords.shape)} are not [B, 3, N] (or [B, 3, N, 2]) "
+                                    "token coordinates; diffcache cannot tell the token grid from them.")
+    time, rows, cols = coords[0, 0], coords[0, 1], coords[0, 2]
+    row_values, col_values = torch.unique(rows), torch.unique(cols)
+    height, width = row_values.numel(), col_values.numel()
+    per_frame = height * width
+    tokens = coords.shape[2]
+    frames = tokens // per_frame
+    grid = (tokens % per_frame == 0
+            and torch.equal(rows.view(frames, per_frame), row_values.repeat_interleave(width).expand(frames, -1))
+            and torch.equal(cols.view(frames, per_frame), col_values.repeat(height).expand(frames, -1))
+            and torch.equal(time.view(frames, per_frame), time.view(frames, per_frame)[:, :1].expand(-1, per_frame)))
+    if not grid:
+        raise UnsupportedModelError(
+            f"the {tokens} video_coords of this forward do not form whole frames of a {height}x{width} token grid in "
+            "frame-major, row-major order, so the token-grid methods (MoReg, FasterCache's CFG-Cache) cannot lay "
+            "them out as frames; LTX's own pipelines build such coordinates.")
+    return frames, height, width

@@ -284,11 +284,11 @@ class _MidProbe(ModelHook):
 
 
 class _BlockHook(ModelHook):
-    def __init__(self, runtime: "AdaCacheRuntime", index: int, probe: _MidProbe | None):
+    def __init__(self, runtime: "AdaCacheRuntime", index: int, probes: list[_MidProbe]):
         super().__init__()
         self.runtime = runtime
         self.index = index
-        self.probe = probe
+        self.probes = probes  #: one per split module (one per stream where each stream has its own split point)
 
     def new_forward(self, module, *args, **kwargs):
         runtime, adapter = self.runtime, self.runtime.adapter
@@ -300,17 +300,17 @@ class _BlockHook(ModelHook):
             attention, rest = entry
             return adapter.make_block_output(tuple(
                 x + a.to(x.dtype) + b.to(x.dtype) for x, a, b in zip(streams, attention, rest)))
-        if self.probe is not None:
-            self.probe.captured = None
+        for probe in self.probes:
+            probe.captured = None
         output = self.fn_ref.original_forward(*args, **kwargs)
         outputs = adapter.output_streams(output)
-        if self.probe is None:  # a block without a split point: its whole update is one residual
+        if not self.probes:  # a block without a split point: its whole update is one residual
             mid = outputs
         else:
-            mid = self.probe.captured
-            if mid is None:
+            if any(probe.captured is None for probe in self.probes):
                 raise RuntimeError(f"AdaCache: the split point of block {self.index} did not run; the adapter "
                                    f"{type(adapter).__name__} does not match this block's forward")
+            mid = tuple(stream for probe in self.probes for stream in probe.captured)
         # detached: a cache is reused data, not part of a later step's autograd graph
         attention = tuple((m.to(x.dtype) - x).detach() for m, x in zip(mid, streams))
         rest = tuple((o - m.to(o.dtype)).detach() for o, m in zip(outputs, mid))
@@ -336,10 +336,12 @@ class AdaCacheRuntime(Runtime):
         self.metric_blocks = tuple(b % len(blocks) for b in metric)
         for index, block in enumerate(blocks):
             split = self.adapter.split_module(block)
-            probe = None if split is None else _MidProbe(self.adapter)
-            if probe is not None:
-                self.add_hook(split, probe, self.HOOK + "_split")
-            self.add_hook(block, _BlockHook(self, index, probe))
+            # one split module, or one per stream (LTX-2: the video and the audio stream's own split points)
+            modules = () if split is None else split if isinstance(split, tuple) else (split,)
+            probes = [_MidProbe(self.adapter) for _ in modules]
+            for module, probe in zip(modules, probes):
+                self.add_hook(module, probe, self.HOOK + "_split")
+            self.add_hook(block, _BlockHook(self, index, probes))
         self.clear()
 
     def clear(self) -> None:

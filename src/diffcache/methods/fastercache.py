@@ -11,6 +11,9 @@ of self-attention outputs, and CFG-Cache.
   that follow only cond runs, and uncond is rebuilt as ``ifft(FFT(cond) + ΔLF·w1 + ΔHF·w2)``. With split CFG the
   uncond call is answered without running the model; with batched CFG the model runs on the cond half of the batch
   (only when enabled on a pipeline that says it guides: a bare denoiser's even batch may be two prompts).
+  A denoiser with several outputs (LTX-2: video and audio) has each rebuilt; an output the adapter gives no 2-D
+  maps for (``TokenGrid.output_stream_frames``: LTX-2's audio) is rebuilt as ``cond + (uncond − cond)`` of the last
+  full step.
 
 Schedules (1-based step ``c``; the official per-model tables, with their step thresholds scaled by ``T / T_ref`` so
 they apply at any step count; parity tests such as "c even" are kept as they are):
@@ -251,14 +254,17 @@ class _ModelHook(ModelHook):
         return self.runtime.model_forward(module, self.fn_ref.original_forward, args, kwargs)
 
 
-def _output_tensor(output):
+def _output_tensors(output) -> tuple[torch.Tensor, ...]:
+    """Every output tensor of a denoiser call, in its order (one for most models; LTX-2: video, then audio)."""
+    values = output if isinstance(output, tuple) else output.to_tuple()
+    return tuple(value for value in values if isinstance(value, torch.Tensor))
+
+
+def _wrap_like(output, tensors):
+    """``output``'s container (a tuple or a diffusers output class) holding ``tensors`` instead."""
     if isinstance(output, tuple):
-        return output[0]
-    return output.sample
-
-
-def _wrap_like(output, tensor):
-    return (tensor, *output[1:]) if isinstance(output, tuple) else Transformer2DModelOutput(sample=tensor)
+        return (*tensors, *output[len(tensors):])
+    return type(output)(*tensors)
 
 
 class FasterCacheRuntime(Runtime):
@@ -279,8 +285,8 @@ class FasterCacheRuntime(Runtime):
         super().clear()
         self.attention: dict = {}
         self.step_plan: StepPlan | None = None
-        self.cond_output = None  #: (step, output tensor) of the split-CFG cond call
-        self.deltas = None  #: (ΔLF, ΔHF) from the last full step
+        self.cond_output = None  #: (step, output tensors, output class or None for a tuple) of the split-CFG cond call
+        self.deltas = None  #: per output stream, from the last full step: (ΔLF, ΔHF), or Δ for a stream without maps
         self.factors = [1.0, 1.0]
         self.parts: list[tuple[str, slice]] = []  #: (branch, batch slice) of the forward in progress
         self._warned_order = getattr(self, "_warned_order", False)
@@ -296,10 +302,10 @@ class FasterCacheRuntime(Runtime):
             record.values.update({"w": self.step_plan.weight} if self.step_plan.reuse_attention else {})
 
     # -- CFG-Cache -------------------------------------------------------------------------------------------------
-    def _scaled_deltas(self):
+    def _scaled_deltas(self, deltas):
         enhance = self.config.enhance
         low, high = self.factors
-        delta_low, delta_high = self.deltas
+        delta_low, delta_high = deltas
         return (delta_low, delta_high, low if enhance in ("low", "both") else 1.0,
                 high if enhance in ("high", "both") else 1.0)
 
@@ -312,6 +318,24 @@ class FasterCacheRuntime(Runtime):
 
     def _radius(self, maps) -> int:
         return min(maps.shape[-2:]) // self.config.radius_divisor
+
+    def _delta(self, uncond, cond, uncond_view, cond_view):
+        """One output stream's ``uncond − cond``: split by frequency on its 2-D maps, or as it is without maps."""
+        if cond_view is None:
+            return (uncond - cond).detach()
+        return split_delta(uncond_view, cond_view, self._radius(cond_view))
+
+    def _rebuild(self, model, conds: tuple, args, kwargs) -> list:
+        """Every output stream's uncond, rebuilt from its cond and the stored deltas."""
+        views = self.adapter.output_stream_frames(model, conds, args, kwargs)
+        rebuilt = []
+        for cond, view, delta in zip(conds, views, self.deltas):
+            if view is None:
+                rebuilt.append(cond + delta.to(cond.dtype))
+            else:
+                maps, back = view
+                rebuilt.append(back(rebuild_uncond(maps, *self._scaled_deltas(delta))))
+        return rebuilt
 
     def model_forward(self, model, forward, args, kwargs):
         """Counts one unit per forward: reused when uncond was rebuilt rather than run."""
@@ -327,7 +351,8 @@ class FasterCacheRuntime(Runtime):
         self.parts = [(ctx.branch, slice(None))]
         if ctx.branch == "cond":
             output = forward(*args, **kwargs)
-            self.cond_output = (ctx.step, _output_tensor(output).detach().clone())  # the pipeline may edit it
+            self.cond_output = (ctx.step, tuple(o.detach().clone() for o in _output_tensors(output)),  # the
+                                None if isinstance(output, tuple) else type(output))  # pipeline may edit them
             return output, False
         if ctx.branch == "uncond":
             if not self.config.cfg_cache:
@@ -339,18 +364,19 @@ class FasterCacheRuntime(Runtime):
                               "rebuild it from cond and stays off for this pipeline (attention reuse still works).",
                               UserWarning, stacklevel=2)
             if skip and have_cond:
-                cond = self.cond_output[1]
                 self._advance_factors()
-                maps, back = adapter.output_frames(model, cond, args, kwargs)
-                rebuilt = back(rebuild_uncond(maps, *self._scaled_deltas()))
+                rebuilt = self._rebuild(model, self.cond_output[1], args, kwargs)
                 return_dict = argument(type(model).forward, args, kwargs, "return_dict", True)
-                wrapped = Transformer2DModelOutput(sample=rebuilt) if return_dict else (rebuilt,)
+                wrapped = (self.cond_output[2] or Transformer2DModelOutput)(*rebuilt) if return_dict else tuple(rebuilt)
                 return wrapped, True
             output = forward(*args, **kwargs)
             if have_cond:
-                cond_maps, _ = adapter.output_frames(model, self.cond_output[1], args, kwargs)
-                uncond_maps, _ = adapter.output_frames(model, _output_tensor(output).detach(), args, kwargs)
-                self.deltas = split_delta(uncond_maps, cond_maps, self._radius(cond_maps))
+                conds = self.cond_output[1]
+                unconds = tuple(o.detach() for o in _output_tensors(output))
+                cond_views = adapter.output_stream_frames(model, conds, args, kwargs)
+                uncond_views = adapter.output_stream_frames(model, unconds, args, kwargs)
+                self.deltas = [self._delta(u, c, None if uv is None else uv[0], None if cv is None else cv[0])
+                               for u, c, uv, cv in zip(unconds, conds, uncond_views, cond_views)]
                 self.factors = [1.0, 1.0]
             return output, False
         # batched CFG ("cond_uncond"): [uncond, cond] halves (or the other order)
@@ -368,20 +394,23 @@ class FasterCacheRuntime(Runtime):
             self.parts = [("cond", slice(None))]
             args, kwargs = adapter.slice_batch(model, args, kwargs, cond_slice, 2 * half)
             output = forward(*args, **kwargs)
-            cond = _output_tensor(output)
+            conds = _output_tensors(output)
             self._advance_factors()
-            maps, back = adapter.output_frames(model, cond, args, kwargs)
-            uncond = back(rebuild_uncond(maps, *self._scaled_deltas()))
-            both = torch.cat([cond, uncond] if cond_first else [uncond, cond])
+            unconds = self._rebuild(model, conds, args, kwargs)
+            both = [torch.cat([cond, uncond] if cond_first else [uncond, cond]) for cond, uncond in zip(conds, unconds)]
             return _wrap_like(output, both), True
         output = forward(*args, **kwargs)
         if not self.config.cfg_cache:
             return output, False
-        full = _output_tensor(output).detach()
-        maps, _ = adapter.output_frames(model, full, args, kwargs)
-        cond_maps = maps[cond_slice]
-        uncond_maps = maps[slice(half, None) if cond_first else slice(0, half)]
-        self.deltas = split_delta(uncond_maps, cond_maps, self._radius(cond_maps))
+        fulls = tuple(o.detach() for o in _output_tensors(output))
+        views = adapter.output_stream_frames(model, fulls, args, kwargs)
+        self.deltas = []
+        for full, view in zip(fulls, views):
+            maps = full if view is None else view[0]
+            cond_maps = maps[cond_slice]
+            uncond_maps = maps[slice(half, None) if cond_first else slice(0, half)]
+            self.deltas.append(self._delta(uncond_maps, cond_maps, None if view is None else uncond_maps,
+                                           None if view is None else cond_maps))
         self.factors = [1.0, 1.0]
         return output, False
 

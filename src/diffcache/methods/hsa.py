@@ -32,7 +32,9 @@ on the few that change most.
 numbers per sample and branch (Wan 2.1 1.3B at 480p, 81 frames: about 6 GB per branch in bf16), kept from the
 last warm-up step to the first dense final step, where it is freed.
 
-**K/V-cache synchronisation** (in the adapter: ``WanAdapter.synced_self_attention`` / ``sparse_forward``). On a
+**K/V-cache synchronisation** (in the adapter: ``WanAdapter.synced_self_attention`` / ``sparse_forward``; LTX-2's
+in ``LTX2Adapter``, where the audio tokens are always computed and the video→audio attention keeps a K/V cache of
+the video tokens too). On a
 sparse step only active tokens go through the transformer: the patch embedding (one cheap convolution) runs on
 the whole latent and the ``n`` active tokens are gathered from it; the timestep modulation, every block and the
 output projection then run on those ``n`` tokens. In each self-attention layer they compute Q, K, V (with their
@@ -59,7 +61,6 @@ from typing import ClassVar
 import numpy as np
 import torch
 from diffusers.hooks.hooks import ModelHook
-from diffusers.models.modeling_outputs import Transformer2DModelOutput
 
 from ..adapters.base import argument
 from ..adapters.capabilities import TokenSparseForward
@@ -390,16 +391,18 @@ class _SelfAttentionHook(ModelHook):
         self.method = method
         self.layer = layer
 
-    def new_forward(self, module, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None,
-                    **kwargs):
+    def new_forward(self, module, *args, **kwargs):
         method = self.method
-        if method.branch is None or encoder_hidden_states is not None or attention_mask is not None:
-            return self.fn_ref.original_forward(hidden_states, encoder_hidden_states, attention_mask, rotary_emb,
-                                                **kwargs)
-        if method.ctx is not None:  # inside a tracked forward: this layer's block runs (for the active tokens)
+        output = None
+        if method.branch is not None:
+            output = method.adapter.synced_attention_call(module, args, kwargs, method.branch.kv[self.layer],
+                                                          method.active)
+        if output is None:  # outside HSA's forward, or a call the K/V cache does not serve
+            return self.fn_ref.original_forward(*args, **kwargs)
+        # inside a tracked forward: this layer's block runs (for the active tokens); one count per block
+        if method.ctx is not None and self.layer % getattr(method.adapter, "kv_layers_per_block", 1) == 0:
             method.count_block(computed=True)
-        return method.adapter.synced_self_attention(module, hidden_states, rotary_emb,
-                                                     method.branch.kv[self.layer], method.active)
+        return output
 
 
 class HSARuntime(Runtime):
@@ -502,11 +505,14 @@ class HSARuntime(Runtime):
                 self.step_record.active_fraction = 1.0
             else:
                 fresh = self.adapter.sparse_forward(model, args, kwargs, active_rows)
+                extra = ()
+                if isinstance(fresh, tuple):  # further outputs computed in full (LTX-2's audio)
+                    fresh, extra = fresh[0], tuple(fresh[1:])
                 index = active_rows[:, :, None].expand(-1, -1, fresh.shape[-1])
                 branch.velocity.scatter_(1, index, fresh.to(branch.velocity.dtype))  # ours: not handed out
                 velocity = self.adapter.tokens_to_output(model, branch.velocity, self.grid).clone()
                 return_dict = argument(type(model).forward, args, kwargs, "return_dict", True)
-                output = Transformer2DModelOutput(sample=velocity) if return_dict else (velocity,)
+                output = self.adapter.sparse_output(model, velocity, extra, return_dict)
                 self.step_record.active_fraction = active_rows.shape[1] / branch.velocity.shape[1]
         finally:
             self.branch = None

@@ -10,7 +10,9 @@ and guidance silently stops working; here cond and uncond never see each other's
 
 Wan, CogVideoX and LTX-Video have joint spatio-temporal self-attention (no separate temporal attention): their
 self-attention takes the *spatial* range (2, as diffusers' CogVideoX example) and cross-attention the cross range
-(6, Open-Sora's). CogVideoX has no cross-attention module (text joins self-attention).
+(6, Open-Sora's). CogVideoX has no cross-attention module (text joins self-attention). A second stream's attentions
+(``"self.audio"``, ``"cross.audio"`` in LTX-2) take the range of their role before the dot; roles with no range
+(LTX-2's audio↔video attentions) are not hooked.
 """
 
 from __future__ import annotations
@@ -110,8 +112,9 @@ class PABRuntime(Runtime):
         hooked = 0
         for index, block in enumerate(self.adapter.blocks(self.model)):
             for role, module in self.adapter.attention_modules(block).items():
-                if ranges.get(role) is not None:
-                    self.add_hook(module, _AttentionHook(self, f"{index}.{role}", ranges[role]))
+                kind = role.split(".")[0]  # "self.audio" (a second stream's self-attention) takes the self range
+                if ranges.get(kind) is not None:
+                    self.add_hook(module, _AttentionHook(self, f"{index}.{role}", ranges[kind]))
                     hooked += 1
         if hooked == 0:
             raise UnsupportedModelError(f"PAB found no attention module to hook in {type(self.model).__name__} with "

@@ -279,10 +279,12 @@ class TeaCacheConfig(MethodConfig):
     def check_model(self, family: str, pipeline) -> None:
         fitted_on = PRESET_FAMILIES.get(self.model)
         if fitted_on is not None and fitted_on != family:
+            own = [p for p, f in _preset_families() if f == family]
+            advice = (f"Use a {family} preset ({', '.join(own)}) or fit one" if own
+                      else f"No {family} coefficients are published; fit them")
             raise UnsupportedModelError(
                 f"TeaCache preset {self.preset!r} holds coefficients fitted on {self.model} ({fitted_on}); this is a "
-                f"{family} model. Use a {family} preset ({', '.join(p for p, f in _preset_families() if f == family)})"
-                " or fit one: diffcache calibrate teacache --model ... --out FILE.json"
+                f"{family} model. {advice}: diffcache calibrate teacache --model ... --out FILE.json"
             )
         if self.model == "tiny-shapes-t2v" and pipeline is not None and type(pipeline).__name__ != "TinyShapesT2VPipeline":
             warnings.warn(
