@@ -51,7 +51,7 @@ class _TailHook(ModelHook):
         output = self.fn_ref.original_forward(*args, **kwargs)
         runtime.count_block(computed=True)
         if self.last:
-            outputs = adapter.output_streams(output)
+            outputs = adapter.run_output_streams(runtime.model, module, adapter.output_streams(output), state.run_input)
             state.residual = tuple((o - i).detach() for o, i in zip(outputs, state.run_input))
             state.run_input = None
         return output
