@@ -382,6 +382,7 @@ class FasterCacheRuntime(Runtime):
         if skip:
             self.parts = [("cond", slice(None))]
             args, kwargs = adapter.slice_batch(model, args, kwargs, cond_slice, 2 * half)
+            self.batch = half
             output = forward(*args, **kwargs)
             cond = _output_tensor(output)
             self._advance_factors()
