@@ -8,7 +8,7 @@ from .base import Adapter, argument, find_adapter, register_adapter, registered_
 from .capabilities import (AttentionRoles, BatchedArguments, BlockStack, ModulatedInput, SplitBlocks,
                            TokenGrid, TokenSparseForward, UNetSkipBranches, has_capability)
 from ..errors import UnsupportedModelError
-from . import wan, cogvideox, ltx, ltx2, unet  # noqa: E402,F401 - the built-in families, in the order they are listed
+from . import wan, cogvideox, ltx, ltx2, unet, mochi, latte, allegro  # noqa: E402,F401 - the built-in families
 from . import wan_vace, skyreels_v2  # noqa: E402,F401 - Wan VACE and SkyReels-V2 (Wan-based)
 
 __all__ = ["Adapter", "AttentionRoles", "BatchedArguments", "BlockStack", "ModulatedInput", "SplitBlocks",

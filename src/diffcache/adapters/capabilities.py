@@ -55,6 +55,15 @@ class BlockStack(Protocol):
         """A block's return value made of ``streams`` (the inverse of :meth:`output_streams`)."""
         return streams if len(streams) > 1 else streams[0]
 
+    def run_output_streams(self, model: torch.nn.Module, block: torch.nn.Module, outputs: tuple[torch.Tensor, ...],
+                           run_input: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        """The streams ``outputs`` that ``block``, the last block of the stack, returned, as the output of the run of
+        blocks that ``run_input`` entered (what a step-level cache subtracts ``run_input`` from): in ``run_input``'s
+        token layout, and less what the model's forward adds between blocks by itself (it adds that again on a
+        reused step, where the blocks pass their inputs through). By default ``outputs`` as they are: every block
+        has one layout and nothing is added between blocks (Latte's alternating spatial/temporal blocks differ)."""
+        return outputs
+
 
 class SplitBlocks(Protocol):
     """A block's update splits at one module whose input is the block state after its self-attention residual
@@ -102,6 +111,12 @@ class TokenGrid(Protocol):
     def token_layout(self, model: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[int, int, int]:
         """The token grid ``(frames, height, width)`` of a forward; tokens are ordered frame-major."""
         raise NotImplementedError
+
+    def frame_major_tokens(self, block: torch.nn.Module, tokens: torch.Tensor, grid: tuple[int, int, int]
+                           ) -> torch.Tensor:
+        """A block's tokens (its residual) as ``[B, frames·height·width, D]``, frame-major, for a forward with token
+        grid ``grid`` (MoReg's motion score compares frames). By default they already are."""
+        return tokens
 
     def output_frames(self, model: torch.nn.Module, output: torch.Tensor, args: tuple, kwargs: dict
                       ) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:

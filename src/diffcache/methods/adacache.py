@@ -311,6 +311,9 @@ class _BlockHook(ModelHook):
                 raise RuntimeError(f"AdaCache: the split point of block {self.index} did not run; the adapter "
                                    f"{type(adapter).__name__} does not match this block's forward")
             mid = tuple(stream for probe in self.probes for stream in probe.captured)
+            # a stream the split module does not see (Mochi's text, updated after the video MLP): its whole update
+            # is the second part (a reused block always adds both parts)
+            mid = (*mid, *streams[len(mid):])
         # detached: a cache is reused data, not part of a later step's autograd graph
         attention = tuple((m.to(x.dtype) - x).detach() for m, x in zip(mid, streams))
         rest = tuple((o - m.to(o.dtype)).detach() for o, m in zip(outputs, mid))
@@ -334,6 +337,7 @@ class AdaCacheRuntime(Runtime):
         if bad:
             raise ConfigError(f"metric_blocks {bad} out of range: this model has {len(blocks)} blocks (0..{len(blocks) - 1})")
         self.metric_blocks = tuple(b % len(blocks) for b in metric)
+        self.blocks = blocks
         for index, block in enumerate(blocks):
             split = self.adapter.split_module(block)
             # one split module, or one per stream (LTX-2: the video and the audio stream's own split points)
@@ -367,6 +371,7 @@ class AdaCacheRuntime(Runtime):
             if self.compute and self.config.moreg is not None:
                 frames, height, width = self.adapter.token_layout(self.model, args, kwargs)
                 self._tokens_per_frame = height * width
+                self._grid = (frames, height, width)
 
     def could_skip(self, num_steps: int) -> bool:
         return num_steps > 3  # steps 1, T-1 and T are always computed, and step 2 follows rate 1
@@ -378,7 +383,8 @@ class AdaCacheRuntime(Runtime):
         rel = relative_change(cached, residual) if cached is not None else None
         motion = None
         if self.config.moreg is not None:
-            motion = motion_score(residual, self._tokens_per_frame, self.config.moreg_frame_stride)
+            tokens = self.adapter.frame_major_tokens(self.blocks[index], residual, self._grid)
+            motion = motion_score(tokens, self._tokens_per_frame, self.config.moreg_frame_stride)
         self._observed[index] = (rel, motion)
 
     def end_forward(self, ctx: StepContext) -> None:

@@ -50,6 +50,8 @@ from ..adapters.capabilities import AttentionRoles, BatchedArguments, TokenGrid
 from ..errors import ConfigError
 from .framework import MethodConfig, Runtime, detached, register
 
+#: the attention roles whose outputs are reused (a joint self-attention, or separate spatial and temporal ones)
+SELF_ATTENTION_ROLES = ("self", "spatial", "temporal")
 SCHEDULES = ("official-opensora", "official-latte", "official-opensoraplan", "official-cogvideox", "paper")
 
 @dataclass
@@ -201,10 +203,19 @@ def _combine(last, previous, weight):
     return tuple(_combine(a, b, weight) for a, b in zip(last, previous))
 
 
-def _take(output, part: slice):
+def _take(output, part: slice, rows_per_sample: int = 1):
+    """The ``part`` (a slice of the denoiser's batch) of an attention output whose batch holds ``rows_per_sample``
+    rows per denoiser sample, sample-major (Latte's spatial attention runs on ``[B·F, N, D]``)."""
+    if rows_per_sample != 1 and part != slice(None):
+        part = slice(None if part.start is None else part.start * rows_per_sample,
+                     None if part.stop is None else part.stop * rows_per_sample)
     if isinstance(output, torch.Tensor):
         return output[part]
-    return tuple(_take(o, part) for o in output)
+    return tuple(_take(o, part, rows_per_sample) for o in output)
+
+
+def _rows(output) -> int:
+    return output.shape[0] if isinstance(output, torch.Tensor) else _rows(output[0])
 
 
 def _cat(outputs: list):
@@ -217,7 +228,7 @@ class _AttentionHook(ModelHook):
     """Self-attention reuse. The history is kept per CFG branch: a batched ``[uncond, cond]`` call stores each half
     under its branch, so a cond-only call (CFG-Cache) continues the cond history, exactly as with split CFG."""
 
-    def __init__(self, runtime: "FasterCacheRuntime", index: int):
+    def __init__(self, runtime: "FasterCacheRuntime", index):
         super().__init__()
         self.runtime = runtime
         self.index = index
@@ -238,8 +249,9 @@ class _AttentionHook(ModelHook):
                     outputs.append(_combine(last, state[-2][1], runtime.step_plan.weight))
             return _cat(outputs)
         output = self.fn_ref.original_forward(*args, **kwargs)
+        rows_per_sample = max(1, _rows(output) // runtime.batch) if runtime.batch else 1
         for (_, part), state in zip(runtime.parts, states):
-            state.append((step, detached(_take(output, part))))
+            state.append((step, detached(_take(output, part, rows_per_sample))))
             del state[:-2]
         runtime.count_block(computed=True)
         return output
@@ -274,10 +286,11 @@ class FasterCacheRuntime(Runtime):
         hooked = 0
         if self.config.attention_reuse:
             for index, block in enumerate(self.adapter.blocks(self.model)):
-                module = self.adapter.attention_modules(block).get("self")
-                if module is not None:
-                    self.add_hook(module, _AttentionHook(self, index))
-                    hooked += 1
+                roles = self.adapter.attention_modules(block)
+                for role in SELF_ATTENTION_ROLES:  # joint self-attention, or Latte's spatial / temporal one
+                    if roles.get(role) is not None:
+                        self.add_hook(roles[role], _AttentionHook(self, index if role == "self" else (index, role)))
+                        hooked += 1
         self.add_hook(self.model, _ModelHook(self), self.HOOK + "_cfg")  # names the batch halves; CFG-Cache
         self.clear()
 
@@ -289,6 +302,7 @@ class FasterCacheRuntime(Runtime):
         self.deltas = None  #: per output stream, from the last full step: (ΔLF, ΔHF), or Δ for a stream without maps
         self.factors = [1.0, 1.0]
         self.parts: list[tuple[str, slice]] = []  #: (branch, batch slice) of the forward in progress
+        self.batch = 0  #: the batch of the denoiser forward in progress (after any CFG-Cache cut)
         self._warned_order = getattr(self, "_warned_order", False)
 
     def begin_forward(self, ctx, args, kwargs) -> None:
@@ -349,6 +363,7 @@ class FasterCacheRuntime(Runtime):
         ctx, adapter = self.ctx, self.adapter
         skip = self.config.cfg_cache and self.step_plan.skip_uncond and self.deltas is not None
         self.parts = [(ctx.branch, slice(None))]
+        self.batch = argument(type(model).forward, args, kwargs, "hidden_states").shape[0]
         if ctx.branch == "cond":
             output = forward(*args, **kwargs)
             self.cond_output = (ctx.step, tuple(o.detach().clone() for o in _output_tensors(output)),  # the
@@ -393,6 +408,7 @@ class FasterCacheRuntime(Runtime):
         if skip:
             self.parts = [("cond", slice(None))]
             args, kwargs = adapter.slice_batch(model, args, kwargs, cond_slice, 2 * half)
+            self.batch = half
             output = forward(*args, **kwargs)
             conds = _output_tensors(output)
             self._advance_factors()

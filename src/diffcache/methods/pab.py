@@ -10,9 +10,11 @@ and guidance silently stops working; here cond and uncond never see each other's
 
 Wan, CogVideoX and LTX-Video have joint spatio-temporal self-attention (no separate temporal attention): their
 self-attention takes the *spatial* range (2, as diffusers' CogVideoX example) and cross-attention the cross range
-(6, Open-Sora's). CogVideoX has no cross-attention module (text joins self-attention). A second stream's attentions
-(``"self.audio"``, ``"cross.audio"`` in LTX-2) take the range of their role before the dot; roles with no range
-(LTX-2's audio↔video attentions) are not hooked.
+(6, Open-Sora's). CogVideoX has no cross-attention module (text joins self-attention). A family with separate
+spatial and temporal attention (Latte) gives them the roles ``"spatial"`` (``self_range``) and ``"temporal"``
+(``temporal_range``, 3 as VideoSys' ``LattePABConfig``; spatial 2 and cross 6 there too). A second stream's
+attentions (``"self.audio"``, ``"cross.audio"`` in LTX-2) take the range of their role before the dot; roles with
+no range (LTX-2's audio↔video attentions) are not hooked.
 """
 
 from __future__ import annotations
@@ -37,8 +39,10 @@ class PABConfig(MethodConfig):
         self_range (int | None): inside ``window``, a self-attention module computes every N-th call (per CFG
             branch) and returns its last output otherwise (integer >= 1; 1 never reuses). ``None``: self-attention
             is not hooked. The default is the spatial range of diffusers' CogVideoX example.
-        cross_range (int | None): the same for cross-attention (the default is Open-Sora's cross range). At least
-            one of the two ranges must be set.
+        cross_range (int | None): the same for cross-attention (the default is Open-Sora's cross range).
+        temporal_range (int | None): the same for temporal attention, in families that separate it from spatial
+            attention (Latte; elsewhere unused). The default is VideoSys' Latte temporal range. At least one of
+            the three ranges must be set.
         window (tuple[float, float]): ``(low, high)``: reuse only while ``low < timestep < high``, in the
             scheduler's timestep units (0–1000 for diffusers' schedulers, 1000 the noisiest); ``low < high``.
             Lists are accepted and stored as tuples.
@@ -61,6 +65,7 @@ class PABConfig(MethodConfig):
 
     self_range: int | None = 2
     cross_range: int | None = 6
+    temporal_range: int | None = 3
     window: tuple[float, float] = (100, 800)
 
     def __post_init__(self) -> None:
@@ -69,12 +74,12 @@ class PABConfig(MethodConfig):
         super().__post_init__()
 
     def validate(self) -> None:
-        for name in ("self_range", "cross_range"):
+        for name in ("self_range", "cross_range", "temporal_range"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ConfigError(f"{name} must be an integer >= 1 or None, got {value!r}")
-        if self.self_range is None and self.cross_range is None:
-            raise ConfigError("set self_range or cross_range; with neither PAB reuses nothing")
+        if self.self_range is None and self.cross_range is None and self.temporal_range is None:
+            raise ConfigError("set self_range, cross_range or temporal_range; with none PAB reuses nothing")
         window = self.window
         if not (isinstance(window, (tuple, list)) and len(window) == 2 and window[0] < window[1]):
             raise ConfigError(f"window must be (low, high) timesteps with low < high, got {window!r}")
@@ -108,7 +113,8 @@ class PABRuntime(Runtime):
     HOOK = "diffcache_pab"
 
     def install(self) -> None:
-        ranges = {"self": self.config.self_range, "cross": self.config.cross_range}
+        ranges = {"self": self.config.self_range, "spatial": self.config.self_range,
+                  "temporal": self.config.temporal_range, "cross": self.config.cross_range}
         hooked = 0
         for index, block in enumerate(self.adapter.blocks(self.model)):
             for role, module in self.adapter.attention_modules(block).items():

@@ -61,7 +61,7 @@ class _TailHook(ModelHook):
         if adapter.adds_between_blocks:
             state.last_output = adapter.output_streams(output)
         if self.last:
-            outputs = adapter.output_streams(output)
+            outputs = adapter.run_output_streams(runtime.model, module, adapter.output_streams(output), state.run_input)
             state.residual = tuple((o - i).detach() for o, i in zip(outputs, state.run_input))
             if state.added is not None:  # the blocks' own updates only: the model adds the rest afresh
                 state.residual = tuple(r if a is None else (r - a).detach() for r, a in zip(state.residual, state.added))
