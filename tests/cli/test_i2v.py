@@ -156,3 +156,65 @@ def test_generate_help_shows_an_image_example(capsys):
     with pytest.raises(SystemExit):
         main(["generate", "--help"])
     assert "--image first_frame.png" in capsys.readouterr().out
+
+
+def _bench(model, out, *extra):
+    return main(["bench", "--model", model, "--methods", "none,fbcache", "--steps", "2", "--repeats", "1",
+                 "--height", "32", "--width", "32", "--frames", "9", "--no-progress", "--out", str(out), *extra])
+
+
+def test_bench_with_an_image_set(folders, frame, tmp_path, capsys):
+    from PIL import Image
+
+    model, out = str(folders("ltx-i2v")), tmp_path / "bench"
+    images = tmp_path / "frames"
+    images.mkdir()
+    Image.open(frame).save(images / "a.png")
+    assert _bench(model, out, "--prompt", "a cat surfing", "--images", str(images)) == 0
+    capsys.readouterr()
+    config = json.loads((out / "config.json").read_text())
+    assert config["prompts"] == ["a cat surfing"] and len(config["images"]) == 1
+    assert config["images"][0][0] == str((images / "a.png").resolve())
+    record = json.loads((out / "results.jsonl").read_text().splitlines()[0])
+    assert record["image"] == str(images / "a.png") and set(record["methods"]) == {"none", "fbcache:default"}
+    assert not record["skipped"]
+    assert "image a.png" in (out / "index.html").read_text()
+    # the same images resume (nothing to redo); another image set, or the same file changed, is refused
+    assert _bench(model, out, "--prompt", "a cat surfing", "--images", str(images)) == 0
+    capsys.readouterr()
+    Image.new("RGB", (32, 32), (0, 200, 0)).save(tmp_path / "green.png")
+    assert _bench(model, out, "--prompt", "a cat surfing", "--images", str(tmp_path / "green.png")) == 2
+    err = capsys.readouterr().err
+    assert "different configuration (images:" in err and "--force" in err
+    Image.new("RGB", (32, 32), (0, 200, 0)).save(images / "a.png")
+    assert _bench(model, out, "--prompt", "a cat surfing", "--images", str(images)) == 2
+    assert "different configuration (images:" in capsys.readouterr().err
+
+
+def test_bench_image_errors(folders, frame, tmp_path, capsys):
+    model, out = str(folders("ltx-i2v")), tmp_path / "bench"
+    assert _bench(model, out, "--prompt", "a cat surfing") == 2
+    assert "image-to-video pipeline: give its first frame with --images" in capsys.readouterr().err
+    assert _bench("tiny-shapes-t2v", out, "--images", str(frame)) == 2
+    assert "TinyShapesT2VPipeline, which takes no image; --images is for" in capsys.readouterr().err
+    assert _bench(model, out, "--prompt", "a", "--prompt", "b", "--prompt", "c", "--images", str(frame),
+                  str(frame)) == 2
+    assert "3 prompts and 2 images cannot be paired" in capsys.readouterr().err
+    assert _bench(model, out, "--prompt", "a", "--images", str(tmp_path)) == 2  # a folder without images
+    assert "holds no image files" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_image_pairing():
+    from pathlib import Path
+
+    from diffcache.bench.prompts import pair_images, plan_items
+
+    a, b = Path("a.png"), Path("b.png")
+    assert pair_images(["x", "y"], [a, b]) == (["x", "y"], ["a.png", "b.png"])
+    assert pair_images(["x"], [a, b]) == (["x", "x"], ["a.png", "b.png"])
+    assert pair_images(["x", "y"], [a]) == (["x", "y"], ["a.png", "a.png"])
+    assert pair_images([], [a, b]) == (["", ""], ["a.png", "b.png"])
+    items = plan_items(["x", "y"], seeds=2, images=["a.png", "b.png"])
+    assert [(it.prompt, it.seed, it.image) for it in items] == [("x", 0, "a.png"), ("x", 1, "a.png"),
+                                                                ("y", 2, "b.png"), ("y", 3, "b.png")]
