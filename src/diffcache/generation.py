@@ -51,12 +51,13 @@ def read_image(path: str | os.PathLike):
 
 
 def check_inputs(class_name: str | None, has_image: bool, has_prompt: bool, model: str, option: str = "--image",
-                 pipe=None) -> None:
+                 pipe=None, require_prompt: bool = True) -> None:
     """Refuse, before any work, an image given to a pipeline that takes none, an image-to-video pipeline without
     one (unless it runs without: :data:`~diffcache.loading.IMAGE_OPTIONAL_PIPELINES`), and a prompt given to or
     missing from a pipeline. ``class_name`` ``None`` (not known before loading) checks nothing. ``pipe``: the
     pipeline or its class, whose call tells whether it takes a prompt (default: the class of that name, when
-    diffusers or diffcache's registry has it)."""
+    diffusers or diffcache's registry has it). ``require_prompt`` false: a missing prompt is left to the caller
+    (``bench`` says so itself)."""
     from .loading import IMAGE_OPTIONAL_PIPELINES, SUPPORTED_IMAGE_TO_VIDEO_PIPELINES, pipeline_class
 
     if class_name is None:
@@ -74,7 +75,7 @@ def check_inputs(class_name: str | None, has_image: bool, has_prompt: bool, mode
         pipe = pipeline_class(class_name) or getattr(diffusers, class_name, None)
     if pipe is None or not callable(getattr(pipe, "__call__", None)):
         return
-    if takes_prompt(pipe) and not has_prompt:
+    if require_prompt and takes_prompt(pipe) and not has_prompt:
         raise ImageInputError(f"{model!r} is a {class_name}, which needs a text prompt: give --prompt.")
     if not takes_prompt(pipe) and has_prompt:
         raise ImageInputError(f"{model!r} is a {class_name}, which takes no text prompt (only its first frame); "

@@ -108,7 +108,7 @@ def benchmark(model: str = "tiny-shapes-t2v", methods: str = DEFAULT_METHODS, ou
     image_list = image_files(images) if images else None  # every file read now: a bad one fails before loading
     has_prompt = bool(prompts) or model in EMBEDDED_MODELS
     check_inputs(type(pipe).__name__ if pipe is not None else stored_class_name(model), image_list is not None,
-                 has_prompt, model, option="--images", pipe=pipe)
+                 has_prompt, model, option="--images", pipe=pipe, require_prompt=False)
     dist = dist or Distributed.from_environment()
     if pipe is None:
         pipe = load_pipeline(model)
@@ -117,7 +117,8 @@ def benchmark(model: str = "tiny-shapes-t2v", methods: str = DEFAULT_METHODS, ou
             device = f"cuda:{dist.rank % torch.cuda.device_count()}"
         pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
-    check_inputs(type(pipe).__name__, image_list is not None, has_prompt, model, option="--images", pipe=pipe)
+    check_inputs(type(pipe).__name__, image_list is not None, has_prompt, model, option="--images", pipe=pipe,
+                 require_prompt=False)
     check_dependencies(pipe)
     from ..generation import takes_prompt
 

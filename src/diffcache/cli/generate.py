@@ -67,8 +67,7 @@ def run(args) -> int:
 
     from ..embedded.t2v.pipeline import TinyShapesT2VPipeline
     from ..files import IMAGE_SUFFIXES, VIDEO_SUFFIXES, check_writable, write_video
-    from ..generation import generate_clip
-    from ..generation import check_dependencies, check_inputs, prepare_image, read_image
+    from ..generation import check_dependencies, check_inputs, generate_clip, prepare_image, read_image
     from ..loading import SUPPORTED_VIDEO_PIPELINES, ModelLoadError, load_pipeline, stored_class_name
     from ..embedded.shapes import parse_prompt
 
@@ -142,7 +141,8 @@ def _generate_image(args, spec) -> int:
         raise ValueError("--frames and --cfg-mode apply to video models only; a text-to-image pipeline runs guidance "
                          "batched, as Stable Diffusion does.")
     if args.image is not None:
-        raise ValueError(f"--image is for image-to-video pipelines; {args.model} makes images from a prompt.")
+        raise ValueError(f"--image makes a clip with an image-to-video pipeline: use --out ending in .gif or .mp4 "
+                         f"({out.name!r} is a still image, for text-to-image models).")
     if args.prompt is None:
         raise ValueError("a text-to-image pipeline needs a text prompt: give --prompt.")
     if args.model == "tiny-shapes-t2i":
