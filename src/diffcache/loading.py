@@ -19,15 +19,50 @@ EMBEDDED_MODELS: dict[str, str] = {
 # Text-to-image pipelines `diffcache generate` writes PNGs for (class names).
 SUPPORTED_IMAGE_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline", "TinyShapesT2IPipeline")
 
-# Real video pipelines diffcache is built for (class names from diffusers).
-SUPPORTED_VIDEO_PIPELINES = (
+# Text-to-video pipelines `diffcache generate` / `bench` run from a prompt (class names from diffusers 0.42.1, and the
+# embedded models').
+SUPPORTED_TEXT_TO_VIDEO_PIPELINES = (
     "WanPipeline",
+    "WanVACEPipeline",  # without --image: text-to-video (its video / mask / reference images are not passed)
+    "SkyReelsV2Pipeline",
+    "SkyReelsV2DiffusionForcingPipeline",
     "CogVideoXPipeline",
     "LTXPipeline",
+    "LTX2Pipeline",
     "HunyuanVideoPipeline",
+    "HunyuanVideo15Pipeline",
+    "MochiPipeline",
+    "LattePipeline",
+    "AllegroPipeline",
+    "AnimateDiffPipeline",
+    "TextToVideoSDPipeline",
     "TinyShapesT2VPipeline",
     "DistilledShapesT2VPipeline",
 )
+
+# Image-to-video pipelines: `generate --image FILE` / `bench --images ...` give them a first frame (`image=`, a PIL
+# image cropped and resized to the requested size, see diffcache.generation.prepare_image).
+SUPPORTED_IMAGE_TO_VIDEO_PIPELINES = (
+    "WanImageToVideoPipeline",
+    "SkyReelsV2ImageToVideoPipeline",
+    "SkyReelsV2DiffusionForcingImageToVideoPipeline",
+    "CogVideoXImageToVideoPipeline",
+    "LTXImageToVideoPipeline",
+    "LTXConditionPipeline",
+    "LTX2ImageToVideoPipeline",
+    "HunyuanVideoImageToVideoPipeline",
+    "HunyuanVideoFramepackPipeline",
+    "HunyuanVideo15ImageToVideoPipeline",
+    "StableVideoDiffusionPipeline",
+    "I2VGenXLPipeline",
+)
+
+# Image-to-video pipelines that also run without a first frame (then text-to-video): LTXConditionPipeline's image
+# conditions are all optional.
+IMAGE_OPTIONAL_PIPELINES = ("LTXConditionPipeline",)
+
+# Every video pipeline `diffcache generate` writes clips for.
+SUPPORTED_VIDEO_PIPELINES = SUPPORTED_TEXT_TO_VIDEO_PIPELINES + SUPPORTED_IMAGE_TO_VIDEO_PIPELINES
 
 # Pipeline classes of diffcache's own, by the class name a model_index.json records: diffusers resolves that name only
 # among its own pipelines, so load_pipeline looks ours up here. A value is the class, or "module:attribute" imported on
@@ -59,6 +94,18 @@ def pipeline_class(name: str | None) -> type | None:
         target = _PIPELINE_CLASSES[name] = getattr(importlib.import_module(module), attribute)
     return target
 
+
+
+def stored_class_name(name_or_path: str | os.PathLike) -> str | None:
+    """The pipeline class an embedded model or a local pipeline folder records in its ``model_index.json``, read
+    without loading anything (so a command can refuse wrong options first); ``None`` for a hub id or a folder
+    without a readable ``model_index.json``."""
+    name = str(name_or_path)
+    try:
+        path = embedded_model_path(name) if name in EMBEDDED_MODELS else Path(name).expanduser()
+        return json.loads((path / "model_index.json").read_text()).get("_class_name")
+    except (ModelLoadError, OSError, ValueError):
+        return None
 
 
 def embedded_model_path(name: str) -> Path:

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from . import store
 from .defaults import DEFAULT_METHODS
-from .prompts import Item, default_prompts, plan_items
+from .prompts import Item, default_prompts, image_files, image_fingerprints, pair_images, plan_items
 from .report import write_reports
 from .specs import parse_methods
 from .sweep import Sweep
@@ -87,19 +87,28 @@ def benchmark(model: str = "tiny-shapes-t2v", methods: str = DEFAULT_METHODS, ou
               prompts: list[str] | None = None, num_prompts: int = 8, seeds: int = 1, steps: int = 30,
               guidance: float = 5.0, repeats: int = 2, cfg_mode: str | None = None, force: bool = False,
               progress: bool = True, pipe=None, dist: Distributed | None = None, after_item=None,
-              height: int | None = None, width: int | None = None, frames: int | None = None) -> dict | None:
+              height: int | None = None, width: int | None = None, frames: int | None = None,
+              images: list[str | os.PathLike] | None = None) -> dict | None:
     """Run (or resume) a benchmark into ``out``; returns the reports on rank 0 (``None`` on other ranks).
 
     ``methods`` as for ``--methods`` (default :data:`~diffcache.bench.defaults.DEFAULT_METHODS`); ``prompts`` default to ``num_prompts`` grammar prompts of the embedded
     model; every prompt runs with ``seeds`` seeds. ``height`` / ``width`` / ``frames`` override the pipeline's
-    default size (a pipeline folder of a real model defaults to its full size).
+    default size (a pipeline folder of a real model defaults to its full size). ``images``: the first frames of an
+    image-to-video model (files or folders, :func:`~diffcache.bench.prompts.image_files`), paired with the prompts
+    by :func:`~diffcache.bench.prompts.pair_images`; recorded in the folder's configuration (path and content
+    hash), so a resume with other images is refused.
     """
-    from ..loading import EMBEDDED_MODELS, load_pipeline
+    from ..generation import check_dependencies, check_inputs
+    from ..loading import EMBEDDED_MODELS, load_pipeline, stored_class_name
 
     for name, value in {"num_prompts": num_prompts, "seeds": seeds, "steps": steps, "repeats": repeats}.items():
         if value < 1:
             raise ValueError(f"{name} must be at least 1, got {value}.")
     specs = parse_methods(methods)
+    image_list = image_files(images) if images else None  # every file read now: a bad one fails before loading
+    has_prompt = bool(prompts) or model in EMBEDDED_MODELS
+    check_inputs(type(pipe).__name__ if pipe is not None else stored_class_name(model), image_list is not None,
+                 has_prompt, model, option="--images", pipe=pipe, require_prompt=False)
     dist = dist or Distributed.from_environment()
     if pipe is None:
         pipe = load_pipeline(model)
@@ -108,27 +117,45 @@ def benchmark(model: str = "tiny-shapes-t2v", methods: str = DEFAULT_METHODS, ou
             device = f"cuda:{dist.rank % torch.cuda.device_count()}"
         pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
-    prompt_list = list(prompts) if prompts else default_prompts(model, pipe, num_prompts)
+    check_inputs(type(pipe).__name__, image_list is not None, has_prompt, model, option="--images", pipe=pipe,
+                 require_prompt=False)
+    check_dependencies(pipe)
+    from ..generation import takes_prompt
+
+    if image_list is not None and not takes_prompt(pipe):
+        prompt_list = []  # Stable Video Diffusion: one item per image
+    else:
+        prompt_list = list(prompts) if prompts else default_prompts(model, pipe, num_prompts)
+    image_paths = None
+    if image_list is not None:
+        prompt_list, image_paths = pair_images(prompt_list, image_list)
     if type(pipe).__name__ == "TinyShapesT2VPipeline":
         from ..embedded.shapes import parse_prompt
 
         for prompt in prompt_list:
             parse_prompt(prompt)
-    items = plan_items(prompt_list, seeds)
+    items = plan_items(prompt_list, seeds, image_paths)
     config = {"model": model, "methods": [s.label for s in specs], "prompts": prompt_list, "seeds": seeds,
               "steps": steps, "guidance": guidance, "repeats": repeats, "cfg_mode": cfg_mode}
+    if image_paths is not None:  # absent for a text-to-video model: its folders' configs stay as they were
+        config["images"] = image_fingerprints(image_paths)
     size = {"height": height, "width": width, "num_frames": frames}
     config.update({key: value for key, value in size.items() if value is not None})
     scored = model in EMBEDDED_MODELS  # the analytic checker scores the embedded models (colour and shape of a still)
     out = Path(out)
     sweep = Sweep(pipe, specs, steps=steps, guidance=guidance, repeats=repeats, cfg_mode=cfg_mode, scored=scored,
-                  calibration=(items[0].prompt, items[0].seed), clips=out, size=size)
+                  calibration=(items[0].prompt, items[0].seed), clips=out, size=size,
+                  calibration_image=items[0].image)
     records = run_sweep(sweep, items, out, config, force=force, dist=dist, progress=progress, after_item=after_item)
     if records is None:
         return None
     notes = [f"processes: {dist.world}; torch threads per process: {torch.get_num_threads()}"]
     if sweep.lpips_note:
         notes.append(sweep.lpips_note)
+    if sweep.guidance_note:
+        notes.append(sweep.guidance_note)
+    if image_paths is not None:
+        notes.append("first frames: centre-cropped to the clip's aspect ratio, then resized to its size")
     if not scored:
         notes.append("adherence and temporal stability: n/a (the analytic checker covers the embedded models)")
     measures = {row["memory_measure"] for r in records for row in r["methods"].values()}

@@ -287,7 +287,8 @@ def write_html(path: Path, config: dict, summary: list[dict], records: list[dict
                 caption += f", {row['computed_steps']}/{row['steps_run']} steps"
             cells.append(f"<td><img src='{e(row['clip'])}' alt='{e(label)}' width=128 height=128>"
                          f"<br><small>{e(caption)}</small></td>")
-        body.append(f"<tr><th class=prompt>{e(record['prompt'])}<br><small>seed {record['seed']}</small></th>"
+        image = f"<br><small>image {e(Path(record['image']).name)}</small>" if record.get("image") else ""
+        body.append(f"<tr><th class=prompt>{e(record['prompt'])}<br><small>seed {record['seed']}</small>{image}</th>"
                     + "".join(cells) + "</tr>")
     table = "\n".join(
         "<tr>" + "".join(f"<td>{e(c)}</td>" for c in _cells(row)[: 2 if "skipped" in row else None]) + "</tr>"

@@ -100,7 +100,7 @@ class Sweep:
 
     def __init__(self, pipe, specs: list[MethodSpec], steps: int = 30, guidance: float = 5.0, repeats: int = 2,
                  cfg_mode: str | None = None, scored: bool = False, calibration: tuple[str, int] = ("", 0),
-                 clips: Path | None = None, size: dict | None = None):
+                 clips: Path | None = None, size: dict | None = None, calibration_image: str | None = None):
         if specs[0].name != BASELINE:
             raise ValueError("the first method must be 'none', the uncached reference")
         self.pipe, self.specs, self.steps, self.guidance, self.repeats = pipe, specs, steps, guidance, repeats
@@ -116,12 +116,37 @@ class Sweep:
             if key not in params:
                 raise ValueError(f"{type(pipe).__name__} takes no {key!r} argument; leave that option out.")
             self.extra[key] = value
-        self.setup = Setup(steps, cfg_mode, lambda prompt, seed: self.generate(prompt, seed, steps), calibration)
+        from ..generation import call_arguments, takes_prompt
+
+        self.guidance_note = None
+        try:
+            self.guidance_arguments = call_arguments(pipe, guidance)  # guidance_scale (SVD: max_guidance_scale)
+        except ValueError:  # HunyuanVideo 1.5: guidance is set in its guider
+            self.guidance_arguments = {}
+            self.guidance_note = (f"guidance: {type(pipe).__name__} takes no guidance scale; its own guider's "
+                                  "setting was used, not --guidance")
+        self.takes_prompt = takes_prompt(pipe)
+        self.first_frames: dict[str, object] = {}  #: image path → the first frame fitted to the clip
+        self.setup = Setup(steps, cfg_mode, lambda prompt, seed: self.generate(prompt, seed, steps, calibration_image),
+                           calibration)
         self.unavailable: dict[str, str] = {}  #: label → why it cannot run (found once, kept for every item)
         self.lpips_note = lpips_unavailable_reason()
 
-    def generate(self, prompt: str, seed: int, steps: int) -> np.ndarray:
-        return output_frames(self.pipe(prompt, num_inference_steps=steps, guidance_scale=self.guidance,
+    def first_frame(self, path: str):
+        """The image at ``path`` fitted to the clip (:func:`diffcache.generation.prepare_image`), read once."""
+        if path not in self.first_frames:
+            from ..generation import prepare_image, read_image
+
+            self.first_frames[path] = prepare_image(self.pipe, read_image(path), self.extra.get("height"),
+                                                    self.extra.get("width"))
+        return self.first_frames[path]
+
+    def generate(self, prompt: str, seed: int, steps: int, image: str | None = None) -> np.ndarray:
+        """One uncached-or-not generation; ``image``: the first frame's path (an image-to-video model)."""
+        inputs = {"prompt": prompt} if self.takes_prompt else {}
+        if image is not None:
+            inputs["image"] = self.first_frame(image)
+        return output_frames(self.pipe(**inputs, num_inference_steps=steps, **self.guidance_arguments,
                                        generator=torch.Generator().manual_seed(seed), output_type="np",
                                        **self.extra))
 
@@ -147,7 +172,7 @@ class Sweep:
             active = PEERS[spec.name].enable(self.pipe, self.setup, dict(spec.overrides))
             roots = (lambda: active.state_roots) if active.hooked_modules is not None else None
         try:
-            go = lambda: self.generate(item.prompt, item.seed, steps)  # noqa: E731
+            go = lambda: self.generate(item.prompt, item.seed, steps, item.image)  # noqa: E731
             try:
                 if counted:
                     start = time.perf_counter()
@@ -219,8 +244,11 @@ class Sweep:
                 name = clip_path(item.key, spec.label)
                 write_video(self.clips / name, video, upscale=GALLERY_UPSCALE, force=True)
                 row["clip"] = str(name)
-        return {"item": item.key, "prompt": item.prompt, "seed": item.seed, "methods": rows, "skipped": skipped,
-                "torch_threads": torch.get_num_threads()}
+        record = {"item": item.key, "prompt": item.prompt, "seed": item.seed, "methods": rows, "skipped": skipped,
+                  "torch_threads": torch.get_num_threads()}
+        if item.image is not None:
+            record["image"] = item.image
+        return record
 
     def run_items(self, items: list[Item], progress: Callable[[Item, str | None], None] | None = None
                   ) -> Iterator[tuple[Item, dict]]:

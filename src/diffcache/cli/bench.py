@@ -14,6 +14,8 @@ EXAMPLES = """examples:
   diffcache bench --methods "ours,peers" --prompts 8 --seeds 2 --out out/all       # every method and peer
   diffcache bench --methods "teacache,fbcache[threshold=0.2],diffusers-fbcache[threshold=0.1]" --out out/fb
   diffcache bench --model ./my-wan-pipeline --prompt "a cat surfing" --prompt "a dog running" --steps 50 --out out/wan
+  diffcache bench --model ./my-wan-i2v-pipeline --images frames/ --prompt "the cat jumps" --steps 40 --out out/i2v
+  diffcache bench --model ./my-svd-pipeline --images a.png b.png --methods none,deepcache --out out/svd   # no prompts
   accelerate launch --multi_gpu --num_processes 2 -m diffcache.cli bench --out out/bench   # 2 processes (CPU too)
 
 --methods names: none (the uncached reference, always added), steps:N (the plain pipeline at N steps),
@@ -21,6 +23,12 @@ METHOD[:PRESET][option=value;...] (see 'diffcache methods'), 'ours' (every diffc
 preset), the peers diffusers-pab, diffusers-fastercache, diffusers-fbcache, diffusers-taylorseer,
 diffusers-magcache, cachedit-dbcache (optionally PEER[option=value;...]) and 'peers' (all of them). A method or
 peer that cannot run on the model is a skipped row with the reason.
+
+--images (image-to-video models, required there): files, or folders whose .png/.jpg/.jpeg/.webp/.bmp files are
+taken in name order. As many prompts as images: the i-th prompt with the i-th image; one prompt: it with every
+image; one image: it with every prompt; a model without prompts (Stable Video Diffusion): one video per image.
+Each first frame is centre-cropped to the clip's aspect ratio and resized to its size. The images (path and
+content hash) are part of the folder's configuration: resuming with other images is refused.
 
 Per video: speedup (interleaved timed runs in one process), denoiser FLOPs, peak and cache memory, PSNR / SSIM /
 relative L1 against the uncached video of the same prompt and seed, the checker's adherence and temporal
@@ -39,6 +47,9 @@ def add_parser(subparsers) -> None:
                    help="embedded models: number of prompts spread over the grammar (default: 8)")
     b.add_argument("--prompt", action="append", default=None,
                    help="a prompt (repeat for several); required for models other than the embedded ones")
+    b.add_argument("--images", nargs="+", default=None, metavar="FILE_OR_DIR",
+                   help="first frames for an image-to-video model: image files or folders of them, paired with "
+                   "the prompts (see below)")
     b.add_argument("--seeds", type=int, default=1, help="seeds per prompt (default: 1)")
     b.add_argument("--steps", type=int, default=30, help="denoising steps (default: 30)")
     b.add_argument("--guidance", type=float, default=5.0, help="guidance scale (default: 5)")
@@ -61,7 +72,8 @@ def run(args) -> int:
     return run_and_print("bench", lambda: benchmark(
         model=args.model, methods=args.methods, out=args.out, prompts=args.prompt, num_prompts=args.prompts,
         seeds=args.seeds, steps=args.steps, guidance=args.guidance, repeats=args.repeats, cfg_mode=args.cfg_mode,
-        force=args.force, progress=not args.no_progress, height=args.height, width=args.width, frames=args.frames),
+        force=args.force, progress=not args.no_progress, height=args.height, width=args.width, frames=args.frames,
+        images=args.images),
         args.out, args.model, args.steps, args.guidance, args.repeats)
 
 

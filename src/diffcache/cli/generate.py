@@ -1,4 +1,5 @@
-"""``diffcache generate``: one clip (GIF / MP4) or image (PNG) from a prompt, optionally with a method."""
+"""``diffcache generate``: one clip (GIF / MP4) or image (PNG) from a prompt, or a clip from a first frame and a
+prompt (``--image``, image-to-video pipelines), optionally with a method."""
 
 from __future__ import annotations
 
@@ -15,14 +16,24 @@ EXAMPLES = """examples:
   diffcache generate --prompt "a blue square moving up" --steps 30 --guidance 5 --seed 3 --cfg-mode batched --out clip.mp4
   diffcache generate --model ./my-wan-pipeline --prompt "a cat surfing" --out cat.mp4
   diffcache generate --model tiny-shapes-t2i --prompt "a red circle" --steps 50 --out red.png
-  diffcache generate --model tiny-shapes-t2i --prompt "a red circle" --steps 50 --method deepcache --out fast.png"""
+  diffcache generate --model tiny-shapes-t2i --prompt "a red circle" --steps 50 --method deepcache --out fast.png
+  diffcache generate --model ./my-wan-i2v-pipeline --image first_frame.png --prompt "the cat jumps" --method fbcache --out cat.mp4
+  diffcache generate --model ./my-svd-pipeline --image first_frame.png --height 576 --width 1024 --out svd.mp4   # SVD: no prompt
+
+--image FILE gives an image-to-video pipeline (Wan / SkyReels-V2 / CogVideoX / LTX / LTX-2 / HunyuanVideo /
+Stable Video Diffusion / I2VGen-XL) its first frame: centre-cropped to the aspect ratio of --height x --width (else
+the pipeline's default size), then resized to it."""
 
 
 def add_parser(subparsers) -> None:
-    g = subparsers.add_parser("generate", help="generate one clip (GIF or MP4) from a prompt", epilog=EXAMPLES,
+    g = subparsers.add_parser("generate", help="generate one clip (GIF or MP4) from a prompt, or from a first frame (--image)", epilog=EXAMPLES,
                               formatter_class=FORMATTER)
-    g.add_argument("--prompt", required=True, help="text prompt; the embedded models take "
-                   "'a {colour} {shape} moving {direction}' (tiny-shapes-t2v) or 'a {colour} {shape}' (tiny-shapes-t2i)")
+    g.add_argument("--prompt", default=None, help="text prompt (required, except for a pipeline that takes none: "
+                   "Stable Video Diffusion); the embedded models take 'a {colour} {shape} moving {direction}' "
+                   "(tiny-shapes-t2v) or 'a {colour} {shape}' (tiny-shapes-t2i)")
+    g.add_argument("--image", default=None, metavar="FILE",
+                   help="first frame for an image-to-video pipeline (PNG, JPEG, ...): centre-cropped to the clip's "
+                   "aspect ratio and resized to its size")
     g.add_argument("--negative-prompt", default=None, help="negative prompt for guidance (default: empty)")
     g.add_argument("--model", default="tiny-shapes-t2v",
                    help="embedded model name, local pipeline folder, or diffusers hub id (default: tiny-shapes-t2v)")
@@ -56,8 +67,8 @@ def run(args) -> int:
 
     from ..embedded.t2v.pipeline import TinyShapesT2VPipeline
     from ..files import IMAGE_SUFFIXES, VIDEO_SUFFIXES, check_writable, write_video
-    from ..generation import generate_clip
-    from ..loading import SUPPORTED_VIDEO_PIPELINES, ModelLoadError, load_pipeline
+    from ..generation import check_dependencies, check_inputs, generate_clip, prepare_image, read_image
+    from ..loading import SUPPORTED_VIDEO_PIPELINES, ModelLoadError, load_pipeline, stored_class_name
     from ..embedded.shapes import parse_prompt
 
     out = Path(args.out)
@@ -73,12 +84,19 @@ def run(args) -> int:
         if Path(args.budget_map).suffix.lower() not in VIDEO_SUFFIXES:
             raise ValueError(f"--budget-map {Path(args.budget_map).name!r}: use a file name ending in .gif or .mp4.")
         check_writable(Path(args.budget_map), args.force)
+    image = read_image(args.image) if args.image is not None else None  # a bad file fails before any loading
+    has_prompt = args.prompt is not None
+    check_inputs(stored_class_name(args.model), image is not None, has_prompt, args.model)  # known before loading
     if args.model == "tiny-shapes-t2i" or out.suffix.lower() in IMAGE_SUFFIXES:
         return _generate_image(args, spec)
     pipe = load_pipeline(args.model)
     if type(pipe).__name__ not in SUPPORTED_VIDEO_PIPELINES:
-        raise ModelLoadError(f"{args.model!r} is a {type(pipe).__name__}; `generate` supports text-to-video "
+        raise ModelLoadError(f"{args.model!r} is a {type(pipe).__name__}; `generate` supports the video "
                              f"pipelines: {', '.join(SUPPORTED_VIDEO_PIPELINES)}.")
+    check_inputs(type(pipe).__name__, image is not None, has_prompt, args.model, pipe=pipe)
+    check_dependencies(pipe)
+    if image is not None:
+        image = prepare_image(pipe, image, args.height, args.width)
     if isinstance(pipe, TinyShapesT2VPipeline):
         parse_prompt(args.prompt)  # the embedded model knows its grammar: reject a bad prompt before any work
     pipe.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -89,7 +107,7 @@ def run(args) -> int:
         default = inspect.signature(pipe.__call__).parameters.get("num_inference_steps")
         steps = default.default if default is not None and isinstance(default.default, int) else 30
     clip = generate_clip(pipe, args.prompt, steps, args.guidance, args.seed, args.cfg_mode, args.negative_prompt,
-                         height=args.height, width=args.width, num_frames=args.frames)
+                         image=image, height=args.height, width=args.width, num_frames=args.frames)
     took = time.perf_counter() - start
     write_video(out, clip, fps=args.fps, upscale=args.upscale, force=args.force)
     extra = ""
@@ -122,6 +140,11 @@ def _generate_image(args, spec) -> int:
     if args.frames is not None or args.cfg_mode != "split":
         raise ValueError("--frames and --cfg-mode apply to video models only; a text-to-image pipeline runs guidance "
                          "batched, as Stable Diffusion does.")
+    if args.image is not None:
+        raise ValueError(f"--image makes a clip with an image-to-video pipeline: use --out ending in .gif or .mp4 "
+                         f"({out.name!r} is a still image, for text-to-image models).")
+    if args.prompt is None:
+        raise ValueError("a text-to-image pipeline needs a text prompt: give --prompt.")
     if args.model == "tiny-shapes-t2i":
         parse_prompt(args.prompt, require_direction=False)  # reject a bad prompt before any work
     pipe = load_pipeline(args.model)
