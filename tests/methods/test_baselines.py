@@ -186,6 +186,7 @@ def test_teacache_default_preset_is_the_recognised_models_or_a_refusal():
     ("LTX-Video", dict(num_attention_heads=32, attention_head_dim=64, num_layers=28), "ltx-video"),
     ("HunyuanVideo", dict(num_layers=20, num_single_layers=40, in_channels=16), "hunyuanvideo"),
     ("Mochi", dict(num_layers=48), "mochi"),
+    ("Latte", dict(num_attention_heads=16, attention_head_dim=72, num_layers=28), "latte"),
     ("Allegro", dict(num_layers=32), None),
 ])
 def test_teacache_recognises_published_models_by_architecture(family, config, expected):

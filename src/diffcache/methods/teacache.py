@@ -44,6 +44,7 @@ COGVIDEOX15_5B = (2.50210439e02, -1.65061612e02, 3.57804877e01, -7.81551492e-01,
 COGVIDEOX15_5B_I2V = (1.22842302e02, -1.04088754e02, 2.62981677e01, -3.06009921e-01, 3.71213220e-02)
 LTX_VIDEO = (2.14700694e01, -1.28016453e01, 2.31279151e00, 7.92487521e-01, 9.69274326e-03)
 HUNYUAN_VIDEO = (7.33226126e02, -4.01131952e02, 6.75869174e01, -3.14987800e00, 9.61237896e-02)
+LATTE = (-2.46434137e03, 3.08044764e02, 8.07447667e01, -4.11385132e00, 1.11001402e-01)  # eval/teacache: latte.py
 MOCHI = (-3.51241319e03, 8.11675948e02, -6.09400215e01, 2.42429681e00, 3.05291719e-03)
 # fitted on tiny-shapes-t2v by `diffcache calibrate teacache --prompts 16` (docs/methods/teacache.md: 928 steps,
 # R² 0.227);
@@ -61,7 +62,7 @@ PRESET_FAMILIES = {"wan2.1-t2v-1.3b": "Wan", "wan2.1-t2v-14b": "Wan", "wan2.1-i2
                    "wan2.1-i2v-14b-720p": "Wan", "cogvideox-2b": "CogVideoX", "cogvideox-5b": "CogVideoX",
                    "cogvideox-5b-i2v": "CogVideoX", "cogvideox1.5-5b": "CogVideoX",
                    "cogvideox1.5-5b-i2v": "CogVideoX", "ltx-video": "LTX-Video", "hunyuanvideo": "HunyuanVideo",
-                   "mochi": "Mochi", "tiny-shapes-t2v": "Wan"}
+                   "mochi": "Mochi", "latte": "Latte", "tiny-shapes-t2v": "Wan"}
 
 
 def _preset_families():
@@ -86,6 +87,7 @@ def _presets() -> dict:
         "ltx-video": _published(LTX_VIDEO, 0.03, 0.05),
         "hunyuanvideo": _published(HUNYUAN_VIDEO, 0.1, 0.15),
         "mochi": _published(MOCHI, 0.06, 0.09),
+        "latte": _published(LATTE, 0.1, 0.2),
         "tiny-shapes-t2v": _published(TINY_SHAPES_T2V, 0.0321, 0.0605),
     }
     presets = {"auto": {}}
@@ -163,6 +165,10 @@ def recognise_model(family: str, model, pipeline) -> tuple[str | None, str]:
         if (layers, get("num_single_layers"), get("in_channels")) == (20, 40, 16):
             return "hunyuanvideo", ""
         return None, "TeaCache4HunyuanVideo's coefficients are for HunyuanVideo T2V (13B)"
+    if family == "Latte":
+        if (width, layers) == (1152, 28):
+            return "latte", ""
+        return None, "the TeaCache repository's Latte coefficients are for Latte-1 (28 blocks, width 1152)"
     if family == "Mochi":
         if layers == 48:
             return "mochi", ""
@@ -209,7 +215,8 @@ class TeaCacheConfig(MethodConfig):
           ``diffcache calibrate teacache``).
         - ``wan2.1-i2v-14b-480p`` and ``wan2.1-i2v-14b-720p`` (0.3) / ``-slow`` (0.2): retention mode too.
         - ``cogvideox-5b-i2v`` (the 5b polynomial) and ``cogvideox1.5-5b-i2v`` (0.2) / ``-slow`` (0.1).
-        - ``hunyuanvideo`` (0.15) / ``-slow`` (0.1); ``mochi`` (0.09) / ``-slow`` (0.06).
+        - ``hunyuanvideo`` (0.15) / ``-slow`` (0.1); ``mochi`` (0.09) / ``-slow`` (0.06); ``latte`` (0.2) /
+          ``-slow`` (0.1), from the repository's evaluation code (``eval/teacache/experiments/latte.py``).
         - ``tiny-shapes-t2v`` (0.0605) / ``-slow`` (0.0321): fitted here; the thresholds make the rule compute about
           45 % / 60 % of the steps.
 
