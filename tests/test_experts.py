@@ -56,9 +56,9 @@ def test_the_phases_follow_the_pipelines_own_switch(pipe):
 def test_steps_count_the_whole_loop_and_each_expert_starts_afresh(pipe, method):
     steps = 16 if method == "hsa" else STEPS  # HSA's dense warm-up and tail need enough steps in each phase
     high = _high_noise_steps(pipe, steps)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # TeaCache's default coefficients are not Wan 2.2's
-        handle = diffcache.enable(pipe, method)
+    # no published TeaCache coefficients for Wan 2.2: the rule on its own (identity) polynomial
+    options = dict(coefficients=(1.0, 0.0), threshold=0.3) if method == "teacache" else {}
+    handle = diffcache.enable(pipe, method, **options)
     try:
         frames = _run(pipe, steps)
         report = handle.report()
@@ -81,6 +81,11 @@ def test_steps_count_the_whole_loop_and_each_expert_starts_afresh(pipe, method):
         assert any(s.active_fraction < 1 for s in call.steps[:high])
         assert any(s.active_fraction < 1 for s in call.steps[high:])
         assert np.asarray(call.token_steps).max() <= steps
+
+
+def test_teacache_default_refuses_wan22_for_want_of_published_coefficients(pipe):
+    with pytest.raises(diffcache.UnsupportedModelError, match="Wan 2.2 has no published TeaCache coefficients"):
+        diffcache.enable(pipe, "teacache")
 
 
 def test_hsa_refuses_a_phase_too_short_for_its_runtime_and_says_which_expert(pipe):
@@ -109,6 +114,22 @@ def test_nothing_cached_by_one_expert_is_reused_by_the_other(pipe):
         handle.disable()
     high = _high_noise_steps(pipe)
     assert reused[high] == 0 and any(reused[:high]) and any(reused[high + 1:])
+
+
+def test_an_expert_frees_its_cache_when_the_other_takes_over(pipe):
+    """Only the running expert's cache is held: at the switch the high-noise expert drops what it cached."""
+    from diffcache.bench.measure import tensor_bytes
+
+    handle = diffcache.enable(pipe, "adacache")
+    sizes = []
+    hook = pipe.transformer_2.register_forward_hook(  # after each low-noise forward
+        lambda *a: sizes.append((tensor_bytes(handle.parts[0].runtime), tensor_bytes(handle.parts[1].runtime))))
+    try:
+        _run(pipe)
+    finally:
+        hook.remove()
+        handle.disable()
+    assert sizes and all(high == 0 for high, _ in sizes) and all(low > 0 for _, low in sizes)
 
 
 def test_each_expert_can_have_its_own_config(pipe):

@@ -124,9 +124,11 @@ class TrackerGroup:
         self.call = _CallState()
         self.trackers: list[StepTracker] = []
         self.call_steps: dict[int, int] = {}
+        self.running: StepTracker | None = None  #: the tracker of the denoiser that ran the last forward
 
     def reset(self) -> None:
         self.call = _CallState()
+        self.running = None
         for tracker in self.trackers:
             tracker.current = None
 
@@ -275,6 +277,13 @@ class StepTracker(ModelHook):
                 f"{self.expert or 'this denoiser'} ran step {step} of {num_steps}, outside its phase (steps "
                 f"{phase.start}..{phase.stop - 1}) as the pipeline's boundary_ratio assigns them; diffcache follows "
                 "the pipeline's own switch between experts, so a loop that switches elsewhere is not supported.")
+        group = self.group
+        if group.running is not None and group.running is not self and not new_call:
+            for listener in group.running.listeners:  # the other expert's phase is over: it frees its cache
+                end_phase = getattr(listener, "end_phase", None)
+                if end_phase is not None:
+                    end_phase()
+        group.running = self
         return StepContext(self.call_index, step - phase.start, len(phase), branch_key, timestep, sigma, first,
                            self.expert, phase.start)
 

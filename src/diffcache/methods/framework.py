@@ -222,6 +222,10 @@ class Runtime:
         self.report.calls.append(CallReport(call_index, num_steps))
         self.clear()
 
+    def end_phase(self) -> None:
+        """The pipeline moved on to another expert for the rest of the call (Wan 2.2 A14B): drop the cache."""
+        self.clear()
+
     def begin_forward(self, ctx: StepContext, args: tuple, kwargs: dict) -> None:
         self.ctx = ctx
         self._block_calls_this_forward = 0
