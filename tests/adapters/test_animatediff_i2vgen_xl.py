@@ -44,8 +44,9 @@ def _i2vgen_xl_unet():
 
 def _animatediff_inputs(unet, seed):
     g = torch.Generator().manual_seed(seed)
+    # AnimateDiffPipeline repeats the text embedding per frame (frames are folded into the batch)
     return {"sample": torch.randn(2, 4, FRAMES, 8, 8, generator=g),
-            "encoder_hidden_states": torch.randn(2, 6, 32, generator=g)}
+            "encoder_hidden_states": torch.randn(2 * FRAMES, 6, 32, generator=g)}
 
 
 def _i2vgen_xl_inputs(unet, seed):
