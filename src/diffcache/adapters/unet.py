@@ -32,7 +32,7 @@ Per family (diffusers 0.42 ``models/unets/``):
 Skip branch ``b`` (0 = the stem's output, the shallowest) is consumed by up block ``b // k`` counted from the
 output end, layer ``b % k`` counted from the block's end, where ``k`` is the number of layers of an up block (3 in
 every Stable Diffusion-style U-Net: two layers + one downsampler per down block, the deepest without a downsampler,
-so ``1 + 3·blocks − 1`` skips; AnimateDiff and I2VGen-XL keep that rule, checked by :meth:`UNetAdapter.layout`).
+so ``1 + 2·blocks + (blocks − 1) = 3·blocks`` skips; AnimateDiff and I2VGen-XL keep that rule, checked by :meth:`UNetAdapter.layout`).
 This is what DeepCache's ``cache_branch_id`` names.
 """
 
