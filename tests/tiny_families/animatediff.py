@@ -56,7 +56,8 @@ def tiny_animatediff_sdxl_pipeline(seed: int = 0):
     unet = UNet2DConditionModel(
         sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16, 16), layers_per_block=2,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), transformer_layers_per_block=(1, 1, 2),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 1, 2),
         cross_attention_dim=64, attention_head_dim=2, norm_num_groups=4, use_linear_projection=True,
         addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=80)
     adapter = tiny_motion_adapter((8, 16, 16), mid_block=False)

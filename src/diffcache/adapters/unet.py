@@ -32,8 +32,8 @@ Per family (diffusers 0.42 ``models/unets/``):
 Skip branch ``b`` (0 = the stem's output, the shallowest) is consumed by up block ``b // k`` counted from the
 output end, layer ``b % k`` counted from the block's end, where ``k`` is the number of layers of an up block (3 in
 every Stable Diffusion-style U-Net: two layers + one downsampler per down block, the deepest without a downsampler,
-so ``1 + 2·blocks + (blocks − 1) = 3·blocks`` skips; AnimateDiff and I2VGen-XL keep that rule, checked by :meth:`UNetAdapter.layout`).
-This is what DeepCache's ``cache_branch_id`` names.
+so ``1 + 2·blocks + (blocks − 1) = 3·blocks`` skips; AnimateDiff and I2VGen-XL keep that rule, checked by
+:meth:`UNetAdapter.layout`). This is what DeepCache's ``cache_branch_id`` names.
 """
 
 from __future__ import annotations
@@ -100,7 +100,8 @@ class UNetAdapter(Adapter, UNetSkipBranches):
             raise UnsupportedModelError(
                 f"this {type(model).__name__} has {len(down)} down blocks producing {skips} skip branches and "
                 f"{len(up)} up blocks of {sorted(counts)} layers; DeepCache needs k skip branches per block and k "
-                "layers in every up block (as in Stable Diffusion, SDXL, SVD, ModelScope, AnimateDiff and I2VGen-XL U-Nets)."
+                "layers in every up block (as in Stable Diffusion, SDXL, SVD, ModelScope, AnimateDiff and I2VGen-XL "
+                "U-Nets)."
             )
         return UNetLayout(len(down), next(iter(counts)))
 
