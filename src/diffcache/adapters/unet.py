@@ -1,17 +1,39 @@
 """U-Nets: Stable Diffusion 1.x / 2.x and SDXL (``UNet2DConditionModel``, also the embedded ``tiny-shapes-t2i``),
-ModelScope text-to-video (``UNet3DConditionModel``) and Stable Video Diffusion
-(``UNetSpatioTemporalConditionModel``).
+ModelScope text-to-video (``UNet3DConditionModel``), Stable Video Diffusion (``UNetSpatioTemporalConditionModel``),
+AnimateDiff (``UNetMotionModel``) and I2VGen-XL (``I2VGenXLUNet``).
 
-All three share one skeleton: ``conv_in`` → ``down_blocks`` → ``mid_block`` → ``up_blocks`` → ``conv_out``. A down
+All five share one skeleton: a *stem* → ``down_blocks`` → ``mid_block`` → ``up_blocks`` → ``conv_out``. A down
 block is a list of *layers* (layer ``i`` = ``resnets[i]`` followed by whichever of ``temp_convs[i]``,
-``attentions[i]``, ``temp_attentions[i]`` the block has) and an optional downsampler; an up block is a list of
-layers and an optional upsampler. The forward collects *skip branches* — ``conv_in``'s output, then the output of
-every down layer and downsampler — and each up layer concatenates one of them, deepest first, to its input.
+``attentions[i]``, ``temp_attentions[i]``, ``motion_modules[i]`` the block has, in that order — the order each
+block's forward runs them) and an optional downsampler; an up block is a list of layers and an optional upsampler.
+The forward collects *skip branches* — the stem's output, then the output of every down layer and downsampler — and
+each up layer concatenates one of them, deepest first, to its input.
 
-Skip branch ``b`` (0 = ``conv_in``'s output, the shallowest) is consumed by up block ``b // k`` counted from the
+The stem is ``conv_in`` (Stable Diffusion, SDXL, SVD, AnimateDiff), ``conv_in`` then the temporal transformer
+``transformer_in`` (ModelScope, I2VGen-XL). Everything the forward computes before the stem — time, fps, text and
+image embeddings, I2VGen-XL's image-latent encoder whose output is concatenated to the noisy latents — and after
+the up path runs on every step; DeepCache never touches it.
+
+Per family (diffusers 0.42 ``models/unets/``):
+
+- **AnimateDiff** (``unet_motion_model.py``; Guo et al., arXiv:2307.04725, github.com/guoyww/AnimateDiff): a
+  Stable Diffusion 1.5 or SDXL U-Net whose every down and up layer is followed by a *motion module*
+  (``AnimateDiffTransformer3D``: attention over the frames of each pixel, given ``num_frames``), and whose mid block
+  has one too (``UNetMidBlockCrossAttnMotion``; a motion adapter without a mid block, e.g. the SDXL beta, leaves
+  Stable Diffusion's ``UNetMidBlock2DCrossAttn``). Frames are folded into the batch (``[B·F, C, H, W]``) from the
+  stem on; the motion modules unfold them. Layers: ``resnets[i]`` → ``attentions[i]`` (cross-attention blocks) →
+  ``motion_modules[i]``.
+- **I2VGen-XL** (``unet_i2vgen_xl.py``; Zhang et al., arXiv:2311.04145, github.com/ali-vilab/VGen): ModelScope's 3-D
+  blocks (``unet_3d_blocks.py``: ``resnets[i]`` → ``temp_convs[i]`` → ``attentions[i]`` → ``temp_attentions[i]``)
+  behind the stem ``conv_in`` (of the noisy latents concatenated with the encoded image latents) →
+  ``transformer_in``; its cross-attention context is the text, the first frame's image latents and the CLIP image
+  embedding, and its time embedding adds the ``fps`` micro-condition.
+
+Skip branch ``b`` (0 = the stem's output, the shallowest) is consumed by up block ``b // k`` counted from the
 output end, layer ``b % k`` counted from the block's end, where ``k`` is the number of layers of an up block (3 in
-every Stable Diffusion-style U-Net: two layers + one downsampler per down block). This is what DeepCache's
-``cache_branch_id`` names.
+every Stable Diffusion-style U-Net: two layers + one downsampler per down block, the deepest without a downsampler,
+so ``1 + 2·blocks + (blocks − 1) = 3·blocks`` skips; AnimateDiff and I2VGen-XL keep that rule, checked by
+:meth:`UNetAdapter.layout`). This is what DeepCache's ``cache_branch_id`` names.
 """
 
 from __future__ import annotations
@@ -24,7 +46,9 @@ from ..errors import UnsupportedModelError
 from .base import Adapter, register_adapter
 from .capabilities import UNetSkipBranches
 
-LAYER_PARTS = ("resnets", "temp_convs", "attentions", "temp_attentions")
+#: the parts of a layer, in the order the blocks run them (ModelScope / I2VGen-XL: the first four; AnimateDiff:
+#: resnets, attentions, motion_modules)
+LAYER_PARTS = ("resnets", "temp_convs", "attentions", "temp_attentions", "motion_modules")
 
 
 @dataclass(frozen=True)
@@ -45,7 +69,7 @@ class UNetLayout:
 
 
 class UNetAdapter(Adapter, UNetSkipBranches):
-    """Shared by the three U-Net families; they differ only in the parts a layer has."""
+    """Shared by the U-Net families; they differ only in the parts a layer has (:data:`LAYER_PARTS`)."""
 
     def blocks(self, model):
         return [*model.down_blocks, model.mid_block, *model.up_blocks]
@@ -76,7 +100,8 @@ class UNetAdapter(Adapter, UNetSkipBranches):
             raise UnsupportedModelError(
                 f"this {type(model).__name__} has {len(down)} down blocks producing {skips} skip branches and "
                 f"{len(up)} up blocks of {sorted(counts)} layers; DeepCache needs k skip branches per block and k "
-                "layers in every up block (as in Stable Diffusion, SDXL, SVD and ModelScope U-Nets)."
+                "layers in every up block (as in Stable Diffusion, SDXL, SVD, ModelScope, AnimateDiff and I2VGen-XL "
+                "U-Nets)."
             )
         return UNetLayout(len(down), next(iter(counts)))
 
@@ -100,3 +125,24 @@ class UNetSpatioTemporalAdapter(UNetAdapter):
     family = "Stable Video Diffusion U-Net"
     model_classes = ("UNetSpatioTemporalConditionModel",)
     examples = "Stable Video Diffusion (img2vid, img2vid-xt)"
+
+
+@register_adapter
+class AnimateDiffAdapter(UNetAdapter):
+    """AnimateDiff's ``UNetMotionModel``: a Stable Diffusion 1.5 / SDXL U-Net with a motion module after every layer
+    (Guo et al., arXiv:2307.04725; the module docstring has the layout)."""
+
+    family = "AnimateDiff"
+    model_classes = ("UNetMotionModel",)
+    examples = ("AnimateDiff on Stable Diffusion 1.5 (guoyww/animatediff-motion-adapter-v1-5-2, -v1-5-3), "
+                "AnimateDiff-Lightning, AnimateDiff SDXL (guoyww/animatediff-motion-adapter-sdxl-beta)")
+
+
+@register_adapter
+class I2VGenXLAdapter(UNetAdapter):
+    """I2VGen-XL's ``I2VGenXLUNet``: ModelScope's 3-D blocks behind an image-conditioned stem (Zhang et al.,
+    arXiv:2311.04145; the module docstring has the layout)."""
+
+    family = "I2VGen-XL"
+    model_classes = ("I2VGenXLUNet",)
+    examples = "I2VGen-XL (ali-vilab/i2vgen-xl)"
