@@ -35,6 +35,7 @@ SUPPORTED_TEXT_TO_VIDEO_PIPELINES = (
     "LattePipeline",
     "AllegroPipeline",
     "AnimateDiffPipeline",
+    "AnimateDiffSDXLPipeline",
     "TextToVideoSDPipeline",
     "TinyShapesT2VPipeline",
     "DistilledShapesT2VPipeline",
