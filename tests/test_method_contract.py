@@ -89,10 +89,23 @@ class LeafWork:
             handle.remove()
 
 
-def _enable(pipe, method):
+def _enable(pipe, method, preset=None):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NothingSkippedWarning)
-        return diffcache.enable(pipe, method)
+        return diffcache.enable(pipe, method, preset=preset)
+
+
+def _runnable_preset(info, adapter):
+    """The method's default preset (``None``), or where that needs a capability the family lacks while the method
+    itself fits it (AdaCache's MoReg on a family without a token grid) the first preset that does not; a method
+    that does not fit the family gives ``None`` too (and is refused)."""
+    if family_fits(info, adapter) and missing_capabilities(info.config_class.from_preset(None), adapter):
+        return next(p for p in info.presets if not missing_capabilities(info.config_class.from_preset(p), adapter))
+    return None
+
+
+def family_fits(info, adapter) -> bool:
+    return adapter.family in info.families
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -104,6 +117,12 @@ def test_method_contract(method, family, monkeypatch):
     info = next(i for i in diffcache.list_methods() if i.name == method)
     config = info.config_class.from_preset(None)
     before = _hooks(model)
+    preset = _runnable_preset(info, adapter)
+    if preset is not None:  # the default preset's options need what the family lacks: refused as such, then run
+        with pytest.raises(UnsupportedModelError, match=f"{method}:{config.preset} needs .*which the {family} adapter"):
+            diffcache.enable(pipe, method)
+        assert _hooks(model) == before and not hasattr(model, "_diffcache_handle")
+        config = info.config_class.from_preset(preset)
     reference = call(pipe, STEPS)
     per_prompt = 2 if getattr(call, "many", True) else 1
     if family not in _SEVERAL_SHAPES:  # what the pipeline itself gives (CogVideoX always makes one video per prompt)
@@ -118,7 +137,7 @@ def test_method_contract(method, family, monkeypatch):
         return
     assert family in info.families
     try:
-        handle = _enable(pipe, method)
+        handle = _enable(pipe, method, preset)
     except UnsupportedModelError as error:  # a config-level refusal (e.g. a preset fitted on another family)
         assert family in str(error) and _hooks(model) == before
         return
@@ -166,13 +185,13 @@ def test_method_contract(method, family, monkeypatch):
 
     monkeypatch.setattr(info.runtime_class, "install", failing_install)
     with pytest.raises(RuntimeError, match="install failed half way"):
-        diffcache.enable(pipe, method)
+        diffcache.enable(pipe, method, preset=preset)
     monkeypatch.undo()
     assert _hooks(model) == before and not hasattr(model, "_diffcache_handle")
     np.testing.assert_array_equal(call(pipe, STEPS), reference)
 
     # two calls with different step counts: two calls in the report, each with its own steps
-    handle = _enable(pipe, method)
+    handle = _enable(pipe, method, preset)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NothingSkippedWarning)
         call(pipe, STEPS)
@@ -218,7 +237,8 @@ def test_cond_branch_does_not_depend_on_the_uncond_branch(method, family):
     pipe, call, _ = _pipe(family)
     model = _denoiser(pipe)
     info = next(i for i in diffcache.list_methods() if i.name == method)
-    if missing_capabilities(info.config_class.from_preset(None), find_adapter(model)):
+    preset = _runnable_preset(info, find_adapter(model))
+    if missing_capabilities(info.config_class.from_preset(preset), find_adapter(model)):
         pytest.skip(f"{method} does not apply to {family}")
     if method == "hsa":
         pytest.skip("HSA allocates one token grouping for both branches from both branches' velocity changes")
@@ -229,7 +249,7 @@ def test_cond_branch_does_not_depend_on_the_uncond_branch(method, family):
     def replay(uncond):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NothingSkippedWarning)
-            handle = diffcache.enable(pipe, method, **overrides)
+            handle = diffcache.enable(pipe, method, preset=preset, **overrides)
             outputs = []
             try:
                 for step in range(STEPS):
@@ -254,10 +274,11 @@ def test_a_method_whose_hooks_do_not_run_warns(method, family):
     pipe, call, _ = _pipe(family)
     model = _denoiser(pipe)
     info = next(i for i in diffcache.list_methods() if i.name == method)
-    if missing_capabilities(info.config_class.from_preset(None), find_adapter(model)):
+    preset = _runnable_preset(info, find_adapter(model))
+    if missing_capabilities(info.config_class.from_preset(preset), find_adapter(model)):
         pytest.skip(f"{method} does not apply to {family}")
     try:
-        handle = _enable(pipe, method)
+        handle = _enable(pipe, method, preset)
     except UnsupportedModelError as error:
         pytest.skip(f"refused: {error}")
     try:

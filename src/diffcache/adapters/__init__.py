@@ -8,7 +8,7 @@ from .base import Adapter, argument, find_adapter, register_adapter, registered_
 from .capabilities import (AttentionRoles, BatchedArguments, BlockStack, ModulatedInput, SplitBlocks,
                            TokenGrid, TokenSparseForward, UNetSkipBranches, has_capability)
 from ..errors import UnsupportedModelError
-from . import wan, cogvideox, ltx, unet  # noqa: E402,F401 - the built-in families, in the order they are listed
+from . import wan, cogvideox, ltx, unet, hunyuan_video, hunyuan_video_framepack, hunyuan_video15  # noqa: E402,F401 - the built-in families, in the order they are listed
 
 __all__ = ["Adapter", "AttentionRoles", "BatchedArguments", "BlockStack", "ModulatedInput", "SplitBlocks",
            "TokenGrid", "TokenSparseForward", "UNetSkipBranches", "UnsupportedModelError", "argument",

@@ -311,6 +311,8 @@ class _BlockHook(ModelHook):
             if mid is None:
                 raise RuntimeError(f"AdaCache: the split point of block {self.index} did not run; the adapter "
                                    f"{type(adapter).__name__} does not match this block's forward")
+            if len(mid) < len(outputs):  # a stream the split module does not see (HunyuanVideo's text stream,
+                mid = (*mid, *outputs[len(mid):])  # split at its own norm2_context): its whole update is one part
         # detached: a cache is reused data, not part of a later step's autograd graph
         attention = tuple((m.to(x.dtype) - x).detach() for m, x in zip(mid, streams))
         rest = tuple((o - m.to(o.dtype)).detach() for o, m in zip(outputs, mid))
