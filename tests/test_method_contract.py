@@ -2,7 +2,9 @@
 pipeline (tests/tiny_diffusers.py: TINY_PIPELINES, and one file per family in tests/tiny_families/). A new method or adapter is covered without editing this file.
 
 Where the adapter lacks a capability the method needs, ``enable`` must refuse, naming what is missing, and leave
-the model untouched. Where it can run:
+the model untouched; where only the method's default preset needs more than the adapter has (AdaCache's MoReg and a
+family without a token grid), that preset is refused as such and the contract runs with the first preset that fits.
+Where it can run:
 
 * ``disable()`` gives back output bit-identical to never enabling; a failed ``enable`` leaves the model untouched;
 * the report is honest: work the report says it skipped is really skipped, counted independently of the method

@@ -56,7 +56,9 @@ class SplitBlocks(Protocol):
     was added: self-attention, then cross-attention + MLP (AdaCache caches the two parts).
 
     ``split_module`` returns ``None`` for a block without such a point (attention and MLP in parallel, as in
-    HunyuanVideo's single-stream blocks): its whole update is then one part."""
+    HunyuanVideo's single-stream blocks): its whole update is then one part. A stream the split module does not see
+    (``split_streams`` gives fewer streams than the block updates: HunyuanVideo's text stream, normalised by its own
+    ``norm2_context``) keeps its whole update as one part too."""
 
     def split_module(self, block: torch.nn.Module) -> torch.nn.Module | None:
         raise NotImplementedError
