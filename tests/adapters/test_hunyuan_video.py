@@ -120,7 +120,8 @@ def test_framepack_sections_are_calls_of_the_report():
     np.testing.assert_array_equal(call(pipe, 6), reference)
 
 
-IMAGE_TO_VIDEO = {
+IMAGE_TO_VIDEO = {  # and HunyuanVideo's text-to-video pipeline, on which the contract's TeaCache preset is refused
+    "HunyuanVideoPipeline": (tiny_hunyuan_video_pipeline, T2V_CALL),
     "HunyuanVideoImageToVideoPipeline": (tiny_hunyuan_i2v_pipeline, hunyuan_i2v_call),
     "HunyuanVideo15ImageToVideoPipeline": (tiny_hunyuan15_i2v_pipeline, hunyuan15_i2v_call),
     "HunyuanVideoFramepackPipeline": (tiny_framepack_pipeline, framepack_call()),
@@ -128,8 +129,11 @@ IMAGE_TO_VIDEO = {
 
 
 @pytest.mark.parametrize("pipeline", IMAGE_TO_VIDEO)
-@pytest.mark.parametrize("method, options", [("fbcache", {"threshold": 0.5}), ("adacache", {"preset": "fast"}),
-                                             ("teacache", {"coefficients": (1.0, 0.0), "threshold": 0.5})])
+@pytest.mark.parametrize("method, options", [
+    ("fbcache", {"threshold": 0.5}),
+    ("adacache", {"preset": "fast", "codebook": ((100.0, 3),)}),  # rate 3: the published codebooks at 6 steps are 1
+    ("teacache", {"coefficients": (1.0, 0.0), "threshold": 0.5}),
+])
 def test_image_to_video_pipelines(pipeline, method, options):
     build, call = IMAGE_TO_VIDEO[pipeline]
     pipe = build()
