@@ -2,7 +2,9 @@
 pipeline (tests/tiny_diffusers.py: TINY_PIPELINES, and one file per family in tests/tiny_families/). A new method or adapter is covered without editing this file.
 
 Where the adapter lacks a capability the method needs, ``enable`` must refuse, naming what is missing, and leave
-the model untouched. Where it can run:
+the model untouched; where only the method's default preset needs more than the adapter has (AdaCache's MoReg and a
+family without a token grid), that preset is refused as such and the contract runs with the first preset that fits.
+Where it can run:
 
 * ``disable()`` gives back output bit-identical to never enabling; a failed ``enable`` leaves the model untouched;
 * the report is honest: work the report says it skipped is really skipped, counted independently of the method
@@ -99,10 +101,23 @@ class LeafWork:
             handle.remove()
 
 
-def _enable(pipe, method):
+def _enable(pipe, method, preset=None):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NothingSkippedWarning)
-        return diffcache.enable(pipe, method)
+        return diffcache.enable(pipe, method, preset=preset)
+
+
+def _runnable_preset(info, adapter):
+    """The method's default preset (``None``), or where that needs a capability the family lacks while the method
+    itself fits it (AdaCache's MoReg on a family without a token grid) the first preset that does not; a method
+    that does not fit the family gives ``None`` too (and is refused)."""
+    if family_fits(info, adapter) and missing_capabilities(info.config_class.from_preset(None), adapter):
+        return next(p for p in info.presets if not missing_capabilities(info.config_class.from_preset(p), adapter))
+    return None
+
+
+def family_fits(info, adapter) -> bool:
+    return adapter.family in info.families
 
 
 @pytest.mark.parametrize("family", list(TINY_PIPELINES))
@@ -115,6 +130,12 @@ def test_method_contract(method, family, monkeypatch):
     info = next(i for i in diffcache.list_methods() if i.name == method)
     config = info.config_class.from_preset(None)
     before = _hooks(models)
+    preset = _runnable_preset(info, adapter)
+    if preset is not None:  # the default preset's options need what the family lacks: refused as such, then run
+        with pytest.raises(UnsupportedModelError, match=f"{method}:{config.preset} needs .*which the {family} adapter"):
+            diffcache.enable(pipe, method)
+        assert _untouched(models, before)
+        config = info.config_class.from_preset(preset)
     reference = call(pipe, STEPS)
     per_prompt = 2 if getattr(call, "many", True) else 1
     if family not in _SEVERAL_SHAPES:  # what the pipeline itself gives (CogVideoX always makes one video per prompt)
@@ -129,7 +150,7 @@ def test_method_contract(method, family, monkeypatch):
         return
     assert family in info.families
     try:
-        handle = _enable(pipe, method)
+        handle = _enable(pipe, method, preset)
     except UnsupportedModelError as error:  # a config-level refusal (e.g. a preset fitted on another family)
         assert family in str(error) and _untouched(models, before)
         return
@@ -177,13 +198,13 @@ def test_method_contract(method, family, monkeypatch):
 
     monkeypatch.setattr(info.runtime_class, "install", failing_install)
     with pytest.raises(RuntimeError, match="install failed half way"):
-        diffcache.enable(pipe, method)
+        diffcache.enable(pipe, method, preset=preset)
     monkeypatch.undo()
     assert _untouched(models, before)
     np.testing.assert_array_equal(call(pipe, STEPS), reference)
 
     # two calls with different step counts: two calls in the report, each with its own steps
-    handle = _enable(pipe, method)
+    handle = _enable(pipe, method, preset)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NothingSkippedWarning)
         call(pipe, STEPS)
@@ -229,17 +250,18 @@ def test_cond_branch_does_not_depend_on_the_uncond_branch(method, family):
     pipe, call, _ = _pipe(family)
     model = _denoiser(pipe)
     info = next(i for i in diffcache.list_methods() if i.name == method)
-    if missing_capabilities(info.config_class.from_preset(None), find_adapter(model)):
+    preset = _runnable_preset(info, find_adapter(model))
+    if missing_capabilities(info.config_class.from_preset(preset), find_adapter(model)):
         pytest.skip(f"{method} does not apply to {family}")
     if len(_denoisers(pipe)) > 1:
         pytest.skip("the replay drives one denoiser; the experts' branches are checked in tests/test_experts.py")
     if method == "hsa":
         pytest.skip("HSA allocates one token grouping for both branches from both branches' velocity changes")
     overrides = {"cfg_cache": False} if method == "fastercache" else {}
-    try:  # a config-level refusal (a preset fitted on another family) leaves nothing to check
+    try:  # a config-level refusal (a preset fitted on another family) is test_method_contract's to check
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            diffcache.enable(pipe, method, **overrides).disable()
+            diffcache.enable(pipe, method, preset, **overrides).disable()
     except UnsupportedModelError as error:
         pytest.skip(f"refused: {error}")
     first, second = _recorded_forwards(pipe, call, "dog"), _recorded_forwards(pipe, call, "the beach running")
@@ -248,7 +270,7 @@ def test_cond_branch_does_not_depend_on_the_uncond_branch(method, family):
     def replay(uncond):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NothingSkippedWarning)
-            handle = diffcache.enable(pipe, method, **overrides)
+            handle = diffcache.enable(pipe, method, preset=preset, **overrides)
             outputs = []
             try:
                 for step in range(STEPS):
@@ -273,10 +295,11 @@ def test_a_method_whose_hooks_do_not_run_warns(method, family):
     pipe, call, _ = _pipe(family)
     model = _denoiser(pipe)
     info = next(i for i in diffcache.list_methods() if i.name == method)
-    if missing_capabilities(info.config_class.from_preset(None), find_adapter(model)):
+    preset = _runnable_preset(info, find_adapter(model))
+    if missing_capabilities(info.config_class.from_preset(preset), find_adapter(model)):
         pytest.skip(f"{method} does not apply to {family}")
     try:
-        handle = _enable(pipe, method)
+        handle = _enable(pipe, method, preset)
     except UnsupportedModelError as error:
         pytest.skip(f"refused: {error}")
     try:

@@ -10,6 +10,7 @@ from .capabilities import (AttentionRoles, BatchedArguments, BlockStack, Modulat
 from ..errors import UnsupportedModelError
 from . import wan, cogvideox, ltx, ltx2, unet, mochi, latte, allegro  # noqa: E402,F401 - the built-in families
 from . import wan_vace, skyreels_v2  # noqa: E402,F401 - Wan VACE and SkyReels-V2 (Wan-based)
+from . import hunyuan_video, hunyuan_video_framepack, hunyuan_video15  # noqa: E402,F401 - HunyuanVideo 1.0, Framepack, 1.5
 
 __all__ = ["Adapter", "AttentionRoles", "BatchedArguments", "BlockStack", "ModulatedInput", "SplitBlocks",
            "TokenGrid", "TokenSparseForward", "UNetSkipBranches", "UnsupportedModelError", "argument",

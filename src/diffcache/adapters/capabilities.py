@@ -72,7 +72,9 @@ class SplitBlocks(Protocol):
     ``split_module`` returns ``None`` for a block without such a point (attention and MLP in parallel, as in
     HunyuanVideo's single-stream blocks): its whole update is then one part. A block whose streams have their own
     self-attention each (LTX-2: video and audio) returns one module per stream, in the order of
-    :meth:`BlockStack.block_streams`; each module's :meth:`split_streams` then gives its own stream."""
+    :meth:`BlockStack.block_streams`; each module's :meth:`split_streams` then gives its own stream. A stream no
+    split module sees (HunyuanVideo's text stream, normalised by its own ``norm2_context``; Mochi's text, updated
+    after the video MLP) keeps its whole update as one part."""
 
     def split_module(self, block: torch.nn.Module) -> torch.nn.Module | tuple[torch.nn.Module, ...] | None:
         raise NotImplementedError

@@ -311,7 +311,7 @@ class _BlockHook(ModelHook):
                 raise RuntimeError(f"AdaCache: the split point of block {self.index} did not run; the adapter "
                                    f"{type(adapter).__name__} does not match this block's forward")
             mid = tuple(stream for probe in self.probes for stream in probe.captured)
-            # a stream the split module does not see (Mochi's text, updated after the video MLP): its whole update
+            # a stream the split module does not see (Mochi's text, updated after the video MLP; HunyuanVideo's, split at its own norm2_context): its whole update
             # is the second part (a reused block always adds both parts)
             mid = (*mid, *streams[len(mid):])
         # detached: a cache is reused data, not part of a later step's autograd graph
