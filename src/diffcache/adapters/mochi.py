@@ -19,18 +19,37 @@ TeaCache signal (``modulated_input``): as the official TeaCache4Mochi (github.co
 ``TeaCache4Mochi/teacache_mochi.py``: ``self.transformer_blocks[0].norm1(inp, temb_)[0]``): block 0's
 ``norm1(x, temb)``, the RMS-normed video tokens scaled by ``1 + scale_msa``.
 
-HSA is not offered: its token-sparse forward would have to re-implement ``MochiAttnProcessor2_0`` (joint
-attention with per-sample text masks and Mochi's RoPE) through a K/V cache, which is not done here.
+Token-sparse forward (HSA, arXiv:2605.06892) over the *video* tokens; the text tokens (at most 256) are always
+all computed. ``sparse_forward`` mirrors ``MochiTransformer3DModel.forward`` with the inactive video tokens
+gathered out: the timestep/caption embedding and the patch embedding (one convolution per frame) run in full, then
+the active tokens are gathered from the patch tokens and from Mochi's RoPE table (each keeps its own position), and
+every block runs as it is on the active video tokens and all text tokens — its video modulation, norms and MLP on
+the active tokens only, its text path in full (the last block's ``context_pre_only`` included). Its joint attention
+(``attn1``) is served through a K/V cache of the video tokens (``synced_attention_call``), the operations of
+``MochiAttnProcessor2_0``: the queries are the active video tokens and the sample's valid text tokens, the
+keys/values all ``N`` cached video tokens (the active ones' fresh, post-RoPE keys overwrite their slots) and the
+valid text tokens' fresh ones, per sample, with the text outputs packed after the video outputs and zero-padded to
+the text length as the processor does. ``norm_out`` and ``proj_out`` then run on the active tokens; their outputs
+are tokens in the unpatchify order of the forward (``output_tokens``). With every video token active this is the
+model's forward (tests/adapters/test_mochi_hsa.py checks it to float tolerance). Refused: any attention processor
+but ``MochiAttnProcessor2_0``, and context parallelism.
 """
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
+from diffusers.utils import scale_lora_layers, unscale_lora_layers
+
+from ..errors import UnsupportedModelError
 from .base import Adapter, argument, register_adapter
-from .capabilities import AttentionRoles, BatchedArguments, BlockStack, ModulatedInput, SplitBlocks, TokenGrid
+from .capabilities import (AttentionRoles, BatchedArguments, BlockStack, ModulatedInput, SplitBlocks, TokenGrid,
+                           TokenSparseForward)
 
 
 @register_adapter
-class MochiAdapter(Adapter, BlockStack, SplitBlocks, AttentionRoles, ModulatedInput, TokenGrid, BatchedArguments):
+class MochiAdapter(Adapter, BlockStack, SplitBlocks, AttentionRoles, ModulatedInput, TokenGrid, BatchedArguments,
+                   TokenSparseForward):
     family = "Mochi"
     model_classes = ("MochiTransformer3DModel",)
     examples = "Mochi 1 preview (genmo/mochi-1-preview)"
@@ -62,3 +81,162 @@ class MochiAdapter(Adapter, BlockStack, SplitBlocks, AttentionRoles, ModulatedIn
         _, _, frames, height, width = latents.shape
         p = model.config.patch_size
         return frames, height // p, width // p
+
+    # -- token-sparse forward (HSA) ----------------------------------------------------------------------------
+    def output_tokens(self, model, output: torch.Tensor) -> torch.Tensor:
+        """The output ``[B, C, F, H, W]`` as tokens ``[B, F·(H/p)·(W/p), p·p·C]`` in the order of the forward's
+        ``proj_out`` (its unpatchify: ``reshape(B, F, h, w, p, p, C).permute(0, 6, 1, 2, 4, 3, 5)``)."""
+        p = model.config.patch_size
+        b, c, f, h, w = output.shape
+        x = output.reshape(b, c, f, h // p, p, w // p, p)
+        return x.permute(0, 2, 3, 5, 4, 6, 1).reshape(b, f * (h // p) * (w // p), p * p * c)
+
+    def tokens_to_output(self, model, tokens: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        """The unpatchify of ``MochiTransformer3DModel.forward`` (inverse of :meth:`output_tokens`)."""
+        p = model.config.patch_size
+        f, h, w = grid
+        x = tokens.reshape(tokens.shape[0], f, h, w, p, p, -1).permute(0, 6, 1, 2, 4, 3, 5)
+        return x.reshape(tokens.shape[0], -1, f, h * p, w * p)
+
+    def self_attention_modules(self, model) -> list[torch.nn.Module]:
+        """Every block's joint attention (its keys/values: the video tokens, cached, and the text tokens)."""
+        return [block.attn1 for block in model.transformer_blocks]
+
+    def check_sparse_attention(self, modules) -> None:
+        """The synchronised attention re-implements diffusers' ``MochiAttnProcessor2_0``; refuse anything else (a
+        custom processor, context parallelism) rather than silently drop it."""
+        for module in modules:
+            processor = module.processor
+            parallel = getattr(processor, "_parallel_config", None)
+            if type(processor).__name__ != "MochiAttnProcessor2_0" or parallel is not None:
+                raise UnsupportedModelError(
+                    f"HSA's synchronised attention replaces diffusers' MochiAttnProcessor2_0, but a Mochi joint "
+                    f"attention layer uses {type(processor).__name__}"
+                    + (" with context parallelism" if parallel is not None else "")
+                    + "; restore the default processor (model.set_attn_processor(MochiAttnProcessor2_0())) to use "
+                    "HSA.")
+
+    def check_sparse_call(self, model, args, kwargs) -> None:
+        if getattr(model, "_parallel_config", None) is not None:
+            raise UnsupportedModelError("HSA on Mochi does not support context parallelism: its token-sparse "
+                                        "forward gathers tokens the parallel plan would have split; run the model "
+                                        "without enable_parallelism().")
+
+    def synced_attention_call(self, attn, args, kwargs, kv, active):
+        """A call of a block's ``attn1`` (``hidden_states`` = video, ``encoder_hidden_states`` = text,
+        ``attention_mask`` = the text mask, ``image_rotary_emb``): :func:`_synced_joint_attention`."""
+        forward = type(attn).forward
+        return _synced_joint_attention(
+            attn, argument(forward, args, kwargs, "hidden_states"),
+            argument(forward, args, kwargs, "encoder_hidden_states"),
+            argument(forward, args, kwargs, "attention_mask"), kwargs.get("image_rotary_emb"), kv, active)
+
+    def sparse_forward(self, model, args: tuple, kwargs: dict, active: torch.Tensor) -> torch.Tensor:
+        """``MochiTransformer3DModel.forward`` for the video tokens ``active`` (``[B, n]``) only; returns their
+        outputs as tokens ``[B, n, p·p·C]`` (the layout of :meth:`output_tokens`)."""
+        forward = type(model).forward
+        hidden_states = argument(forward, args, kwargs, "hidden_states")
+        encoder_hidden_states = argument(forward, args, kwargs, "encoder_hidden_states")
+        timestep = argument(forward, args, kwargs, "timestep")
+        encoder_attention_mask = argument(forward, args, kwargs, "encoder_attention_mask")
+        lora_scale = (argument(forward, args, kwargs, "attention_kwargs") or {}).get("scale", 1.0)
+        if lora_scale != 1.0:  # as the @apply_lora_scale decorator of the model's own forward
+            scale_lora_layers(model, lora_scale)
+        try:
+            return _sparse_forward(model, hidden_states, encoder_hidden_states, timestep, encoder_attention_mask,
+                                   active)
+        finally:
+            if lora_scale != 1.0:
+                unscale_lora_layers(model, lora_scale)
+
+
+def _sparse_forward(model, hidden_states, encoder_hidden_states, timestep, encoder_attention_mask, active):
+    """The body of ``MochiTransformer3DModel.forward`` with the inactive video tokens gathered out."""
+    batch_size, _, num_frames, height, width = hidden_states.shape
+    p = model.config.patch_size
+    temb, encoder_hidden_states = model.time_embed(timestep, encoder_hidden_states, encoder_attention_mask,
+                                                   hidden_dtype=hidden_states.dtype)
+    tokens = model.patch_embed(hidden_states.permute(0, 2, 1, 3, 4).flatten(0, 1))
+    tokens = tokens.unflatten(0, (batch_size, -1)).flatten(1, 2)
+    tokens = tokens.gather(1, active[:, :, None].expand(-1, -1, tokens.shape[-1])).contiguous()
+    rotary = model.rope(model.pos_frequencies, num_frames, height // p, width // p, device=tokens.device,
+                        dtype=torch.float32)
+    rotary = tuple(r[active] for r in rotary)  # [N, heads, head_dim/2] -> [B, n, heads, head_dim/2]
+    for block in model.transformer_blocks:
+        tokens, encoder_hidden_states = block(hidden_states=tokens, encoder_hidden_states=encoder_hidden_states,
+                                              temb=temb, encoder_attention_mask=encoder_attention_mask,
+                                              image_rotary_emb=rotary)
+    return model.proj_out(model.norm_out(tokens, temb))
+
+
+def _apply_rotary(x, freqs_cos, freqs_sin):
+    """Mochi's rotary embedding on interleaved pairs, as ``MochiAttnProcessor2_0`` applies it."""
+    x_even = x[..., 0::2].float()
+    x_odd = x[..., 1::2].float()
+    cos = (x_even * freqs_cos - x_odd * freqs_sin).to(x.dtype)
+    sin = (x_even * freqs_sin + x_odd * freqs_cos).to(x.dtype)
+    return torch.stack([cos, sin], dim=-1).flatten(-2)
+
+
+def _synced_joint_attention(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb, kv,
+                            active):
+    """``MochiAttnProcessor2_0`` with the video keys/values through the K/V cache ``kv``.
+
+    ``active`` ``None``: every video token is in ``hidden_states``; the operations are the processor's, and the
+    video keys (after ``norm_k`` and RoPE) and values are stored in ``kv`` (unless it is ``None``: no sparse step
+    follows). Otherwise ``hidden_states`` holds the video tokens ``active`` (``[B, n]``, with ``image_rotary_emb``
+    gathered at their positions): their fresh keys/values overwrite their slots in ``kv`` and, per sample, the
+    queries of the active video tokens and of the valid text tokens attend to all ``N`` cached video keys/values and
+    the valid text tokens' own. Returns ``(video output [B, n, D], text output [B, S, D_text])``."""
+    query = attn.to_q(hidden_states).unflatten(2, (attn.heads, -1))
+    key = attn.to_k(hidden_states).unflatten(2, (attn.heads, -1))
+    value = attn.to_v(hidden_states).unflatten(2, (attn.heads, -1))
+    if attn.norm_q is not None:
+        query = attn.norm_q(query)
+    if attn.norm_k is not None:
+        key = attn.norm_k(key)
+
+    encoder_query = attn.add_q_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
+    encoder_key = attn.add_k_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
+    encoder_value = attn.add_v_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
+    if attn.norm_added_q is not None:
+        encoder_query = attn.norm_added_q(encoder_query)
+    if attn.norm_added_k is not None:
+        encoder_key = attn.norm_added_k(encoder_key)
+
+    if image_rotary_emb is not None:
+        query = _apply_rotary(query, *image_rotary_emb)
+        key = _apply_rotary(key, *image_rotary_emb)
+
+    if active is None:
+        if kv is not None:
+            kv["key"], kv["value"] = key, value
+    else:
+        if not kv or kv["key"].shape[0] != key.shape[0]:
+            raise RuntimeError("HSA: a token-sparse step came before any full step of this branch")
+        index = active[:, :, None, None].expand(-1, -1, *key.shape[2:])
+        kv["key"].scatter_(1, index, key)  # the cache is ours alone: overwrite the active slots in place
+        kv["value"].scatter_(1, index, value)
+        key, value = kv["key"], kv["value"]
+
+    query, key, value = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)
+    encoder_query, encoder_key, encoder_value = (encoder_query.transpose(1, 2), encoder_key.transpose(1, 2),
+                                                 encoder_value.transpose(1, 2))
+    sequence_length = query.size(2)  # the video queries: all N tokens, or the n active ones
+    encoder_sequence_length = encoder_query.size(2)
+    total_length = sequence_length + encoder_sequence_length
+    outputs = []
+    for idx in range(query.shape[0]):  # per sample: only its valid text tokens take part
+        valid = torch.nonzero(attention_mask[idx][None, :].flatten(), as_tuple=False).flatten()
+        valid_query = torch.cat([query[idx:idx + 1], encoder_query[idx:idx + 1, :, valid, :]], dim=2)
+        valid_key = torch.cat([key[idx:idx + 1], encoder_key[idx:idx + 1, :, valid, :]], dim=2)
+        valid_value = torch.cat([value[idx:idx + 1], encoder_value[idx:idx + 1, :, valid, :]], dim=2)
+        out = F.scaled_dot_product_attention(valid_query, valid_key, valid_value, dropout_p=0.0, is_causal=False)
+        outputs.append(F.pad(out, (0, 0, 0, total_length - out.size(2))))
+    hidden_states = torch.cat(outputs, dim=0).transpose(1, 2).flatten(2, 3)
+    hidden_states, encoder_hidden_states = hidden_states.split_with_sizes(
+        (sequence_length, encoder_sequence_length), dim=1)
+    hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
+    if hasattr(attn, "to_add_out"):
+        encoder_hidden_states = attn.to_add_out(encoder_hidden_states)
+    return hidden_states, encoder_hidden_states
