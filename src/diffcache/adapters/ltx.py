@@ -6,19 +6,39 @@ the state after self-attention. The grid comes from the forward's ``num_frames``
 coordinates (:func:`grid_from_coords`): there the sequence may begin with conditioning tokens (a conditioning image
 or video placed at a later frame is prepended as whole latent frames of the same height and width), and these
 count as frames of the grid, in sequence order.
+
+**Token-sparse forward** (HSA, arXiv:2605.06892): :meth:`LTXVideoAdapter.sparse_forward` mirrors
+``LTXVideoTransformer3DModel.forward`` (diffusers 0.42.1, ``models/transformers/transformer_ltx.py``) with the
+inactive tokens gathered out. The RoPE is computed for the whole sequence exactly as the forward computes it (from
+``num_frames``/``height``/``width`` with ``rope_interpolation_scale``, or from ``video_coords``) and taken at the
+active tokens; ``proj_in`` and the timestep modulation run on the active tokens (with their own timesteps where
+these are per token: ``LTXImageToVideoPipeline`` and ``LTXConditionPipeline`` give the conditioning tokens timestep
+0, or less than the others); in every block the self-attention (``attn1``) computes Q, K, V of the active tokens,
+their K/V overwrite their slots in the layer's K/V cache of all ``N`` tokens and their queries attend to all of them;
+the text cross-attention (``attn2``), the feed-forward and the output projection run on the active tokens. With
+every token active it is the model's forward (tests/adapters/test_ltx_hsa.py checks it to float tolerance).
+Supported: diffusers' ``LTXVideoAttnProcessor`` in the self-attentions; refused: any other processor there, and
+context parallelism.
 """
 
 from __future__ import annotations
 
 import torch
+from diffusers.models.attention_dispatch import dispatch_attention_fn
+from diffusers.models.transformers.transformer_ltx import apply_rotary_emb
+from diffusers.utils import scale_lora_layers, unscale_lora_layers
 
 from ..errors import UnsupportedModelError
 from .base import Adapter, argument, register_adapter
-from .capabilities import AttentionRoles, BatchedArguments, BlockStack, ModulatedInput, SplitBlocks, TokenGrid
+from .capabilities import (AttentionRoles, BatchedArguments, BlockStack, ModulatedInput, SplitBlocks, TokenGrid,
+                           TokenSparseForward)
+
+_PROCESSOR = "LTXVideoAttnProcessor"
 
 
 @register_adapter
-class LTXVideoAdapter(Adapter, BlockStack, SplitBlocks, AttentionRoles, ModulatedInput, TokenGrid, BatchedArguments):
+class LTXVideoAdapter(Adapter, BlockStack, SplitBlocks, AttentionRoles, ModulatedInput, TokenGrid, BatchedArguments,
+                      TokenSparseForward):
     family = "LTX-Video"
     model_classes = ("LTXVideoTransformer3DModel",)
     examples = "LTX-Video 0.9.x"
@@ -60,6 +80,130 @@ class LTXVideoAdapter(Adapter, BlockStack, SplitBlocks, AttentionRoles, Modulate
                 "this LTX-Video forward gives neither num_frames/height/width nor video_coords, so diffcache cannot "
                 "tell its token grid (needed by MoReg and FasterCache); pass num_frames, height and width.")
         return grid_from_coords(coords)
+
+    # -- token-sparse forward (HSA) ----------------------------------------------------------------------------
+    def output_tokens(self, model, output):
+        """The velocity is already tokens ``[B, N, C]`` in the model's order."""
+        return output
+
+    def tokens_to_output(self, model, tokens, grid):
+        return tokens
+
+    def self_attention_modules(self, model):
+        return [block.attn1 for block in model.transformer_blocks]
+
+    def check_sparse_attention(self, modules):
+        """The synchronised attention re-implements diffusers' ``LTXVideoAttnProcessor``; refuse anything else (a
+        custom processor, context parallelism) rather than silently drop it."""
+        for module in modules:
+            processor = module.processor
+            parallel = getattr(processor, "_parallel_config", None)
+            if type(processor).__name__ != _PROCESSOR or parallel is not None:
+                raise UnsupportedModelError(
+                    f"HSA's synchronised attention replaces diffusers' {_PROCESSOR}, but an LTX-Video self-attention "
+                    f"layer uses {type(processor).__name__}" + (" with context parallelism" if parallel else "")
+                    + f"; restore the default processor (model.set_attn_processor({_PROCESSOR}())) to use HSA.")
+
+    def synced_attention_call(self, attn, args, kwargs, kv, active):
+        """``LTXAttention.forward(hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)``: a
+        self-attention call (no ``encoder_hidden_states``, no mask, as the block makes it) is served."""
+        forward = type(attn).forward
+        if (argument(forward, args, kwargs, "encoder_hidden_states") is not None
+                or argument(forward, args, kwargs, "attention_mask") is not None):
+            return None
+        return self.synced_self_attention(attn, argument(forward, args, kwargs, "hidden_states"),
+                                          argument(forward, args, kwargs, "image_rotary_emb"), kv, active)
+
+    def synced_self_attention(self, attn, hidden_states, rotary_emb, kv, active):
+        """Self-attention with a K/V cache of the whole sequence: the operations of diffusers'
+        ``LTXVideoAttnProcessor`` (Q/K RMS-normed across heads, then rotated by ``rotary_emb`` = ``(cos, sin)`` at
+        the tokens of ``hidden_states``). ``active`` ``None``: every token, and their K/V are stored in ``kv``
+        (unless ``kv`` is ``None``: no sparse step follows); else the token indices ``[B, n]`` of
+        ``hidden_states``: their fresh K/V overwrite their slots and their queries attend to all ``N``."""
+        query = attn.norm_q(attn.to_q(hidden_states))
+        key = attn.norm_k(attn.to_k(hidden_states))
+        value = attn.to_v(hidden_states)
+        if rotary_emb is not None:
+            query = apply_rotary_emb(query, rotary_emb)
+            key = apply_rotary_emb(key, rotary_emb)
+        query = query.unflatten(2, (attn.heads, -1))
+        key = key.unflatten(2, (attn.heads, -1))
+        value = value.unflatten(2, (attn.heads, -1))
+        if active is None:
+            if kv is not None:
+                kv["key"], kv["value"] = key, value
+        else:
+            if not kv or kv["key"].shape[0] != key.shape[0]:
+                raise RuntimeError("HSA: a token-sparse step came before any full step of this branch")
+            index = active[:, :, None, None].expand(-1, -1, *key.shape[2:])
+            kv["key"].scatter_(1, index, key)  # the cache is ours alone: overwrite the active slots in place
+            kv["value"].scatter_(1, index, value)
+            key, value = kv["key"], kv["value"]
+        out = dispatch_attention_fn(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
+                                    backend=getattr(attn.processor, "_attention_backend", None), parallel_config=None)
+        out = out.flatten(2, 3).to(query.dtype)
+        return attn.to_out[1](attn.to_out[0](out))
+
+    def sparse_forward(self, model, args, kwargs, active):
+        """``LTXVideoTransformer3DModel.forward`` for the tokens ``active`` (``[B, n]`` indices into the ``N``
+        tokens) only; returns their velocities ``[B, n, C]``. The LoRA scale in ``attention_kwargs`` is applied as
+        the forward's ``@apply_lora_scale`` decorator does."""
+        forward = type(model).forward
+        values = {name: argument(forward, args, kwargs, name) for name in (
+            "hidden_states", "encoder_hidden_states", "timestep", "encoder_attention_mask", "num_frames", "height",
+            "width", "rope_interpolation_scale", "video_coords")}
+        lora_scale = (argument(forward, args, kwargs, "attention_kwargs") or {}).get("scale", 1.0)
+        if lora_scale != 1.0:
+            scale_lora_layers(model, lora_scale)
+        try:
+            return _sparse_forward(model, active=active, **values)
+        finally:
+            if lora_scale != 1.0:
+                unscale_lora_layers(model, lora_scale)
+
+
+def _sparse_forward(model, hidden_states, encoder_hidden_states, timestep, encoder_attention_mask, num_frames,
+                    height, width, rope_interpolation_scale, video_coords, active):
+    """The body of ``LTXVideoTransformer3DModel.forward`` with the inactive tokens gathered out."""
+    tokens = hidden_states.shape[1]
+    cos, sin = model.rope(hidden_states, num_frames, height, width, rope_interpolation_scale, video_coords)
+    rotary = (_gather(cos, active), _gather(sin, active))  # the RoPE at the active tokens' coordinates
+
+    if encoder_attention_mask is not None and encoder_attention_mask.ndim == 2:
+        encoder_attention_mask = (1 - encoder_attention_mask.to(hidden_states.dtype)) * -10000.0
+        encoder_attention_mask = encoder_attention_mask.unsqueeze(1)
+
+    batch_size = hidden_states.size(0)
+    hidden_states = model.proj_in(_gather(hidden_states, active))
+
+    if timestep.ndim == 2 and timestep.shape[1] == tokens:  # per-token timesteps (conditioning tokens: lower)
+        timestep = timestep.gather(1, active)
+    temb, embedded_timestep = model.time_embed(timestep.flatten(), batch_size=batch_size,
+                                               hidden_dtype=hidden_states.dtype)
+    temb = temb.view(batch_size, -1, temb.size(-1))
+    embedded_timestep = embedded_timestep.view(batch_size, -1, embedded_timestep.size(-1))
+
+    encoder_hidden_states = model.caption_projection(encoder_hidden_states)
+    encoder_hidden_states = encoder_hidden_states.view(batch_size, -1, hidden_states.size(-1))
+
+    for block in model.transformer_blocks:
+        if torch.is_grad_enabled() and model.gradient_checkpointing:
+            hidden_states = model._gradient_checkpointing_func(block, hidden_states, encoder_hidden_states, temb,
+                                                               rotary, encoder_attention_mask)
+        else:
+            hidden_states = block(hidden_states=hidden_states, encoder_hidden_states=encoder_hidden_states, temb=temb,
+                                  image_rotary_emb=rotary, encoder_attention_mask=encoder_attention_mask)
+
+    scale_shift_values = model.scale_shift_table[None, None] + embedded_timestep[:, :, None]
+    shift, scale = scale_shift_values[:, :, 0], scale_shift_values[:, :, 1]
+    hidden_states = model.norm_out(hidden_states)
+    hidden_states = hidden_states * (1 + scale) + shift
+    return model.proj_out(hidden_states)
+
+
+def _gather(tensor: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+    """``tensor`` ``[B, N, D]`` at the token indices ``active`` (``[B, n]``)."""
+    return tensor.gather(1, active[:, :, None].expand(-1, -1, tensor.shape[-1]))
 
 
 def grid_from_coords(coords: torch.Tensor) -> tuple[int, int, int]:
