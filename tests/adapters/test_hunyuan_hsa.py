@@ -167,3 +167,40 @@ def test_another_attention_processor_is_refused():
     pipe.transformer.single_transformer_blocks[0].attn.set_processor(AttnProcessor2_0())
     with pytest.raises(UnsupportedModelError, match="HunyuanVideoAttnProcessor2_0"):
         diffcache.enable(pipe, "hsa")
+
+
+def test_latent_concat_image_to_video_model():
+    """HunyuanVideo-I2V-33ch / SkyReels-V1 (``image_condition_type="latent_concat"``: the image latents and a mask
+    concatenated to the channels, plain blocks): the sparse forward of a subset is the model's at those tokens."""
+    from diffusers import HunyuanVideoTransformer3DModel
+    from tiny_families.hunyuan_video import _transformer_config
+
+    torch.manual_seed(0)
+    model = HunyuanVideoTransformer3DModel(**{**_transformer_config(1, 1), "in_channels": 9,
+                                              "image_condition_type": "latent_concat"}).eval()
+    g = torch.Generator().manual_seed(0)
+    mask = torch.ones(2, 6)
+    mask[0, 4:] = 0
+    kwargs = dict(hidden_states=torch.randn(2, 9, 2, 8, 8, generator=g), timestep=torch.tensor([300.0, 900.0]),
+                  encoder_hidden_states=torch.randn(2, 6, 16, generator=g), encoder_attention_mask=mask,
+                  pooled_projections=torch.randn(2, 8, generator=g), guidance=torch.tensor([6000.0, 6000.0]),
+                  return_dict=False)
+    with torch.no_grad():
+        reference = model(**kwargs)[0]
+    assert reference.shape == (2, 4, 2, 8, 8)
+    with pytest.warns(UserWarning, match="bare denoiser"):
+        handle = diffcache.enable(model, "hsa", num_inference_steps=10)
+    runtime, adapter = handle.runtime, handle.runtime.adapter
+    try:
+        runtime.branch, runtime.active = _BranchState(len(runtime.layers)), None
+        with torch.no_grad():
+            type(model).forward(model, **kwargs)  # fills the K/V cache
+            subset = torch.stack([torch.randperm(32, generator=g)[:9] for _ in range(2)])
+            runtime.active = subset
+            sparse = adapter.sparse_forward(model, (), kwargs, subset)
+    finally:
+        runtime.branch = runtime.active = None
+        handle.disable()
+    tokens = adapter.output_tokens(model, reference)
+    torch.testing.assert_close(sparse, tokens.gather(1, subset[:, :, None].expand(-1, -1, tokens.shape[-1])),
+                               atol=1e-5, rtol=1e-4)

@@ -27,6 +27,21 @@ masked in attention), in FramePack preceded by the SigLIP image tokens, in 1.5 t
 come first, then the section's window (the output is its last ``F·H·W`` tokens), so its adapter declares no
 ``TokenGrid``.
 
+**Token-sparse forward** (HSA, ``HunyuanVideoAdapter`` only) over the *video* tokens; the text tokens are always
+all computed. On a sparse step the patch embedding runs on the whole latent and the active video tokens are
+gathered from it; the conditioning (``time_text_embed``) and the text refiner (``context_embedder``) run as in the
+model. Every block then runs on the active video tokens and every text token — modulation and MLPs per token, RoPE
+at the active tokens' positions — and its joint attention (``HunyuanVideoAttnProcessor2_0`` re-implemented:
+:func:`synced_joint_attention`) takes its queries from ``[active video; text]`` and its keys/values from
+``[all N video tokens; text]``: the video keys/values through a K/V cache per layer and CFG branch (fresh at the
+active tokens), the text ones fresh; the attention mask is the model's ``[B, 1, 1, N + L]`` (padded text tokens
+masked). Then ``norm_out`` and ``proj_out``; the tokens are in the model's unpatchify order (per token: channels,
+then ``pt, p, p``). HunyuanVideo-I2V's token-replace blocks modulate the first latent frame's tokens with a
+timestep-0 embedding by position (``[:, :num_tokens]``); the sparse forward picks that modulation per token
+(:func:`_token_replace_block`), so any active set works. With every video token active this is the model's forward
+(tests/adapters/test_hunyuan_hsa.py). Refused: any other attention processor, context parallelism. FramePack and
+1.5 do not declare it (FramePack's video stream is no grid; 1.5 is not written).
+
 **TeaCache signal** (``modulated_input``): the official TeaCache4HunyuanVideo code (github.com/ali-vilab/TeaCache,
 ``TeaCache4HunyuanVideo/teacache_sample_video.py``) reads the first double block's
 ``modulate(img_norm1(img), shift=img_mod1_shift, scale=img_mod1_scale)`` — in diffusers the first output of block
@@ -140,7 +155,8 @@ class HunyuanVideoAdapter(HunyuanVideoBaseAdapter, PatchGrid, BatchedArguments, 
             if type(processor).__name__ != "HunyuanVideoAttnProcessor2_0" or parallel:
                 raise UnsupportedModelError(
                     f"HSA's synchronised attention replaces diffusers' HunyuanVideoAttnProcessor2_0, but a joint "
-                    f"attention layer uses {type(processor).__name__}" + (" with context parallelism" if parallel else "")
+                    f"attention layer uses {type(processor).__name__}"
+                    + (" with context parallelism" if parallel else "")
                     + "; restore the default processor (model.set_attn_processor(HunyuanVideoAttnProcessor2_0())) to "
                     "use HSA.")
 
