@@ -137,13 +137,13 @@ def list_methods() -> list[MethodInfo]:
     it supports (derived from the registered adapters)."""
     from . import adacache, deepcache, fastercache, fbcache, hsa, pab, teacache  # noqa: F401 - the built-ins
 
-    return list(_METHODS.values())
+    return sorted(_METHODS.values(), key=lambda info: info.name)  # by name: not by which module was imported first
 
 
 def method_info(name: str) -> MethodInfo:
     list_methods()
     if name not in _METHODS:
-        raise UnknownMethodError(f"unknown method {name!r}; methods: {', '.join(_METHODS)}.")
+        raise UnknownMethodError(f"unknown method {name!r}; methods: {', '.join(sorted(_METHODS))}.")
     return _METHODS[name]
 
 
