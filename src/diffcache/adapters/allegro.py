@@ -19,7 +19,8 @@ the way TeaCache4LTX-Video reads it from the same PixArt-style block. No coeffic
 from __future__ import annotations
 
 from .base import Adapter, argument, register_adapter
-from .capabilities import AttentionRoles, BatchedArguments, BlockStack, ModulatedInput, SplitBlocks, TokenGrid
+from .capabilities import (AttentionRoles, BatchedArguments, BlockStack, ModulatedInput, SplitBlocks, TokenGrid,
+                           adaln_single_modulated_input)
 
 
 @register_adapter
@@ -37,10 +38,8 @@ class AllegroAdapter(Adapter, BlockStack, SplitBlocks, AttentionRoles, Modulated
     def modulated_input(self, block, args, kwargs):
         """Block 0's ``norm1(x)·(1 + scale_msa) + shift_msa``, as ``AllegroTransformerBlock.forward`` computes it."""
         forward = type(block).forward
-        hidden = argument(forward, args, kwargs, "hidden_states")
-        temb = argument(forward, args, kwargs, "temb")
-        shift_msa, scale_msa = (block.scale_shift_table[None] + temb.reshape(hidden.shape[0], 6, -1)).chunk(6, dim=1)[:2]
-        return block.norm1(hidden) * (1 + scale_msa) + shift_msa
+        return adaln_single_modulated_input(block, argument(forward, args, kwargs, "hidden_states"),
+                                            argument(forward, args, kwargs, "temb"))
 
     def token_layout(self, model, args, kwargs):
         latents = argument(type(model).forward, args, kwargs, "hidden_states")

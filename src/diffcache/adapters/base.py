@@ -25,10 +25,12 @@ and the same decorator works from outside the package, for a user's own model.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from typing import Any, ClassVar
 
 import torch
+from diffusers.utils import scale_lora_layers, unscale_lora_layers
 
 from ..errors import UnsupportedModelError
 
@@ -44,6 +46,20 @@ def argument(function, args: tuple, kwargs: dict, name: str, default: Any = None
         return default
     position = parameters.index(name)
     return args[position] if position < len(args) else default
+
+
+@contextlib.contextmanager
+def lora_scaled(model: torch.nn.Module, attention_kwargs: dict | None):
+    """The LoRA scale of a forward's ``attention_kwargs`` applied to ``model`` while the block runs, as diffusers'
+    ``@apply_lora_scale`` decorator of the model's own forward does (for an adapter's re-implemented forward)."""
+    scale = (attention_kwargs or {}).get("scale", 1.0)
+    if scale != 1.0:
+        scale_lora_layers(model, scale)
+    try:
+        yield
+    finally:
+        if scale != 1.0:
+            unscale_lora_layers(model, scale)
 
 
 class Adapter:

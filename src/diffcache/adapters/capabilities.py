@@ -107,6 +107,15 @@ class ModulatedInput(Protocol):
         return argument(type(block).forward, args, kwargs, "temb")
 
 
+def adaln_single_modulated_input(block: torch.nn.Module, hidden: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+    """``norm1(x)·(1 + scale_msa) + shift_msa`` of a PixArt-style block (adaLN-single: the block's
+    ``scale_shift_table`` plus the model's shared 6-way timestep embedding, as Latte's and Allegro's blocks compute
+    it): the modulated input TeaCache reads in those families."""
+    table = block.scale_shift_table[None] + embedding.reshape(hidden.shape[0], 6, -1)
+    shift_msa, scale_msa = table.chunk(6, dim=1)[:2]
+    return block.norm1(hidden) * (1 + scale_msa) + shift_msa
+
+
 class TokenGrid(Protocol):
     """The token grid of a forward and the output's per-frame layout."""
 
@@ -222,6 +231,24 @@ class TokenSparseForward(Protocol):
 
             return Transformer2DModelOutput(sample=velocity)
         return (velocity, *extra)
+
+
+def sync_kv(kv: dict | None, key: torch.Tensor, value: torch.Tensor, active: torch.Tensor | None
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """HSA's K/V-cache synchronisation for one attention layer: the keys and values ``[B, N|n, heads, head_dim]``
+    to attend to. With ``active`` ``None`` (every token computed) they are the fresh ones, kept in ``kv`` (unless it
+    is ``None``: no sparse step follows); otherwise the fresh ones of the tokens ``active`` (``[B, n]``) overwrite
+    their slots of the cache in place, and the whole cache of ``N`` tokens is returned."""
+    if active is None:
+        if kv is not None:
+            kv["key"], kv["value"] = key, value
+        return key, value
+    if not kv or kv["key"].shape[0] != key.shape[0]:
+        raise RuntimeError("HSA: a token-sparse step came before any full step of this branch")
+    index = active[:, :, None, None].expand(-1, -1, *key.shape[2:])
+    kv["key"].scatter_(1, index, key)  # the cache is ours alone: overwrite the active slots in place
+    kv["value"].scatter_(1, index, value)
+    return kv["key"], kv["value"]
 
 
 class UNetSkipBranches(Protocol):

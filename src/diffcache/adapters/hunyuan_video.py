@@ -54,12 +54,11 @@ from __future__ import annotations
 import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.embeddings import apply_rotary_emb
-from diffusers.utils import scale_lora_layers, unscale_lora_layers
 
 from ..errors import UnsupportedModelError
-from .base import Adapter, argument, register_adapter
+from .base import Adapter, argument, lora_scaled, register_adapter
 from .capabilities import (AttentionRoles, BatchedArguments, BlockStack, ModulatedInput, SplitBlocks, TokenGrid,
-                           TokenSparseForward)
+                           TokenSparseForward, sync_kv)
 
 #: blocks whose attention and MLP run in parallel (no split point after self-attention)
 SINGLE_STREAM_BLOCKS = ("HunyuanVideoSingleTransformerBlock", "HunyuanVideoTokenReplaceSingleTransformerBlock")
@@ -184,14 +183,8 @@ class HunyuanVideoAdapter(HunyuanVideoBaseAdapter, PatchGrid, BatchedArguments, 
         values = {name: argument(forward, args, kwargs, name) for name in (
             "hidden_states", "timestep", "encoder_hidden_states", "encoder_attention_mask", "pooled_projections",
             "guidance", "attention_kwargs")}
-        lora_scale = (values.pop("attention_kwargs") or {}).get("scale", 1.0)
-        if lora_scale != 1.0:  # as the @apply_lora_scale decorator of the model's own forward
-            scale_lora_layers(model, lora_scale)
-        try:
+        with lora_scaled(model, values.pop("attention_kwargs")):
             return _sparse_forward(model, active=active, **values)
-        finally:
-            if lora_scale != 1.0:
-                unscale_lora_layers(model, lora_scale)
 
 
 def _sparse_forward(model, hidden_states, timestep, encoder_hidden_states, encoder_attention_mask,
@@ -352,18 +345,12 @@ def synced_joint_attention(attn, hidden_states, encoder_hidden_states, attention
         key = torch.cat([key, text_key], dim=1)
         value = torch.cat([value, text_value], dim=1)
 
-    if active is None:
-        if kv is not None:  # None: no sparse step follows, nothing to keep
-            kv["key"], kv["value"] = video_key.contiguous(), video_value.contiguous()
-        # key / value: exactly the processor's
-    else:
-        if not kv or kv["key"].shape[0] != video_key.shape[0]:
-            raise RuntimeError("HSA: a token-sparse step came before any full step of this branch")
-        index = active[:, :, None, None].expand(-1, -1, *video_key.shape[2:])
-        kv["key"].scatter_(1, index, video_key)  # the cache is ours alone: overwrite the active slots in place
-        kv["value"].scatter_(1, index, video_value)
-        key = torch.cat([kv["key"], text_key], dim=1)
-        value = torch.cat([kv["value"], text_value], dim=1)
+    # the video keys/values alone are cached (contiguous: in single-stream blocks they are a view of the whole
+    # sequence's); with every token computed, key / value stay exactly the processor's
+    cached_key, cached_value = sync_kv(kv, video_key.contiguous(), video_value.contiguous(), active)
+    if active is not None:
+        key = torch.cat([cached_key, text_key], dim=1)
+        value = torch.cat([cached_value, text_value], dim=1)
 
     out = dispatch_attention_fn(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
                                 backend=getattr(attn.processor, "_attention_backend", None), parallel_config=None)

@@ -35,7 +35,8 @@ spatial timestep embedding.
 from __future__ import annotations
 
 from .base import Adapter, argument, register_adapter
-from .capabilities import AttentionRoles, BatchedArguments, BlockStack, ModulatedInput, SplitBlocks, TokenGrid
+from .capabilities import (AttentionRoles, BatchedArguments, BlockStack, ModulatedInput, SplitBlocks, TokenGrid,
+                           adaln_single_modulated_input)
 
 
 @register_adapter
@@ -75,10 +76,8 @@ class LatteAdapter(Adapter, BlockStack, SplitBlocks, AttentionRoles, ModulatedIn
     def modulated_input(self, block, args, kwargs):
         """The official TeaCache Latte signal: spatial block 0's ``norm1(x)·(1 + scale_msa) + shift_msa``."""
         forward = type(block).forward
-        hidden = argument(forward, args, kwargs, "hidden_states")
-        timestep = argument(forward, args, kwargs, "timestep")
-        shift_msa, scale_msa = (block.scale_shift_table[None] + timestep.reshape(hidden.shape[0], 6, -1)).chunk(6, dim=1)[:2]
-        return block.norm1(hidden) * (1 + scale_msa) + shift_msa
+        return adaln_single_modulated_input(block, argument(forward, args, kwargs, "hidden_states"),
+                                            argument(forward, args, kwargs, "timestep"))
 
     def token_layout(self, model, args, kwargs):
         latents = argument(type(model).forward, args, kwargs, "hidden_states")

@@ -26,12 +26,11 @@ from __future__ import annotations
 import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.transformers.transformer_ltx import apply_rotary_emb
-from diffusers.utils import scale_lora_layers, unscale_lora_layers
 
 from ..errors import UnsupportedModelError
-from .base import Adapter, argument, register_adapter
+from .base import Adapter, argument, lora_scaled, register_adapter
 from .capabilities import (AttentionRoles, BatchedArguments, BlockStack, ModulatedInput, SplitBlocks, TokenGrid,
-                           TokenSparseForward)
+                           TokenSparseForward, sync_kv)
 
 _PROCESSOR = "LTXVideoAttnProcessor"
 
@@ -129,16 +128,7 @@ class LTXVideoAdapter(Adapter, BlockStack, SplitBlocks, AttentionRoles, Modulate
         query = query.unflatten(2, (attn.heads, -1))
         key = key.unflatten(2, (attn.heads, -1))
         value = value.unflatten(2, (attn.heads, -1))
-        if active is None:
-            if kv is not None:
-                kv["key"], kv["value"] = key, value
-        else:
-            if not kv or kv["key"].shape[0] != key.shape[0]:
-                raise RuntimeError("HSA: a token-sparse step came before any full step of this branch")
-            index = active[:, :, None, None].expand(-1, -1, *key.shape[2:])
-            kv["key"].scatter_(1, index, key)  # the cache is ours alone: overwrite the active slots in place
-            kv["value"].scatter_(1, index, value)
-            key, value = kv["key"], kv["value"]
+        key, value = sync_kv(kv, key, value, active)
         out = dispatch_attention_fn(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
                                     backend=getattr(attn.processor, "_attention_backend", None), parallel_config=None)
         out = out.flatten(2, 3).to(query.dtype)
@@ -152,14 +142,8 @@ class LTXVideoAdapter(Adapter, BlockStack, SplitBlocks, AttentionRoles, Modulate
         values = {name: argument(forward, args, kwargs, name) for name in (
             "hidden_states", "encoder_hidden_states", "timestep", "encoder_attention_mask", "num_frames", "height",
             "width", "rope_interpolation_scale", "video_coords")}
-        lora_scale = (argument(forward, args, kwargs, "attention_kwargs") or {}).get("scale", 1.0)
-        if lora_scale != 1.0:
-            scale_lora_layers(model, lora_scale)
-        try:
+        with lora_scaled(model, argument(forward, args, kwargs, "attention_kwargs")):
             return _sparse_forward(model, active=active, **values)
-        finally:
-            if lora_scale != 1.0:
-                unscale_lora_layers(model, lora_scale)
 
 
 def _sparse_forward(model, hidden_states, encoder_hidden_states, timestep, encoder_attention_mask, num_frames,

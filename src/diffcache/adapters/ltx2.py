@@ -63,7 +63,7 @@ from diffusers.models.transformers.transformer_ltx2 import apply_interleaved_rot
 from ..errors import UnsupportedModelError
 from .base import Adapter, argument, register_adapter
 from .capabilities import (AttentionRoles, BatchedArguments, BlockStack, ModulatedInput, SplitBlocks, TokenGrid,
-                           TokenSparseForward)
+                           TokenSparseForward, sync_kv)
 from .ltx import grid_from_coords
 
 _PROCESSORS = ("LTX2AudioVideoAttnProcessor", "LTX2PerturbedAttnProcessor")
@@ -241,16 +241,7 @@ def _synced_attention(attn, hidden_states, video, query_rotary, key_rotary, kv, 
         key = _rotary(attn, key, key_rotary if key_rotary is not None else query_rotary)
     key = key.unflatten(2, (attn.heads, -1))
     value_heads = value.unflatten(2, (attn.heads, -1))
-    if active is None:
-        if kv is not None:
-            kv["key"], kv["value"] = key, value_heads
-    else:
-        if not kv or kv["key"].shape[0] != key.shape[0]:
-            raise RuntimeError("HSA: a token-sparse step came before any full step of this branch")
-        index = active[:, :, None, None].expand(-1, -1, *key.shape[2:])
-        kv["key"].scatter_(1, index, key)  # the cache is ours alone: overwrite the active slots in place
-        kv["value"].scatter_(1, index, value_heads)
-        key, value_heads = kv["key"], kv["value"]
+    key, value_heads = sync_kv(kv, key, value_heads, active)
     if perturbed and all_perturbed:  # spatio-temporal guidance: the values, no attention (self-attention only)
         out = value
     else:

@@ -39,12 +39,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from diffusers.utils import scale_lora_layers, unscale_lora_layers
 
 from ..errors import UnsupportedModelError
-from .base import Adapter, argument, register_adapter
+from .base import Adapter, argument, lora_scaled, register_adapter
 from .capabilities import (AttentionRoles, BatchedArguments, BlockStack, ModulatedInput, SplitBlocks, TokenGrid,
-                           TokenSparseForward)
+                           TokenSparseForward, sync_kv)
 
 
 @register_adapter
@@ -139,15 +138,9 @@ class MochiAdapter(Adapter, BlockStack, SplitBlocks, AttentionRoles, ModulatedIn
         encoder_hidden_states = argument(forward, args, kwargs, "encoder_hidden_states")
         timestep = argument(forward, args, kwargs, "timestep")
         encoder_attention_mask = argument(forward, args, kwargs, "encoder_attention_mask")
-        lora_scale = (argument(forward, args, kwargs, "attention_kwargs") or {}).get("scale", 1.0)
-        if lora_scale != 1.0:  # as the @apply_lora_scale decorator of the model's own forward
-            scale_lora_layers(model, lora_scale)
-        try:
+        with lora_scaled(model, argument(forward, args, kwargs, "attention_kwargs")):
             return _sparse_forward(model, hidden_states, encoder_hidden_states, timestep, encoder_attention_mask,
                                    active)
-        finally:
-            if lora_scale != 1.0:
-                unscale_lora_layers(model, lora_scale)
 
 
 def _sparse_forward(model, hidden_states, encoder_hidden_states, timestep, encoder_attention_mask, active):
@@ -208,16 +201,7 @@ def _synced_joint_attention(attn, hidden_states, encoder_hidden_states, attentio
         query = _apply_rotary(query, *image_rotary_emb)
         key = _apply_rotary(key, *image_rotary_emb)
 
-    if active is None:
-        if kv is not None:
-            kv["key"], kv["value"] = key, value
-    else:
-        if not kv or kv["key"].shape[0] != key.shape[0]:
-            raise RuntimeError("HSA: a token-sparse step came before any full step of this branch")
-        index = active[:, :, None, None].expand(-1, -1, *key.shape[2:])
-        kv["key"].scatter_(1, index, key)  # the cache is ours alone: overwrite the active slots in place
-        kv["value"].scatter_(1, index, value)
-        key, value = kv["key"], kv["value"]
+    key, value = sync_kv(kv, key, value, active)
 
     query, key, value = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)
     encoder_query, encoder_key, encoder_value = (encoder_query.transpose(1, 2), encoder_key.transpose(1, 2),

@@ -25,10 +25,9 @@ What differs from Wan:
 from __future__ import annotations
 
 import torch
-from diffusers.utils import scale_lora_layers, unscale_lora_layers
 
 from ..errors import CallRefusedError, UnsupportedModelError
-from .base import argument, register_adapter
+from .base import argument, lora_scaled, register_adapter
 from .wan import WanAdapter
 
 
@@ -94,19 +93,13 @@ class SkyReelsV2Adapter(WanAdapter):
         diffusion forcing per frame, taken at each active token's frame —, every block on the ``n`` tokens
         (self-attention through the K/V cache) and the output projection. Returns ``[B, n, pt·ph·pw·C]``."""
         forward = type(model).forward
-        lora_scale = (argument(forward, args, kwargs, "attention_kwargs") or {}).get("scale", 1.0)
-        if lora_scale != 1.0:  # as the @apply_lora_scale decorator of the model's own forward
-            scale_lora_layers(model, lora_scale)
-        try:
+        with lora_scaled(model, argument(forward, args, kwargs, "attention_kwargs")):
             return self._skyreels_sparse_forward(
                 model, argument(forward, args, kwargs, "hidden_states"), argument(forward, args, kwargs, "timestep"),
                 argument(forward, args, kwargs, "encoder_hidden_states"),
                 argument(forward, args, kwargs, "encoder_hidden_states_image"),
                 argument(forward, args, kwargs, "enable_diffusion_forcing", False),
                 argument(forward, args, kwargs, "fps"), active)
-        finally:
-            if lora_scale != 1.0:
-                unscale_lora_layers(model, lora_scale)
 
     def _skyreels_sparse_forward(self, model, hidden_states, timestep, encoder_hidden_states,
                                  encoder_hidden_states_image, diffusion_forcing, fps, active):

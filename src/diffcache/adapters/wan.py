@@ -10,12 +10,11 @@ from __future__ import annotations
 import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.transformers.transformer_wan import _get_qkv_projections
-from diffusers.utils import scale_lora_layers, unscale_lora_layers
 
 from ..errors import UnsupportedModelError
-from .base import Adapter, argument, register_adapter
+from .base import Adapter, argument, lora_scaled, register_adapter
 from .capabilities import (AttentionRoles, BatchedArguments, BlockStack, ModulatedInput, SplitBlocks, TokenGrid,
-                           TokenSparseForward)
+                           TokenSparseForward, sync_kv)
 
 
 @register_adapter
@@ -87,16 +86,7 @@ class WanAdapter(Adapter, BlockStack, SplitBlocks, AttentionRoles, ModulatedInpu
         if rotary_emb is not None:
             query = _apply_rotary(query, *rotary_emb)
             key = _apply_rotary(key, *rotary_emb)
-        if active is None:
-            if kv is not None:  # None: no sparse step follows, nothing to keep
-                kv["key"], kv["value"] = key, value
-        else:
-            if not kv or kv["key"].shape[0] != key.shape[0]:
-                raise RuntimeError("HSA: a token-sparse step came before any full step of this branch")
-            index = active[:, :, None, None].expand(-1, -1, *key.shape[2:])
-            kv["key"].scatter_(1, index, key)  # the cache is ours alone: overwrite the active slots in place
-            kv["value"].scatter_(1, index, value)
-            key, value = kv["key"], kv["value"]
+        key, value = sync_kv(kv, key, value, active)
         processor = attn.processor
         out = dispatch_attention_fn(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
                                     backend=getattr(processor, "_attention_backend", None), parallel_config=None)
@@ -114,15 +104,9 @@ class WanAdapter(Adapter, BlockStack, SplitBlocks, AttentionRoles, ModulatedInpu
         timestep = argument(forward, args, kwargs, "timestep")
         encoder_hidden_states = argument(forward, args, kwargs, "encoder_hidden_states")
         encoder_hidden_states_image = argument(forward, args, kwargs, "encoder_hidden_states_image")
-        lora_scale = (argument(forward, args, kwargs, "attention_kwargs") or {}).get("scale", 1.0)
-        if lora_scale != 1.0:  # as the @apply_lora_scale decorator of the model's own forward
-            scale_lora_layers(model, lora_scale)
-        try:
+        with lora_scaled(model, argument(forward, args, kwargs, "attention_kwargs")):
             return self._sparse_forward(model, hidden_states, timestep, encoder_hidden_states,
                                         encoder_hidden_states_image, active)
-        finally:
-            if lora_scale != 1.0:
-                unscale_lora_layers(model, lora_scale)
 
     def _sparse_forward(self, model, hidden_states, timestep, encoder_hidden_states, encoder_hidden_states_image,
                         active):

@@ -31,9 +31,8 @@ control sequence, and adds each hint at the active tokens.
 from __future__ import annotations
 
 import torch
-from diffusers.utils import scale_lora_layers, unscale_lora_layers
 
-from .base import argument, register_adapter
+from .base import argument, lora_scaled, register_adapter
 from .capabilities import BatchedArguments
 from .wan import WanAdapter
 
@@ -60,17 +59,11 @@ class WanVACEAdapter(WanAdapter):
         scale = argument(forward, args, kwargs, "control_hidden_states_scale")
         if scale is None:
             scale = control.new_ones(len(model.config.vace_layers))
-        lora_scale = (argument(forward, args, kwargs, "attention_kwargs") or {}).get("scale", 1.0)
-        if lora_scale != 1.0:  # as the @apply_lora_scale decorator of the model's own forward
-            scale_lora_layers(model, lora_scale)
-        try:
+        with lora_scaled(model, argument(forward, args, kwargs, "attention_kwargs")):
             return self._vace_sparse_forward(
                 model, argument(forward, args, kwargs, "hidden_states"), argument(forward, args, kwargs, "timestep"),
                 argument(forward, args, kwargs, "encoder_hidden_states"),
                 argument(forward, args, kwargs, "encoder_hidden_states_image"), control, torch.unbind(scale), active)
-        finally:
-            if lora_scale != 1.0:
-                unscale_lora_layers(model, lora_scale)
 
     def _vace_sparse_forward(self, model, hidden_states, timestep, encoder_hidden_states, encoder_hidden_states_image,
                              control, scales, active):
