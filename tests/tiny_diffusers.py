@@ -6,27 +6,18 @@ import importlib
 from pathlib import Path
 
 import torch
-from tiny_parts import (WORDS, clip_text, clip_tokenizer, eval_mode, frames_of, red_image, tiny_t5, tiny_vae,  # noqa: F401
-                        video_call, word_tokenizer)
+from tiny_parts import (WAN_TRANSFORMER, WORDS, clip_text, clip_tokenizer, eval_mode, frames_of, red_image, tiny_t5, tiny_vae,  # noqa: F401
+                        video_call, wan_text_and_vae, word_tokenizer)
 
 
 def tiny_wan_pipeline(seed: int = 0, num_layers: int = 2):
     """A ``WanPipeline`` with a 2-block ``WanTransformer3DModel``, a tiny UMT5 encoder and a tiny Wan VAE."""
-    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
-    from transformers import UMT5Config, UMT5EncoderModel
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
 
-    torch.manual_seed(seed)
-    tokenizer = word_tokenizer()
-    text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=32,
-                                               num_layers=1, num_heads=4, relative_attention_num_buckets=8))
-    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                           temperal_downsample=[False, True, True])
-    transformer = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
-                                        in_channels=16, out_channels=16, text_dim=32, freq_dim=256, ffn_dim=32,
-                                        num_layers=num_layers, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
-                                        rope_max_seq_len=32)
-    return eval_mode(WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
-                             scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0)))
+    parts = wan_text_and_vae(seed)
+    transformer = WanTransformer3DModel(**WAN_TRANSFORMER, num_layers=num_layers)
+    return eval_mode(WanPipeline(**parts, transformer=transformer,
+                                 scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0)))
 
 
 def tiny_cogvideox_pipeline(seed: int = 0, num_layers: int = 1):

@@ -8,33 +8,23 @@ from __future__ import annotations
 
 import torch
 from tiny_diffusers import tiny_ltx_pipeline, tiny_svd_pipeline  # noqa: F401 - SVD is an I2V pipeline too
-from tiny_parts import eval_mode, tiny_t5, word_tokenizer
+from tiny_parts import WAN_TRANSFORMER, eval_mode, tiny_t5, wan_text_and_vae, word_tokenizer
 
 
 def tiny_wan_i2v_pipeline(seed: int = 0, num_layers: int = 2):
     """A Wan 2.1-style ``WanImageToVideoPipeline``: the transformer takes 36 channels (16 noise + 4 mask + 16 image
     latents) and the CLIP image embedding (``image_dim`` = the tiny CLIP vision encoder's width)."""
-    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline
-    from diffusers import WanTransformer3DModel
-    from transformers import (CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection, UMT5Config,
-                              UMT5EncoderModel)
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline, WanTransformer3DModel
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    torch.manual_seed(seed)
-    tokenizer = word_tokenizer()
-    text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=32,
-                                               num_layers=1, num_heads=4, relative_attention_num_buckets=8))
-    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                           temperal_downsample=[False, True, True])
-    transformer = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
-                                        in_channels=36, out_channels=16, text_dim=32, freq_dim=256, ffn_dim=32,
-                                        num_layers=num_layers, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
-                                        rope_max_seq_len=32, image_dim=4)
+    parts = wan_text_and_vae(seed)
+    transformer = WanTransformer3DModel(**{**WAN_TRANSFORMER, "in_channels": 36}, num_layers=num_layers, image_dim=4)
     image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
         hidden_size=4, projection_dim=4, num_hidden_layers=1, num_attention_heads=2, image_size=32,
         intermediate_size=16, patch_size=8))
     return eval_mode(WanImageToVideoPipeline(
-        tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
-        scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), image_encoder=image_encoder,
+        **parts, transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
+        image_encoder=image_encoder,
         image_processor=CLIPImageProcessor(crop_size=32, size=32)))
 
 

@@ -58,7 +58,7 @@ def tiny_vae(latent_channels: int = 4):
                          norm_num_groups=4, layers_per_block=1)
 
 
-def frames_of(output) -> "np.ndarray":
+def frames_of(output):
     import numpy as np
 
     return np.asarray(output.frames if hasattr(output, "frames") else output.images)
@@ -84,3 +84,24 @@ def red_image(size: int = 32):
     from PIL import Image
 
     return Image.new("RGB", (size, size), (200, 30, 30))
+
+
+#: the tiny Wan-architecture transformer every Wan-family test pipeline shares (add ``num_layers`` and what differs)
+WAN_TRANSFORMER = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16,
+                       out_channels=16, text_dim=32, freq_dim=256, ffn_dim=32, cross_attn_norm=True,
+                       qk_norm="rms_norm_across_heads", rope_max_seq_len=32)
+
+
+def wan_text_and_vae(seed: int) -> dict:
+    """The parts every Wan-family pipeline shares, after seeding torch with ``seed``: the word tokenizer, a tiny
+    UMT5 encoder and a tiny Wan VAE (build the transformer right after, so its weights follow from ``seed``)."""
+    from diffusers import AutoencoderKLWan
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    torch.manual_seed(seed)
+    tokenizer = word_tokenizer()
+    text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=32,
+                                               num_layers=1, num_heads=4, relative_attention_num_buckets=8))
+    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                           temperal_downsample=[False, True, True])
+    return dict(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae)

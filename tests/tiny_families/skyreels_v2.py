@@ -13,26 +13,17 @@ from __future__ import annotations
 
 import torch
 from tiny_families.wan_vace import t5_embeds
-from tiny_parts import eval_mode, frames_of, red_image, word_tokenizer
+from tiny_parts import WAN_TRANSFORMER, eval_mode, frames_of, red_image, wan_text_and_vae
 
 SIZE = dict(height=32, width=32, num_frames=5)
 
 
 def _parts(seed: int, **transformer):
-    from diffusers import AutoencoderKLWan, SkyReelsV2Transformer3DModel
-    from transformers import UMT5Config, UMT5EncoderModel
+    from diffusers import SkyReelsV2Transformer3DModel
 
-    torch.manual_seed(seed)
-    tokenizer = word_tokenizer()
-    text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=32,
-                                               num_layers=1, num_heads=4, relative_attention_num_buckets=8))
-    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                           temperal_downsample=[False, True, True])
-    config = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16,
-                  out_channels=16, text_dim=32, freq_dim=256, ffn_dim=32, num_layers=3, cross_attn_norm=True,
-                  qk_norm="rms_norm_across_heads", rope_max_seq_len=32)
-    return dict(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae,
-                transformer=SkyReelsV2Transformer3DModel(**{**config, **transformer}))
+    parts = wan_text_and_vae(seed)
+    config = {**WAN_TRANSFORMER, "num_layers": 3, **transformer}
+    return dict(**parts, transformer=SkyReelsV2Transformer3DModel(**config))
 
 
 def unipc():

@@ -14,28 +14,19 @@ then fails), so ``call.many`` is false and the contract does not ask for two vid
 from __future__ import annotations
 
 import torch
-from tiny_parts import eval_mode, frames_of, word_tokenizer
+from tiny_parts import WAN_TRANSFORMER, eval_mode, frames_of, wan_text_and_vae
 
 SIZE = dict(height=32, width=32, num_frames=5)
 
 
 def tiny_wan_vace_pipeline(seed: int = 0, num_layers: int = 3, vace_layers=(0, 2)):
-    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanVACEPipeline
-    from diffusers import WanVACETransformer3DModel
-    from transformers import UMT5Config, UMT5EncoderModel
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanVACEPipeline, WanVACETransformer3DModel
 
-    torch.manual_seed(seed)
-    tokenizer = word_tokenizer()
-    text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=32,
-                                               num_layers=1, num_heads=4, relative_attention_num_buckets=8))
-    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                           temperal_downsample=[False, True, True])
+    parts = wan_text_and_vae(seed)
     # control channels: inactive + reactive latents (2 × 16) and the mask folded to 8 × 8 = 64 channels
-    transformer = WanVACETransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
-        text_dim=32, freq_dim=256, ffn_dim=32, num_layers=num_layers, cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads", rope_max_seq_len=32, vace_layers=list(vace_layers), vace_in_channels=96)
-    return eval_mode(WanVACEPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
+    transformer = WanVACETransformer3DModel(**WAN_TRANSFORMER, num_layers=num_layers, vace_layers=list(vace_layers),
+                                            vace_in_channels=96)
+    return eval_mode(WanVACEPipeline(**parts, transformer=transformer,
                                      scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0)))
 
 
