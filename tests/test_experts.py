@@ -179,10 +179,23 @@ def test_disable_is_bit_identical_on_both_experts(pipe):
     assert not hasattr(pipe.transformer, "_diffcache_handle") and not hasattr(pipe.transformer_2, "_diffcache_handle")
 
 
-def test_a_bare_expert_can_still_be_enabled_alone(pipe):
-    """Enabling on one expert module (not the pipeline) caches that module only; its steps are its own."""
-    handle = diffcache.enable(pipe.transformer_2, "fbcache", num_inference_steps=STEPS - _high_noise_steps(pipe))
+@pytest.mark.parametrize("method", ["fbcache", "hsa"])
+def test_a_bare_expert_enabled_alone_has_its_own_warm_up(pipe, method):
+    """Enabling on one expert module (not the pipeline) caches that module only: its phase starts at its first
+    step, so its warm-up is its own (HSA no longer finds no warm-up to measure), and the report numbers the steps on
+    the whole loop."""
+    steps = 16
+    high = _high_noise_steps(pipe, steps)
+    handle = diffcache.enable(pipe.transformer_2, method)
     try:
-        assert len(handle.parts) == 1 and handle.parts[0].expert is None
+        frames = _run(pipe, steps)
+        call = handle.report().calls[-1]
     finally:
         handle.disable()
+    assert np.isfinite(frames).all() and len(handle.parts) == 1
+    assert call.num_steps == steps and [s.step for s in call.steps] == list(range(high, steps))
+    assert call.steps[0].computed and call.steps[0].blocks_reused == 0
+    if method == "hsa":
+        assert any(s.active_fraction < 1 for s in call.steps)
+    else:
+        assert any(s.blocks_reused for s in call.steps)

@@ -87,10 +87,11 @@ class Handle:
         return self.info.name
 
     def report(self) -> Report:
-        """What the method did, per call and step. With several experts: one report over the whole loop (a new
-        object at each call of ``report()``), each step's ``expert`` naming the denoiser that ran it."""
-        if len(self.parts) == 1:
-            return self.runtime.report
+        """What the method did, per call and step, steps numbered on the whole loop. With several experts, or a call
+        that began after step 0 (an expert enabled on its own), it is built from the runtimes' reports at each call
+        of ``report()`` (a new object), each step's ``expert`` naming the denoiser that ran it."""
+        if len(self.parts) == 1 and not any(phase.start for phase in self.tracker.phases.values()):
+            return self.runtime.report  # every call ran from step 0: the runtime's own steps are the loop's
         return _merged_report(self.info.name, self.parts)
 
     def state_roots(self) -> list:

@@ -191,8 +191,12 @@ class StepTracker(ModelHook):
         """Forget the call in progress (for every tracker of the group): the next forward starts a new call."""
         self.group.reset()
 
-    def _begin_call(self, call_index: int, num_steps: int) -> None:
-        phase = self._phase_of(num_steps) if self._phase_of is not None else range(num_steps)
+    def _begin_call(self, call_index: int, num_steps: int, first_step: int) -> None:
+        """A call of ``num_steps`` began at loop step ``first_step``. Without a phase function the denoiser's phase
+        runs from that step to the end: a call that starts late (one expert of a two-expert loop enabled on its own,
+        an image-to-image loop that skips the first timesteps) is a shorter schedule to the methods, with its
+        warm-up where it starts."""
+        phase = self._phase_of(num_steps) if self._phase_of is not None else range(first_step, num_steps)
         self.phases[call_index] = phase
         if len(phase):  # an expert the call never reaches hears nothing of it
             for listener in self.listeners:
@@ -257,7 +261,7 @@ class StepTracker(ModelHook):
             call = group.call = _CallState(num_steps=num_steps)
             group.call_steps[group.call_index] = num_steps
             for tracker in group.trackers:
-                tracker._begin_call(group.call_index, num_steps)
+                tracker._begin_call(group.call_index, num_steps, step)
         first = step != call.step
         if first:
             if call.step == 0 and call.forwards_per_step is None:
