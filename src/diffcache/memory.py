@@ -92,6 +92,9 @@ class Shapes:
     streams: tuple[int, ...] = ()  #: each residual stream the blocks update (video first, then text): elements
     #: per block, the output of each attention role (``"self"``, ``"cross"`` …): elements
     attention: tuple[dict, ...] = ()
+    #: the same, counting each output's own elements where it is a view of a larger joint output (what a cache that
+    #: copies such views keeps: FasterCache); ``None``: as ``attention``
+    own_attention: tuple[dict, ...] | None = None
     kv: tuple[int, ...] = ()  #: per self-attention layer, the elements of its keys (as many again of values)
     signal: int = 0  #: TeaCache's modulated input (``ModulatedInput``): elements
     output: int = 0  #: the denoiser's output: elements
@@ -219,7 +222,8 @@ def _fastercache(shapes, config, cfg, batch, b, out):
     # the history is per CFG half even in a batched call: cond and uncond each keep their last two outputs
     halves = 1 if cfg == "none" else 2
     if config.attention_reuse:
-        per_layer = sum(e for block in shapes.attention for role, e in block.items() if role in SELF_ATTENTION_ROLES)
+        own = shapes.attention if shapes.own_attention is None else shapes.own_attention
+        per_layer = sum(e for block in own for role, e in block.items() if role in SELF_ATTENTION_ROLES)
         out.add("self-attention outputs of the last two computed steps", 2 * per_layer * batch * halves, b)
     if cfg != "none" and config.cfg_cache:
         # the spectrum of uncond − cond (complex64: two float32s), split in a low- and a high-frequency part

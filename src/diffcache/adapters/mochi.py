@@ -232,13 +232,14 @@ def mochi_shapes(config: dict, latent: tuple[int, int, int], text_tokens: int) -
     """Cache shapes (:mod:`diffcache.memory`): two streams, video (``N`` tokens × ``heads·head_dim``) and text
     (``max_sequence_length`` tokens × ``pooled_projection_dim``). Each block's joint attention returns a video and a
     text output of their own, except the last (``context_pre_only``), whose text output is a view of the joint
-    ``(N + text) × width`` one. TeaCache's signal: block 0's ``norm1`` of the video tokens."""
+    ``(N + text) × width`` one (its own part: ``text × width``). TeaCache's signal: block 0's ``norm1`` of the video tokens."""
     frames, height, width = latent
     p = config["patch_size"]
     tokens, dim = frames * (height // p) * (width // p), heads_width(config)
     text, context = config.get("max_sequence_length", text_tokens), config.get("pooled_projection_dim", 1536)
     layers = config["num_layers"]
     attention = ({"self": tokens * dim + text * context},) * (layers - 1) + ({"self": tokens * dim + (tokens + text) * dim},)
-    return Shapes("Mochi", tokens, dim, streams=(tokens * dim, text * context), attention=attention,
+    own = ({"self": tokens * dim + text * context},) * (layers - 1) + ({"self": (tokens + text) * dim},)
+    return Shapes("Mochi", tokens, dim, streams=(tokens * dim, text * context), attention=attention, own_attention=own,
                   kv=(tokens * dim,) * layers, signal=tokens * dim,
                   output=(config.get("out_channels") or config["in_channels"]) * frames * height * width)
