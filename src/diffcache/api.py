@@ -163,6 +163,7 @@ def _merged_report(method: str, parts: list[Part]) -> Report:
             if call.token_steps is not None:
                 tokens.append(np.asarray(call.token_steps))
         out.steps.sort(key=lambda record: record.step)
+        out.peak_cache_bytes = max(call.peak_cache_bytes for _, call in by_call[index])
         if tokens and len({t.shape for t in tokens}) == 1:
             out.token_steps = sum(tokens).tolist()
         merged.calls.append(out)

@@ -38,6 +38,9 @@ class CallReport:
     #: token-level methods (HSA): steps each token was computed in, per sample, on the token grid
     #: ``[samples][frames][height][width]``; ``None`` for methods that treat every token alike
     token_steps: list | None = None
+    #: the most bytes of tensors the method's runtime held after any forward of the call (its caches and kept
+    #: signals, each storage once: :func:`diffcache.memory.measured_cache_bytes`)
+    peak_cache_bytes: int = 0
 
     @property
     def computed_steps(self) -> int:

@@ -8,6 +8,7 @@ attention. Latents ``[B, F, C, H, W]``, patch ``patch_size`` (and ``patch_size_t
 from __future__ import annotations
 
 from .base import Adapter, argument, register_adapter
+from ..memory import Shapes, heads_width, register_shapes
 from .capabilities import AttentionRoles, BatchedArguments, BlockStack, ModulatedInput, SplitBlocks, TokenGrid
 
 
@@ -37,3 +38,19 @@ class CogVideoXAdapter(Adapter, BlockStack, SplitBlocks, AttentionRoles, Modulat
         p = model.config.patch_size
         pt = model.config.patch_size_t or 1
         return (frames + pt - 1) // pt, height // p, width // p
+
+
+@register_shapes("CogVideoX", vae_spatial=8, vae_temporal=4, text_tokens=226, cfg="batched")
+def cogvideox_shapes(config: dict, latent: tuple[int, int, int], text_tokens: int) -> Shapes:
+    """Cache shapes (:mod:`diffcache.memory`): two streams, video (``N`` tokens) and text (``max_text_seq_length``),
+    both ``heads·head_dim`` wide; each block's joint attention returns views of one ``(N + text) × width`` output;
+    TeaCache's signal is the timestep embedding (``time_embed_dim``)."""
+    frames, height, width = latent
+    p, pt = config["patch_size"], config.get("patch_size_t") or 1
+    frames = (frames + pt - 1) // pt * pt  # CogVideoX 1.5 pads the latent frames to a multiple of patch_size_t
+    tokens, dim = (frames // pt) * (height // p) * (width // p), heads_width(config)
+    text = config.get("max_text_seq_length", text_tokens)
+    return Shapes("CogVideoX", tokens, dim, streams=(tokens * dim, text * dim),
+                  attention=tuple({"self": (tokens + text) * dim} for _ in range(config["num_layers"])),
+                  signal=config.get("time_embed_dim", 512),
+                  output=config.get("out_channels", 16) * frames * height * width)

@@ -56,6 +56,7 @@ from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.embeddings import apply_rotary_emb
 
 from ..errors import UnsupportedModelError
+from ..memory import Shapes, heads_width, register_shapes
 from .base import Adapter, argument, lora_scaled, register_adapter
 from .capabilities import (AttentionRoles, BatchedArguments, BlockStack, ModulatedInput, SplitBlocks, TokenGrid,
                            TokenSparseForward, sync_kv)
@@ -361,3 +362,19 @@ def synced_joint_attention(attn, hidden_states, encoder_hidden_states, attention
     if getattr(attn, "to_add_out", None) is not None:
         text = attn.to_add_out(text)
     return video, text
+
+
+@register_shapes("HunyuanVideo", vae_spatial=8, vae_temporal=4, text_tokens=256, cfg="split")
+def hunyuan_video_shapes(config: dict, latent: tuple[int, int, int], text_tokens: int) -> Shapes:
+    """Cache shapes (:mod:`diffcache.memory`): two streams, video (``N`` tokens) and text (``text_tokens``, the
+    pipeline's ``max_sequence_length``), ``heads·head_dim`` wide. A dual-stream block's joint attention returns a
+    video and a text output of their own; a single-stream block's returns one ``(N + text) × width`` output, and
+    its keys and values (HSA) are views of the joint ones. TeaCache's signal: block 0's ``norm1`` of the video."""
+    frames, height, width = latent
+    p, pt = config["patch_size"], config.get("patch_size_t", 1)
+    tokens, dim = (frames // pt) * (height // p) * (width // p), heads_width(config)
+    text, dual, single = text_tokens, config["num_layers"], config.get("num_single_layers", 0)
+    return Shapes("HunyuanVideo", tokens, dim, streams=(tokens * dim, text * dim),
+                  attention=(({"self": (tokens + text) * dim},) * dual) + (({"self": (tokens + text) * dim},) * single),
+                  kv=(tokens * dim,) * dual + ((tokens + text) * dim,) * single, signal=tokens * dim,
+                  output=config.get("out_channels", 16) * frames * height * width)

@@ -28,6 +28,7 @@ from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.transformers.transformer_ltx import apply_rotary_emb
 
 from ..errors import UnsupportedModelError
+from ..memory import Shapes, heads_width, register_shapes
 from .base import Adapter, argument, lora_scaled, register_adapter
 from .capabilities import (AttentionRoles, BatchedArguments, BlockStack, ModulatedInput, SplitBlocks, TokenGrid,
                            TokenSparseForward, sync_kv)
@@ -218,3 +219,17 @@ def grid_from_coords(coords: torch.Tensor) -> tuple[int, int, int]:
             "frame-major, row-major order, so the token-grid methods (MoReg, FasterCache's CFG-Cache) cannot lay "
             "them out as frames; LTX's own pipelines build such coordinates.")
     return frames, height, width
+
+
+@register_shapes("LTX-Video", vae_spatial=32, vae_temporal=8, text_tokens=128, cfg="batched")
+def ltx_shapes(config: dict, latent: tuple[int, int, int], text_tokens: int) -> Shapes:
+    """Cache shapes (:mod:`diffcache.memory`): one video stream of ``N`` packed tokens × ``heads·head_dim``; each
+    block's self- and cross-attention output ``N × width``; TeaCache's signal, block 0's modulated input
+    ``N × width``."""
+    frames, height, width = latent
+    p, pt = config.get("patch_size", 1), config.get("patch_size_t", 1)
+    tokens, dim = (frames // pt) * (height // p) * (width // p), heads_width(config)
+    return Shapes("LTX-Video", tokens, dim, streams=(tokens * dim,),
+                  attention=tuple({"self": tokens * dim, "cross": tokens * dim} for _ in range(config["num_layers"])),
+                  kv=(tokens * dim,) * config["num_layers"], signal=tokens * dim,
+                  output=config.get("out_channels", 128) * frames * height * width)

@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UnsupportedModelError
+from ..memory import Shapes, heads_width, register_shapes
 from .base import Adapter, argument, lora_scaled, register_adapter
 from .capabilities import (AttentionRoles, BatchedArguments, BlockStack, ModulatedInput, SplitBlocks, TokenGrid,
                            TokenSparseForward, sync_kv)
@@ -224,3 +225,21 @@ def _synced_joint_attention(attn, hidden_states, encoder_hidden_states, attentio
     if hasattr(attn, "to_add_out"):
         encoder_hidden_states = attn.to_add_out(encoder_hidden_states)
     return hidden_states, encoder_hidden_states
+
+
+@register_shapes("Mochi", vae_spatial=8, vae_temporal=6, text_tokens=256, cfg="batched")
+def mochi_shapes(config: dict, latent: tuple[int, int, int], text_tokens: int) -> Shapes:
+    """Cache shapes (:mod:`diffcache.memory`): two streams, video (``N`` tokens × ``heads·head_dim``) and text
+    (``max_sequence_length`` tokens × ``pooled_projection_dim``). Each block's joint attention returns a video and a
+    text output of their own, except the last (``context_pre_only``), whose text output is a view of the joint
+    ``(N + text) × width`` one (its own part: ``text × width``). TeaCache's signal: block 0's ``norm1`` of the video tokens."""
+    frames, height, width = latent
+    p = config["patch_size"]
+    tokens, dim = frames * (height // p) * (width // p), heads_width(config)
+    text, context = config.get("max_sequence_length", text_tokens), config.get("pooled_projection_dim", 1536)
+    layers = config["num_layers"]
+    attention = ({"self": tokens * dim + text * context},) * (layers - 1) + ({"self": tokens * dim + (tokens + text) * dim},)
+    own = ({"self": tokens * dim + text * context},) * (layers - 1) + ({"self": (tokens + text) * dim},)
+    return Shapes("Mochi", tokens, dim, streams=(tokens * dim, text * context), attention=attention, own_attention=own,
+                  kv=(tokens * dim,) * layers, signal=tokens * dim,
+                  output=(config.get("out_channels") or config["in_channels"]) * frames * height * width)

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import UnsupportedModelError
+from ..memory import Shapes, register_shapes, unet_deep_feature
 from .base import Adapter, register_adapter
 from .capabilities import UNetSkipBranches
 
@@ -146,3 +147,18 @@ class I2VGenXLAdapter(UNetAdapter):
     family = "I2VGen-XL"
     model_classes = ("I2VGenXLUNet",)
     examples = "I2VGen-XL (ali-vilab/i2vgen-xl)"
+
+
+@register_shapes("Stable Diffusion U-Net", "ModelScope U-Net", "Stable Video Diffusion U-Net", "AnimateDiff",
+                 "I2VGen-XL", vae_spatial=8, vae_temporal=1, text_tokens=77, cfg="batched")
+def unet_shapes(config: dict, latent: tuple[int, int, int], text_tokens: int) -> Shapes:
+    """Cache shapes (:mod:`diffcache.memory`): DeepCache's deep feature at branch 0, the output of the last up
+    block's second-to-last layer (``block_out_channels[0]`` channels at the latent's resolution, per frame: video
+    U-Nets fold the frames into the batch)."""
+    frames, height, width = latent
+    layers = config.get("layers_per_block", 2)
+    k = (max(layers) if isinstance(layers, (list, tuple)) else layers) + 1
+    unet = {"channels": list(config["block_out_channels"]), "layers": k, "frames": frames, "height": height,
+            "width": width}
+    out = config.get("out_channels", 4)
+    return Shapes("U-Net", deep_feature=unet_deep_feature(unet, 0), unet=unet, output=out * frames * height * width)

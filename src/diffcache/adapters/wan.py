@@ -12,6 +12,7 @@ from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.transformers.transformer_wan import _get_qkv_projections
 
 from ..errors import UnsupportedModelError
+from ..memory import Shapes, heads_width, register_shapes
 from .base import Adapter, argument, lora_scaled, register_adapter
 from .capabilities import (AttentionRoles, BatchedArguments, BlockStack, ModulatedInput, SplitBlocks, TokenGrid,
                            TokenSparseForward, sync_kv)
@@ -148,3 +149,16 @@ def _apply_rotary(hidden_states: torch.Tensor, freqs_cos: torch.Tensor, freqs_si
     out[..., 0::2] = x1 * cos - x2 * sin
     out[..., 1::2] = x1 * sin + x2 * cos
     return out.type_as(hidden_states)
+
+
+@register_shapes("Wan", "SkyReels-V2", "WanVACE", vae_spatial=8, vae_temporal=4, text_tokens=512, cfg="split")
+def wan_shapes(config: dict, latent: tuple[int, int, int], text_tokens: int) -> Shapes:
+    """Cache shapes (:mod:`diffcache.memory`): one video stream of ``N`` patch tokens × ``heads·head_dim``; each
+    block's self- and cross-attention output ``N × width``; TeaCache's signal, the timestep projection ``6 × width``."""
+    pt, ph, pw = config["patch_size"]
+    frames, height, width = latent
+    tokens, dim = (frames // pt) * (height // ph) * (width // pw), heads_width(config)
+    return Shapes("Wan", tokens, dim, streams=(tokens * dim,),
+                  attention=tuple({"self": tokens * dim, "cross": tokens * dim} for _ in range(config["num_layers"])),
+                  kv=(tokens * dim,) * config["num_layers"], signal=6 * dim,
+                  output=config.get("out_channels", 16) * frames * height * width)

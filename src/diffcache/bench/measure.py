@@ -22,13 +22,14 @@ from __future__ import annotations
 import dataclasses
 import gc
 import time
-import types
 import weakref
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import flop_registry, sdpa_flop_count, shape_wrapper
+
+from ..memory import tensor_bytes  # noqa: F401 - the cache-bytes walk, shared with the runtimes' own reports
 
 
 def timed(run) -> tuple[object, float, float]:
@@ -47,47 +48,6 @@ def _cpu_sdpa_flop(query_shape, key_shape, value_shape, *args, out_shape=None, *
 _FORMULAS = dict(flop_registry)  #: torch's own formulas (torch.utils.flop_counter), keyed by overload packet
 if hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu"):
     _FORMULAS[torch.ops.aten._scaled_dot_product_flash_attention_for_cpu] = shape_wrapper(_cpu_sdpa_flop)
-
-
-def _opaque_types() -> tuple[type, ...]:
-    """Objects whose tensors are not a method's cache: modules (weights), pipelines, schedulers."""
-    from diffusers import DiffusionPipeline, SchedulerMixin
-
-    return (torch.nn.Module, DiffusionPipeline, SchedulerMixin, types.FunctionType, types.MethodType,
-            types.BuiltinFunctionType, types.ModuleType, type)
-
-
-def tensor_bytes(*roots) -> int:
-    """Bytes of the distinct tensor storages reachable from ``roots`` through attributes, dicts, lists, tuples and
-    dataclasses. Modules (the model's weights), pipelines and schedulers are not entered (a root itself is)."""
-    opaque = _opaque_types()
-    root_ids = {id(root) for root in roots}
-    seen_objects, seen_storages, total = set(), set(), 0
-    stack = list(roots)
-    while stack:
-        obj = stack.pop()
-        if obj is None or isinstance(obj, (str, bytes, int, float, bool, complex)) or id(obj) in seen_objects:
-            continue
-        seen_objects.add(id(obj))
-        if isinstance(obj, torch.Tensor):
-            if isinstance(obj, torch.nn.Parameter):
-                continue
-            storage = obj.untyped_storage()
-            key = (storage.data_ptr(), str(obj.device))
-            if storage.data_ptr() != 0 and key not in seen_storages:
-                seen_storages.add(key)
-                total += storage.nbytes()
-        elif isinstance(obj, opaque) and id(obj) not in root_ids:
-            continue
-        elif isinstance(obj, dict):
-            stack.extend(obj.values())
-        elif isinstance(obj, (list, tuple, set, frozenset)):
-            stack.extend(obj)
-        elif hasattr(obj, "__dict__"):
-            stack.extend(vars(obj).values())
-        elif hasattr(obj, "__slots__"):
-            stack.extend(getattr(obj, name, None) for name in obj.__slots__)
-    return total
 
 
 class _CostMode(TorchDispatchMode):

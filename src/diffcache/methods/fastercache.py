@@ -214,6 +214,15 @@ def _take(output, part: slice, rows_per_sample: int = 1):
     return tuple(_take(o, part, rows_per_sample) for o in output)
 
 
+def _own(output):
+    """``output`` with every tensor that is a view of a larger storage copied (one half of a batched
+    ``[uncond, cond]`` output; a stream's part of a joint attention output, as Mochi's last block returns its
+    text): what the history keeps is then only the outputs themselves, not the whole batch or joint tensor."""
+    if isinstance(output, torch.Tensor):
+        return output.clone() if output.untyped_storage().nbytes() > output.nbytes else output
+    return tuple(_own(o) for o in output)
+
+
 def _rows(output) -> int:
     return output.shape[0] if isinstance(output, torch.Tensor) else _rows(output[0])
 
@@ -251,7 +260,7 @@ class _AttentionHook(ModelHook):
         output = self.fn_ref.original_forward(*args, **kwargs)
         rows_per_sample = max(1, _rows(output) // runtime.batch) if runtime.batch else 1
         for (_, part), state in zip(runtime.parts, states):
-            state.append((step, detached(_take(output, part, rows_per_sample))))
+            state.append((step, _own(detached(_take(output, part, rows_per_sample)))))
             del state[:-2]
         runtime.count_block(computed=True)
         return output

@@ -29,6 +29,7 @@ from ..adapters.base import Adapter, registered_adapters
 from ..adapters.capabilities import DESCRIPTIONS, has_capability
 from ..context import StepContext
 from ..errors import MethodSilentWarning, NothingSkippedWarning, UnknownMethodError, UnknownOptionError
+from ..memory import measured_cache_bytes
 from ..report import CallReport, Report, StepRecord, call_summary
 
 logger = logging.getLogger("diffcache")
@@ -244,6 +245,7 @@ class Runtime:
 
     def end_forward(self, ctx: StepContext) -> None:
         call = self.report.calls[-1]
+        call.peak_cache_bytes = max(call.peak_cache_bytes, measured_cache_bytes(self))
         self._log_call_end(ctx, call)
         if (ctx.first_in_step and ctx.step == call.num_steps - 1 and self.could_skip(call.num_steps)
                 and not any(s.blocks_reused or (s.active_fraction is not None and s.active_fraction < 1)
