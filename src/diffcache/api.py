@@ -28,12 +28,14 @@ from .report import CallReport, Report
 
 def denoiser_of(target) -> tuple[torch.nn.Module, Any]:
     """``(denoiser, pipeline or None)`` for a pipeline or a denoiser module."""
+    from .compile import unwrap_compiled
+
     if isinstance(target, torch.nn.Module):
-        return target, None
+        return unwrap_compiled(target), None
     for attribute in ("transformer", "unet"):
         module = getattr(target, attribute, None)
         if isinstance(module, torch.nn.Module):
-            return module, target
+            return unwrap_compiled(module), target
     raise UnsupportedModelError(
         f"diffcache.enable needs a diffusers pipeline (with a .transformer or .unet) or the denoiser module itself; "
         f"got {type(target).__name__}."
@@ -186,6 +188,7 @@ def enable(target, method: str | MethodConfig, preset: str | None = None, *, rep
     config object}`` (the others keep ``method``/``preset``/``overrides``).
     """
     model, pipeline = denoiser_of(target)
+    _check_not_whole_compiled(target, pipeline, model)
     if isinstance(method, MethodConfig):
         if preset is not None:
             raise TypeError("pass either a config object or a method name with a preset, not both")
@@ -198,7 +201,12 @@ def enable(target, method: str | MethodConfig, preset: str | None = None, *, rep
         config = info.config_class.from_preset(preset, **overrides)
     if num_inference_steps is not None and (not isinstance(num_inference_steps, int) or num_inference_steps < 1):
         raise ConfigError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
+    from .compile import check_not_whole_compiled, unwrap_compiled
+
     expert_models = experts_of(pipeline)
+    for _, expert_model in expert_models:
+        check_not_whole_compiled(unwrap_compiled(expert_model), expert_model)
+    expert_models = [(name, unwrap_compiled(expert_model)) for name, expert_model in expert_models]
     if experts is not None:
         names = [name for name, _ in expert_models]
         unknown = sorted(set(experts) - set(names)) if isinstance(experts, dict) else None
@@ -246,6 +254,17 @@ def enable(target, method: str | MethodConfig, preset: str | None = None, *, rep
     for part in parts:
         part.model._diffcache_handle = handle
     return handle
+
+
+def _check_not_whole_compiled(target, pipeline, model) -> None:
+    """Refuse a denoiser compiled as a whole (:mod:`diffcache.compile`), given as ``torch.compile(model)``'s wrapper
+    or compiled in place; each expert of a multi-expert pipeline is checked where its parts are built."""
+    from .compile import check_not_whole_compiled
+
+    given = target if pipeline is None else next(
+        (getattr(pipeline, a) for a in ("transformer", "unet") if isinstance(getattr(pipeline, a, None), torch.nn.Module)),
+        model)
+    check_not_whole_compiled(model, given)
 
 
 def _timestep_reader(adapter, model, pipeline):

@@ -172,6 +172,10 @@ class StepTracker(ModelHook):
 
     # -- diffusers hook protocol ---------------------------------------------------------------------------------
     def pre_forward(self, module, *args, **kwargs):
+        if torch.compiler.is_compiling():  # the model was compiled as a whole after diffcache.enable
+            from .compile import refuse_traced
+
+            refuse_traced(module)
         context = self._locate(args, kwargs)
         self.current = context
         for listener in self.listeners:

@@ -53,6 +53,10 @@ class UnsupportedModelError(DiffcacheError, TypeError):
     """The model is not one diffcache has an adapter for, or lacks a capability the method needs."""
 
 
+class CompileError(DiffcacheError, RuntimeError):
+    """A torch.compile setup diffcache refuses (the model compiled as a whole, a hook inside a compiled block)."""
+
+
 class StepTrackingError(DiffcacheError, RuntimeError):
     """diffcache could not tell which denoising step a denoiser call belongs to."""
 

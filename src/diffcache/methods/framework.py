@@ -195,6 +195,7 @@ class Runtime:
         self._hooked: list[tuple[torch.nn.Module, str]] = []
         self._block_calls_this_forward = 0
         self._warned_silent = False
+        self._cores: list = []  #: the CompiledCores holding compiled blocks' wrappers (diffcache.compile)
 
     # hook bookkeeping
     def add_hook(self, module: torch.nn.Module, hook, name: str | None = None) -> None:
@@ -206,6 +207,9 @@ class Runtime:
         raise NotImplementedError
 
     def remove(self) -> None:
+        for core in self._cores:  # first: a hook's forward must be the real one again before it is removed
+            core.release()
+        self._cores.clear()
         for module, name in reversed(self._hooked):
             registry = getattr(module, "_diffusers_hook", None)
             if registry is not None:
@@ -222,6 +226,18 @@ class Runtime:
     def begin_call(self, call_index: int, num_steps: int) -> None:
         self.report.calls.append(CallReport(call_index, num_steps))
         self.clear()
+        self.take_compiled_regions()
+
+    def take_compiled_regions(self) -> None:
+        """Keep this method's decisions out of ``torch.compile``'s regions (:mod:`diffcache.compile`): refuse a hook
+        inside a compiled block, and run the hooks of a compiled block eagerly around its compiled forward. At every
+        call, so a model compiled after :func:`diffcache.enable` is found too."""
+        from ..compile import check_regions, seat
+
+        modules = list({id(m): m for m, _ in self._hooked}.values())
+        check_regions(self.model, modules, self.report.method)
+        names = {name for _, name in self._hooked}
+        self._cores.extend(core for core in (seat(m, names) for m in modules) if core is not None)
 
     def end_phase(self) -> None:
         """The pipeline moved on to another expert for the rest of the call (Wan 2.2 A14B): drop the cache."""
