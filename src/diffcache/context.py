@@ -105,6 +105,17 @@ def _first_float(value) -> float | None:
     return float(value)
 
 
+def _in_dtype_of(timesteps: torch.Tensor | None, given) -> torch.Tensor | None:
+    """The scheduler's ``timesteps`` as the pipeline hands them to a denoiser in bf16 / fp16: HunyuanVideo's and
+    Mochi's pipelines cast ``t`` to the latents' dtype (``t.to(latents.dtype)``: 956.25 → 956 in bf16), so a
+    timestep is looked up among the schedule's timesteps rounded the same way. Float32 and integer timesteps are
+    looked up as they are."""
+    if (timesteps is None or not isinstance(given, torch.Tensor) or not given.is_floating_point()
+            or torch.finfo(given.dtype).bits >= 32):
+        return timesteps
+    return timesteps.to(given.dtype).float()
+
+
 class StepListener(Protocol):
     """What the tracker tells (a method's :class:`~diffcache.methods.framework.Runtime` is one)."""
 
@@ -218,12 +229,13 @@ class StepTracker(ModelHook):
     def _locate(self, args, kwargs) -> StepContext:
         diffusers_context = self._probe.current
         name = getattr(diffusers_context, "name", None)
-        timestep = _first_float(self._timestep_of(args, kwargs))
+        given = self._timestep_of(args, kwargs)
+        timestep = _first_float(given)
         sigma = getattr(diffusers_context, "sigma", None)
         step = getattr(diffusers_context, "step_index", None)
         num_steps = getattr(diffusers_context, "num_inference_steps", None)
         call = self._call
-        timesteps = self._scheduler_timesteps()
+        timesteps = _in_dtype_of(self._scheduler_timesteps(), given)
 
         if step is None and timesteps is not None and timestep is not None:
             step = self._step_from_timesteps(timesteps, timestep, name)

@@ -249,6 +249,15 @@ def token_groups(scores: torch.Tensor, sizes: tuple[int, ...]) -> torch.Tensor:
     return groups
 
 
+@torch.no_grad()
+def token_change(previous: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
+    """Each token's relative L1 velocity change ``|v_t − v_{t−1}|₁ / |v_{t−1}|₁`` over its channels: ``[B, N, C]``
+    → ``[B, N]`` in float32, both velocities upcast before the difference (a bf16/fp16 difference or sum may round
+    or overflow where the float32 one does not)."""
+    previous, current = previous.float(), current.float()
+    return (current - previous).abs().sum(-1) / previous.abs().sum(-1).clamp_min(1e-12)
+
+
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -529,7 +538,7 @@ class HSARuntime(Runtime):
         previous = branch.velocity
         if previous is None or previous.shape != tokens.shape:
             return
-        change = ((tokens - previous).float().abs().sum(-1) / previous.float().abs().sum(-1).clamp_min(1e-12))
+        change = token_change(previous, tokens)
         change = change.view(-1, samples, change.shape[-1]).mean(0)  # [samples, N]
         self.scores = change if self.scores is None else self.scores + change
         self.score_counts += 1
