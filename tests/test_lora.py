@@ -245,10 +245,10 @@ def test_an_adapter_switch_inside_a_call_restarts_the_method(name, method, optio
     finally:
         denoiser_of(merged).load_state_dict(merged_a)
         pipe.set_adapters("a")
+    torch.testing.assert_close(out, reference, rtol=1e-4, atol=1e-4)
     calls, reference_calls = handle.report().calls, reference_handle.report().calls
     assert [c.num_steps for c in calls] == [STEPS, STEPS]  # the call went on as a new one from the switch
     assert [s.step for s in calls[1].steps] == list(range(SWITCH_AT, STEPS))
     assert calls[1].steps[0].computed  # nothing cached under ``a`` answers the first step under ``b``
     for call, reference_call in zip(calls, reference_calls, strict=True):
         assert_same_decisions(call, reference_call)
-    torch.testing.assert_close(out, reference, rtol=1e-4, atol=1e-4)

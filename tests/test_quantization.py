@@ -182,4 +182,6 @@ def test_a_method_on_a_quantized_model_decides_as_on_float32(pipes, method, opti
 
     error_fp32 = relative_l1(cached_fp32, uncached(pipes, "fp32"))
     error_quantized = relative_l1(cached_quantized, uncached(pipes, kind))
+    print(f"\n{method:12s} {kind}: q={q:.2e} cached-vs-uncached float32 {error_fp32:.4f}, {kind} {error_quantized:.4f}, "
+          f"computed steps {sum(s.computed for s in call.steps)}/{STEPS}")  # the table in docs/lora-quantization.md
     assert abs(error_quantized - error_fp32) <= 0.1 * error_fp32 + q, (error_quantized, error_fp32, q)
