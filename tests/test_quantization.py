@@ -14,7 +14,7 @@ Every method runs on the quantized model, and is unaffected beyond the quantizat
 * the method's own error, cached against uncached on the same quantized model, is the float32 one's within
   ``q``: ``|e_quantized − e_float32| <= 0.1·e_float32 + q``.
 
-The first method runs by default, the others are slow-marked (``pytest -m slow tests/test_quantization.py``).
+The first method on int8 runs by default, the others are slow-marked (``pytest -m slow tests/test_quantization.py``).
 """
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ def test_the_quantization_is_real(pipes):
         assert 1e-4 < relative_l1(uncached(pipes, kind), reference) < 1e-2
 
 
-@pytest.mark.parametrize("kind", ["int8", "gguf"])
+@pytest.mark.parametrize("kind", ["int8", pytest.param("gguf", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("method,options", PARAMS)
 def test_a_method_on_a_quantized_model_decides_as_on_float32(pipes, method, options, kind):
     q = relative_l1(uncached(pipes, kind), uncached(pipes, "fp32"))
