@@ -24,6 +24,7 @@ from .errors import ConfigError, MethodAlreadyEnabledError, UnsupportedModelErro
 from .experts import experts_of, phase_function
 from .methods.framework import MethodConfig, MethodInfo, Runtime, info_for_config, method_info, missing_capabilities
 from .report import CallReport, Report
+from .stacking import refuse_foreign_caches
 
 
 def denoiser_of(target) -> tuple[torch.nn.Module, Any]:
@@ -222,6 +223,8 @@ def enable(target, method: str | MethodConfig, preset: str | None = None, *, rep
         part_configs = [(None, model, config)]
     part_configs = [(name, module, _check_fits(info, part_config, find_adapter(module), module, pipeline))
                     for name, module, part_config in part_configs]
+    for _, module, _ in part_configs:  # another library's cache on the denoiser (diffusers' enable_cache, cache-dit)
+        refuse_foreign_caches(module, pipeline, info.name)
     existing = _existing_handle([module for _, module, _ in part_configs], replace)
 
     group = TrackerGroup()

@@ -26,6 +26,7 @@ length, so each expert has its own warm-up, cache and rules.
 
 from __future__ import annotations
 
+import logging
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
@@ -33,6 +34,10 @@ from typing import Any, Callable, Protocol
 import torch
 from diffusers.hooks.hooks import HookRegistry, ModelHook, StateManager
 from .errors import StepTrackingError
+from .lora import LoraWatch, describe_change
+from .stacking import check_no_foreign_cache
+
+logger = logging.getLogger("diffcache")
 
 TRACKER_HOOK = "diffcache_step_tracker"
 
@@ -168,6 +173,8 @@ class StepTracker(ModelHook):
         self._phase_of = phase
         self.phases: dict[int, range] = {}  #: call index -> the loop steps this tracker's denoiser runs in it
         self.current: StepContext | None = None
+        self._lora_watch = LoraWatch()
+        self._lora: tuple = (None, -1)  #: (LoRA state, call index) of this denoiser's last forward
 
     @property
     def call_index(self) -> int:
@@ -187,7 +194,7 @@ class StepTracker(ModelHook):
             from .compile import refuse_traced
 
             refuse_traced(module)
-        context = self._locate(args, kwargs)
+        context = self._locate(args, kwargs, module)
         self.current = context
         for listener in self.listeners:
             listener.begin_forward(context, args, kwargs)
@@ -206,12 +213,15 @@ class StepTracker(ModelHook):
         """Forget the call in progress (for every tracker of the group): the next forward starts a new call."""
         self.group.reset()
 
-    def _begin_call(self, call_index: int, num_steps: int, first_step: int) -> None:
+    def _begin_call(self, call_index: int, num_steps: int, first_step: int, restart: bool = False) -> None:
         """A call of ``num_steps`` began at loop step ``first_step``. Without a phase function the denoiser's phase
         runs from that step to the end: a call that starts late (one expert of a two-expert loop enabled on its own,
         an image-to-image loop that skips the first timesteps) is a shorter schedule to the methods, with its
-        warm-up where it starts."""
+        warm-up where it starts. ``restart``: the LoRA state changed inside a call, which goes on from
+        ``first_step`` as a new call (each expert's phase cut to the steps left)."""
         phase = self._phase_of(num_steps) if self._phase_of is not None else range(first_step, num_steps)
+        if restart:
+            phase = range(max(phase.start, first_step), max(phase.stop, first_step))
         self.phases[call_index] = phase
         if len(phase):  # an expert the call never reaches hears nothing of it
             for listener in self.listeners:
@@ -226,7 +236,7 @@ class StepTracker(ModelHook):
             return None
         return torch.as_tensor(timesteps).detach().flatten().float().cpu()
 
-    def _locate(self, args, kwargs) -> StepContext:
+    def _locate(self, args, kwargs, module=None) -> StepContext:
         diffusers_context = self._probe.current
         name = getattr(diffusers_context, "name", None)
         given = self._timestep_of(args, kwargs)
@@ -271,13 +281,27 @@ class StepTracker(ModelHook):
             or step < call.step
             or (step == call.step and name is not None and (step, name) in call.seen)
         )
-        if new_call:
+        restart = False
+        if module is not None:
+            handle = getattr(module, "_diffcache_handle", None)
+            pipeline = self._pipeline() if self._pipeline is not None else None
+            check_no_foreign_cache(module, pipeline, getattr(handle, "method", "method"), scan_hooks=new_call)
+            lora = self._lora_watch.state(module, kwargs)
+            before, seen_in = self._lora
+            # the LoRA changed after this denoiser already ran in this call: its cache is of the other LoRA
+            restart = not new_call and seen_in == self.call_index and lora != before
+            if restart:
+                logger.info("diffcache: %s at step %d; the method drops its cache and starts afresh from this step "
+                            "(a new call in the report).", describe_change(before, lora), step)
+        if new_call or restart:
             group = self.group
             group.call_index += 1
             call = group.call = _CallState(num_steps=num_steps)
             group.call_steps[group.call_index] = num_steps
             for tracker in group.trackers:
-                tracker._begin_call(group.call_index, num_steps, step)
+                tracker._begin_call(group.call_index, num_steps, step, restart=restart)
+        if module is not None:
+            self._lora = (lora, self.call_index)
         first = step != call.step
         if first:
             if call.step == 0 and call.forwards_per_step is None:

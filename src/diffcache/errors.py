@@ -106,3 +106,8 @@ class GuidanceDistilledWarning(DiffcacheWarning):
 
 __all__ = [name for name, value in dict(globals()).items()
            if isinstance(value, type) and issubclass(value, (DiffcacheError, DiffcacheWarning))]
+
+
+class ForeignCacheError(MethodAlreadyEnabledError):
+    """Another cache (diffusers' ``enable_cache``, cache-dit) is on the denoiser; the message names it and how to
+    remove it."""
