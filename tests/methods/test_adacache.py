@@ -452,3 +452,19 @@ def test_the_default_schedule_decides_as_the_per_block_cache(monkeypatch):
     assert decisions == [(s.computed, s.values.get("rate")) for s in old_call.steps]
     print(decisions)
     np.testing.assert_allclose(new, old, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["LTX-Video", "CogVideoX"])
+def test_the_cache_keeps_the_dtype_of_the_streams_in_bf16(family):
+    """In a bf16 model every cached tensor is bf16 (the dtype of the stream the block receives; LTX-Video's blocks
+    hand back float32 tensors in places) and the metric values are finite floats computed in float32."""
+    build, call, _ = TINY_PIPELINES[family]
+    pipe = build().to(torch.bfloat16)
+    with diffcache.enable(pipe, "adacache", preset="fast-moreg", codebook=((1e9, 2),)) as handle:
+        frames = call(pipe, 5)
+        states = dict(handle.runtime.states)
+        steps = handle.report().calls[-1].steps
+    held = [t for state in states.values() for t in (*state.residual, *state.metric.values())]
+    assert held and {t.dtype for t in held} == {torch.bfloat16}
+    assert not all(s.computed for s in steps) and np.isfinite(np.asarray(frames, dtype=np.float32)).all()
+    assert all(np.isfinite(v) for s in steps for k, v in s.values.items() if k in ("rel_l1", "motion", "distance"))

@@ -338,6 +338,8 @@ class _BlockHook(ModelHook):
         outputs = adapter.output_streams(output)
         if observe:
             runtime.observe(state, self.index, self._attention_residual(streams, outputs))
+        for probe in self.probes or ():
+            probe.captured = None  # the block state it saw is an activation: not kept past the block
         state.last_output, state.last_block = outputs, module
         runtime.count_block(computed=True)
         if self.index == runtime.num_blocks - 1:
