@@ -1,14 +1,18 @@
 """AdaCache + MoReg: the schedule against hand-worked examples, the adapters on tiny real diffusers pipelines,
 cond/uncond separation, resets, disable(), and the report against independent counts."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
-from tiny_diffusers import VIDEO_FAMILIES
+from diffusers.hooks.hooks import ModelHook
+from tiny_diffusers import TINY_PIPELINES, VIDEO_FAMILIES
 
 import diffcache
-from diffcache.methods.adacache import (AdaCacheConfig, AdaCacheSchedule, codebook_for, moreg_window_for,
-                                        motion_score)
+from diffcache.methods import framework
+from diffcache.methods.adacache import (AdaCacheConfig, AdaCacheRuntime, AdaCacheSchedule, _MidProbe, codebook_for,
+                                        moreg_window_for, motion_score)
 from diffcache.methods.framework import relative_change
 
 PROMPT = "a red circle moving left"
@@ -165,9 +169,9 @@ def test_split_cfg_keeps_cond_and_uncond_caches_apart(shipped_pipe):
     with diffcache.enable(shipped_pipe, "adacache", preset="fast") as handle:
         generate(shipped_pipe, steps=30)
         runtime = handle.runtime
-        assert set(runtime.caches) == {"cond", "uncond"}
-        # block 0's cross-attention + MLP residual sees the text: it differs between the branches
-        cond, uncond = runtime.caches["cond"][0][1][0], runtime.caches["uncond"][0][1][0]
+        assert set(runtime.states) == {"cond", "uncond"}
+        # the stack's residual sees the text (cross-attention): it differs between the branches
+        cond, uncond = runtime.states["cond"].residual[0], runtime.states["uncond"].residual[0]
         assert not torch.equal(cond, uncond)
         # one schedule decision per step: both branches of a step agree
         for record in handle.report().calls[-1].steps:
@@ -269,8 +273,8 @@ FAMILIES = VIDEO_FAMILIES
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_adapter_residual_split_is_exact(family):
-    """Zeroing self-attention's output projection must zero the cached self-attention residual (the split point
-    is right after self-attention), and a reused step fed the computed step's input returns its output."""
+    """Zeroing self-attention's output projection must zero the metric block's self-attention residual (the split
+    point is right after self-attention) while the stack's residual (cross-attention, MLP) is not zero."""
     build, size = FAMILIES[family]
     pipe = build(num_layers=3)
     model = pipe.transformer
@@ -283,10 +287,11 @@ def test_adapter_residual_split_is_exact(family):
     with diffcache.enable(pipe, "adacache", preset="fast") as handle:
         pipe(prompt="a cat", num_inference_steps=6, output_type="latent", generator=torch.Generator().manual_seed(0),
              **size)
-        for entries in handle.runtime.caches.values():
-            for attention_residual, rest in entries:
-                assert all(float(a.abs().max()) == 0.0 for a in attention_residual)
-                assert float(rest[0].abs().max()) > 0
+        states = handle.runtime.states.values()
+        assert any(state.metric for state in states)
+        for state in states:
+            assert all(float(a.abs().max()) == 0.0 for a in state.metric.values())
+            assert float(state.residual[0].abs().max()) > 0
         assert handle.report().calls[-1].steps[1].values["rel_l1"] == 0.0  # both residuals zero
 
 
@@ -315,3 +320,151 @@ def test_adapter_reused_block_returns_the_computed_output(family):
     assert [s.computed for s in steps] == [True, True, False]
     assert steps[1].values["rel_l1"] == 0.0 and steps[1].values["rate"] == 6
     torch.testing.assert_close(outputs[2], outputs[1], atol=1e-5, rtol=1e-5)
+
+
+# -- the stack's residual against the per-block cache it replaces ------------------------------------------------
+class _PerBlockHook(ModelHook):
+    """The former implementation, kept as the reference: every block caches its two residuals (self-attention, and
+    the rest) per branch and, on a reused step, returns ``input + both``."""
+
+    def __init__(self, runtime, index, probes):
+        super().__init__()
+        self.runtime, self.index, self.probes = runtime, index, probes
+
+    def new_forward(self, module, *args, **kwargs):
+        runtime, adapter = self.runtime, self.runtime.adapter
+        streams = adapter.block_streams(module, args, kwargs)
+        cache = runtime.caches.setdefault(runtime.ctx.branch, [None] * runtime.num_blocks)
+        entry = cache[self.index]
+        if not runtime.compute and entry is not None and entry[0][0].shape == streams[0].shape:
+            runtime.count_block(computed=False)
+            attention, rest = entry
+            return adapter.make_block_output(tuple(
+                x + a.to(x.dtype) + b.to(x.dtype) for x, a, b in zip(streams, attention, rest)))
+        for probe in self.probes:
+            probe.captured = None
+        output = self.fn_ref.original_forward(*args, **kwargs)
+        outputs = adapter.output_streams(output)
+        if not self.probes:
+            mid = outputs
+        else:
+            mid = tuple(stream for probe in self.probes for stream in probe.captured)
+            mid = (*mid, *streams[len(mid):])
+        attention = tuple((m.to(x.dtype) - x).detach() for m, x in zip(mid, streams))
+        rest = tuple((o - m.to(o.dtype)).detach() for o, m in zip(outputs, mid))
+        if self.index in runtime.metric_blocks and runtime.ctx.first_in_step:
+            runtime.observe_per_block(self.index, entry[0][0] if entry is not None else None, attention[0])
+        cache[self.index] = (attention, rest)
+        runtime.count_block(computed=True)
+        return output
+
+
+class PerBlockAdaCache(AdaCacheRuntime):
+    """AdaCache as it was: two residuals per block per branch (the reference the stack's residual must match)."""
+
+    def install(self):
+        blocks = self.adapter.blocks(self.model)
+        self.num_blocks, self.blocks = len(blocks), blocks
+        self.metric_blocks = tuple(b % len(blocks) for b in (self.config.metric_blocks or (len(blocks) // 2,)))
+        for index, block in enumerate(blocks):
+            split = self.adapter.split_module(block)
+            modules = () if split is None else split if isinstance(split, tuple) else (split,)
+            probes = [_MidProbe(self.adapter) for _ in modules]
+            for module, probe in zip(modules, probes):
+                self.add_hook(module, probe, self.HOOK + "_split")
+            self.add_hook(block, _PerBlockHook(self, index, probes))
+        self.clear()
+
+    def clear(self):
+        self.caches = {}
+        super().clear()
+
+    def observe_per_block(self, index, cached, residual):
+        rel = relative_change(cached, residual) if cached is not None else None
+        motion = None
+        if self.config.moreg is not None:
+            tokens = self.adapter.frame_major_tokens(self.blocks[index], residual, self._grid)
+            motion = motion_score(tokens, self._tokens_per_frame, self.config.moreg_frame_stride)
+        self._observed[index] = (rel, motion)
+
+
+def _run(pipe, call, runtime_class, monkeypatch, steps, **options):
+    """A call with ``runtime_class`` standing in for AdaCache's runtime: the frames, the call's report and the
+    runtime's per-branch states as they were at the end of the call."""
+    info = framework.method_info("adacache")
+    with monkeypatch.context() as patch:
+        patch.setitem(framework._METHODS, "adacache", dataclasses.replace(info, runtime_class=runtime_class))
+        with diffcache.enable(pipe, "adacache", **options) as handle:
+            frames = call(pipe, steps)
+            states = dict(getattr(handle.runtime, "states", {}))
+            metric_blocks = handle.runtime.metric_blocks
+    return frames, handle.report().calls[-1], states, metric_blocks
+
+
+#: family: (enable options, streams per block); a forced rate of 2 reuses steps 3 and 5 of 7
+EQUIVALENCE = {
+    "Wan": (dict(preset="fast-moreg", codebook=((1e9, 2),)), 1),
+    "CogVideoX": (dict(preset="fast", codebook=((1e9, 2),)), 2),  # batched CFG; video and text streams
+    "HunyuanVideo": (dict(preset="fast-moreg", codebook=((1e9, 2),), metric_blocks=(0, 2)), 2),  # 2 double, 1 single
+    "LTX-2": (dict(preset="fast", codebook=((1e9, 2),)), 2),  # video and audio, a split point each
+    "WanVACE": (dict(preset="fast-moreg", codebook=((1e9, 2),)), 1),  # hints added between blocks
+    "Latte": (dict(preset="fast-moreg", codebook=((1e9, 2),)), 1),  # alternating layouts (run_output_streams)
+}
+SLOW_FAMILIES = ("WanVACE", "Latte")  # the slowest tiny pipelines: run with -m slow
+
+
+@pytest.mark.parametrize("family", [pytest.param(f, marks=pytest.mark.slow) if f in SLOW_FAMILIES else f
+                                    for f in EQUIVALENCE])
+def test_the_stack_residual_gives_the_per_block_output_and_decisions(family, monkeypatch):
+    """Caching one residual for the whole stack gives the output of caching two per block (float rounding apart),
+    with the same steps computed and the same metric values, rates and motion scores; the cache holds, per CFG
+    branch, one residual per stream, and the metric blocks' self-attention residuals for the deciding branch only."""
+    build, call, _ = TINY_PIPELINES[family]
+    pipe = build()
+    options, streams = EQUIVALENCE[family]
+    new, new_call, states, metric_blocks = _run(pipe, call, AdaCacheRuntime, monkeypatch, 7, **options)
+    old, old_call, _, _ = _run(pipe, call, PerBlockAdaCache, monkeypatch, 7, **options)
+    assert [s.computed for s in new_call.steps] == [s.computed for s in old_call.steps]
+    assert [s.step for s in new_call.steps if not s.computed] == [2, 4]
+    assert [s.blocks_reused for s in new_call.steps] == [s.blocks_reused for s in old_call.steps]
+    for a, b in zip(new_call.steps, old_call.steps):
+        assert a.values.keys() == b.values.keys()
+        assert a.values.get("rate") == b.values.get("rate")
+        for key in a.values:  # MoReg raises the motion score to the 8th power: rounding grows
+            assert a.values[key] == pytest.approx(b.values[key], rel=1e-3, abs=1e-6), key
+    np.testing.assert_allclose(new, old, atol=1e-5, rtol=1e-5)
+    assert states and all(len(state.residual) == streams for state in states.values())
+    assert all(state.run_input is state.last_output is state.added is None for state in states.values())
+    deciding = [branch for branch, state in states.items() if state.metric]
+    assert len(deciding) == 1 and sorted(states[deciding[0]].metric) == sorted(metric_blocks)
+
+
+@pytest.mark.slow
+def test_the_default_schedule_decides_as_the_per_block_cache(monkeypatch):
+    """With rates chosen by the metric (not forced), the steps computed and the rates are those of the per-block
+    cache."""
+    build, call, _ = TINY_PIPELINES["Wan"]
+    pipe = build()
+    options = dict(preset="fast-moreg", codebook=((0.5, 3), (1.0, 2), (2.0, 1)))
+    new, new_call, _, _ = _run(pipe, call, AdaCacheRuntime, monkeypatch, 12, **options)
+    old, old_call, _, _ = _run(pipe, call, PerBlockAdaCache, monkeypatch, 12, **options)
+    decisions = [(s.computed, s.values.get("rate")) for s in new_call.steps]
+    assert decisions == [(s.computed, s.values.get("rate")) for s in old_call.steps]
+    print(decisions)
+    np.testing.assert_allclose(new, old, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["LTX-Video", "CogVideoX"])
+def test_the_cache_keeps_the_dtype_of_the_streams_in_bf16(family):
+    """In a bf16 model every cached tensor is bf16 (the dtype of the stream the block receives; LTX-Video's blocks
+    hand back float32 tensors in places) and the metric values are finite floats computed in float32."""
+    build, call, _ = TINY_PIPELINES[family]
+    pipe = build().to(torch.bfloat16)
+    with diffcache.enable(pipe, "adacache", preset="fast-moreg", codebook=((1e9, 2),)) as handle:
+        frames = call(pipe, 5)
+        states = dict(handle.runtime.states)
+        steps = handle.report().calls[-1].steps
+    held = [t for state in states.values() for t in (*state.residual, *state.metric.values())]
+    assert held and {t.dtype for t in held} == {torch.bfloat16}
+    assert not all(s.computed for s in steps) and np.isfinite(np.asarray(frames, dtype=np.float32)).all()
+    assert all(np.isfinite(v) for s in steps for k, v in s.values.items() if k in ("rel_l1", "motion", "distance"))

@@ -4,6 +4,8 @@ families inside their real diffusers pipelines, and the PyPI ``DeepCache`` packa
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +13,7 @@ from tiny_diffusers import (tiny_modelscope_pipeline, tiny_sd_pipeline, tiny_sd_
                             tiny_svd_pipeline)
 
 import diffcache
-from diffcache.methods.deepcache import DeepCacheConfig, nonuniform_schedule, uniform_schedule
+from diffcache.methods.deepcache import DeepCacheConfig, DeepCacheRuntime, nonuniform_schedule, uniform_schedule
 
 PROMPT = "a red circle"
 
@@ -306,3 +308,49 @@ def test_pndm_repeated_timestep_is_its_own_step_and_matches_the_package(interval
     assert [s.computed for s in steps] == [i % interval == 0 for i in range(11)]
     assert len(unet_work) == sum(s.computed for s in steps)
     np.testing.assert_allclose(ours, peer, atol=1e-6)
+
+
+# -- what the cache holds --------------------------------------------------------------------------------------------
+class _KeepEveryOutput(DeepCacheRuntime):
+    """The reference: every skipped module keeps its output for the cached steps (as the DeepCache package does)."""
+
+    def keeps_output(self, name):
+        return True
+
+
+def _cached_tensors(runtime) -> dict:
+    """Per branch, the tensors the cache holds (placeholders of shapes are not tensors)."""
+    def tensors(value):
+        if isinstance(value, torch.Tensor):
+            return [value]
+        if isinstance(value, (tuple, list)):
+            return [t for v in value for t in tensors(v)]
+        return []
+    return {branch: [t for value in cache.values() for t in tensors(value)] for branch, cache in runtime.caches.items()}
+
+
+@pytest.mark.parametrize("family,branch", [("Stable Diffusion U-Net", 4), ("AnimateDiff", 0), ("I2VGen-XL", 2)])
+def test_the_cache_is_the_deep_feature_alone_with_the_output_of_keeping_every_skipped_output(family, branch, monkeypatch):
+    """Per CFG branch the cache holds one tensor, the output of the last skipped module (the input of the up layer
+    at the branch), and the output is bit-identical to keeping every skipped module's output."""
+    from tiny_diffusers import TINY_PIPELINES
+
+    from diffcache.methods import framework
+
+    build, call, _ = TINY_PIPELINES[family]
+    pipe = build()
+    outputs, held = [], []
+    info = framework.method_info("deepcache")
+    for runtime_class in (DeepCacheRuntime, _KeepEveryOutput):
+        with monkeypatch.context() as patch:
+            patch.setitem(framework._METHODS, "deepcache", dataclasses.replace(info, runtime_class=runtime_class))
+            with diffcache.enable(pipe, "deepcache", interval=3, branch=branch) as handle:
+                outputs.append(call(pipe, 5))
+                held.append(_cached_tensors(handle.runtime))
+                deep = handle.runtime.deep
+                assert not all(s.computed for s in handle.report().calls[-1].steps)
+    new, reference = held
+    assert new and all(len(tensors) == 1 for tensors in new.values())
+    assert all(len(reference[b]) > len(new[b]) for b in new)
+    assert deep.startswith("up_blocks.")
+    np.testing.assert_array_equal(outputs[0], outputs[1])

@@ -3,8 +3,14 @@
 Rules (the paper, arXiv:2411.02397, and the official code, github.com/AdaCache-DiT/AdaCache, where it differs
 from the paper):
 
-* Every block caches two residuals: self-attention, and cross-attention + MLP summed. On a reused step a block
-  returns ``input + both cached residuals`` and computes nothing.
+* A block's update has two residuals: self-attention, and cross-attention + MLP summed. On a reused step a block
+  returns ``input + both cached residuals`` and computes nothing. Every block is reused on the same steps (the
+  schedule below is the model's), so the stack's output on a reused step is ``input + Σ_blocks (both residuals)``:
+  diffcache stores that sum, the stack's residual (one tensor per stream, per CFG branch), and the metric blocks'
+  self-attention residuals for the branch that decides; the first block adds the sum and the others pass their input
+  through (the same output up to float rounding; docs/methods/memory-layout.md has the bytes). Where the model adds
+  to the stream between blocks (WanVACE's hints) the sum is of the blocks' own updates, and the model adds its
+  part afresh. A branch whose cached residual does not fit the step's streams computes.
 * One schedule for the whole model. Steps are 1-based; step ``k`` is computed when ``k == last + rate`` or ``k`` is
   ``1``, ``T-1`` or ``T``; ``rate`` starts at 1.
 * On a computed step the metric block (the middle block by default; several are averaged) compares its new
@@ -27,7 +33,7 @@ same way. The MoReg window (4–26 of 30; 10–90 of 100, inclusive) is scaled t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
@@ -37,6 +43,7 @@ from ..context import StepContext
 from ..adapters.capabilities import BlockStack, SplitBlocks, TokenGrid
 from ..errors import ConfigError
 from .framework import MethodConfig, Runtime, register, relative_change
+from .residual_cache import BranchState, ResidualCacheRuntime
 
 CODEBOOKS: dict[tuple[str, int], tuple[tuple[float, int], ...]] = {
     ("fast", 30): ((0.08, 6), (0.16, 5), (0.24, 4), (0.32, 3), (0.40, 2), (1.00, 1)),
@@ -271,7 +278,7 @@ def motion_score(residual: torch.Tensor, tokens_per_frame: int, stride: int = 1)
 
 
 class _MidProbe(ModelHook):
-    """On the block's split module: remembers its input, the block state after self-attention."""
+    """On a metric block's split module: remembers its input, the block state after self-attention."""
 
     def __init__(self, adapter):
         super().__init__()
@@ -283,8 +290,27 @@ class _MidProbe(ModelHook):
         return args, kwargs
 
 
+@dataclass
+class AdaBranchState(BranchState):
+    """What one CFG branch keeps between steps (and, during a computed forward, the run in progress).
+
+    ``residual`` is the whole stack's residual per stream from the branch's last computed forward: the last block's
+    output (:meth:`~diffcache.adapters.capabilities.BlockStack.run_output_streams`) minus the first block's input,
+    less what the model added between blocks (WanVACE's hints), in the dtype of the stream the first block received.
+    ``metric`` holds, for the branch that takes the step's decision only, each metric block's self-attention
+    residual (video stream) of its last computed forward."""
+
+    metric: dict = field(default_factory=dict)
+    last_block: torch.nn.Module | None = None  #: the block that returned ``last_output`` (the run's last so far)
+
+
 class _BlockHook(ModelHook):
-    def __init__(self, runtime: "AdaCacheRuntime", index: int, probes: list[_MidProbe]):
+    """On every block. The first block takes the branch's choice for the forward: on a reused step it returns
+    ``input + the stack's cached residual`` and the other blocks return their input unchanged; on a computed step
+    every block runs and the run's residual is stored when the last block returns (or, if it did not run, when the
+    forward ends). ``probes`` (metric blocks only) find the split point after self-attention."""
+
+    def __init__(self, runtime: "AdaCacheRuntime", index: int, probes: list[_MidProbe] | None):
         super().__init__()
         self.runtime = runtime
         self.index = index
@@ -292,39 +318,53 @@ class _BlockHook(ModelHook):
 
     def new_forward(self, module, *args, **kwargs):
         runtime, adapter = self.runtime, self.runtime.adapter
+        state = runtime.state()
         streams = adapter.block_streams(module, args, kwargs)
-        cache = runtime.branch_cache()
-        entry = cache[self.index]
-        if not runtime.compute and entry is not None and entry[0][0].shape == streams[0].shape:
+        if self.index == 0:
+            state.skip = runtime.reusable(state, streams)
+            if state.skip:
+                runtime.count_block(computed=False)
+                return adapter.make_block_output(tuple(x + r.to(x.dtype) for x, r in zip(streams, state.residual)))
+            runtime.begin_run(state, streams)
+        elif state.skip:
             runtime.count_block(computed=False)
-            attention, rest = entry
-            return adapter.make_block_output(tuple(
-                x + a.to(x.dtype) + b.to(x.dtype) for x, a, b in zip(streams, attention, rest)))
-        for probe in self.probes:
+            return adapter.make_block_output(streams)
+        elif adapter.adds_between_blocks:
+            runtime.note_added(state, streams)
+        observe = self.probes is not None and runtime.ctx.first_in_step
+        for probe in self.probes or ():
             probe.captured = None
         output = self.fn_ref.original_forward(*args, **kwargs)
         outputs = adapter.output_streams(output)
-        if not self.probes:  # a block without a split point: its whole update is one residual
-            mid = outputs
+        if observe:
+            runtime.observe(state, self.index, self._attention_residual(streams, outputs))
+        for probe in self.probes or ():
+            probe.captured = None  # the block state it saw is an activation: not kept past the block
+        state.last_output, state.last_block = outputs, module
+        runtime.count_block(computed=True)
+        if self.index == runtime.num_blocks - 1:
+            runtime.end_run(state)
+        return output
+
+    def _attention_residual(self, streams, outputs) -> torch.Tensor:
+        """The video stream's self-attention residual: the state at the split point minus the block's input (a
+        block without a split point: its whole update)."""
+        if not self.probes:
+            mid = outputs[0]
         else:
             if any(probe.captured is None for probe in self.probes):
                 raise RuntimeError(f"AdaCache: the split point of block {self.index} did not run; the adapter "
-                                   f"{type(adapter).__name__} does not match this block's forward")
-            mid = tuple(stream for probe in self.probes for stream in probe.captured)
-            # a stream the split module does not see (Mochi's text, updated after the video MLP; HunyuanVideo's, split at its own norm2_context): its whole update
-            # is the second part (a reused block always adds both parts)
-            mid = (*mid, *streams[len(mid):])
-        # detached: a cache is reused data, not part of a later step's autograd graph
-        attention = tuple((m.to(x.dtype) - x).detach() for m, x in zip(mid, streams))
-        rest = tuple((o - m.to(o.dtype)).detach() for o, m in zip(outputs, mid))
-        if self.index in runtime.metric_blocks and runtime.ctx.first_in_step:
-            runtime.observe(self.index, entry[0][0] if entry is not None else None, attention[0])
-        cache[self.index] = (attention, rest)
-        runtime.count_block(computed=True)
-        return output
+                                   f"{type(self.runtime.adapter).__name__} does not match this block's forward")
+            mid = self.probes[0].captured[0]
+        return (mid.to(streams[0].dtype) - streams[0]).detach()
 
 
 class AdaCacheRuntime(Runtime):
+    """The cache, per CFG branch (:class:`AdaBranchState`): the stack's residual, one tensor per stream, and for the
+    deciding branch one self-attention residual per metric block. AdaCache reuses every block together (one
+    schedule for the whole model), so a reused step's output ``input + Σ_blocks (attention + rest residual)`` is
+    ``input + the stack's residual``: the same output as caching two residuals per block, up to float rounding."""
+
     HOOK = "diffcache_adacache"
 
     def install(self) -> None:
@@ -339,17 +379,19 @@ class AdaCacheRuntime(Runtime):
         self.metric_blocks = tuple(b % len(blocks) for b in metric)
         self.blocks = blocks
         for index, block in enumerate(blocks):
-            split = self.adapter.split_module(block)
-            # one split module, or one per stream (LTX-2: the video and the audio stream's own split points)
-            modules = () if split is None else split if isinstance(split, tuple) else (split,)
-            probes = [_MidProbe(self.adapter) for _ in modules]
-            for module, probe in zip(modules, probes):
-                self.add_hook(module, probe, self.HOOK + "_split")
+            probes = None
+            if index in self.metric_blocks:
+                split = self.adapter.split_module(block)
+                # one split module, or one per stream (LTX-2: the video and the audio stream's own split points)
+                modules = () if split is None else split if isinstance(split, tuple) else (split,)
+                probes = [_MidProbe(self.adapter) for _ in modules]
+                for module, probe in zip(modules, probes):
+                    self.add_hook(module, probe, self.HOOK + "_split")
             self.add_hook(block, _BlockHook(self, index, probes))
         self.clear()
 
     def clear(self) -> None:
-        self.caches: dict[str, list] = {}
+        self.states: dict[str, AdaBranchState] = {}
         self.schedule: AdaCacheSchedule | None = None
         self.compute = True
         super().clear()
@@ -359,8 +401,33 @@ class AdaCacheRuntime(Runtime):
         super().begin_call(call_index, num_steps)
         self.schedule = AdaCacheSchedule(self.config, num_steps)
 
-    def branch_cache(self) -> list:
-        return self.caches.setdefault(self.ctx.branch, [None] * self.num_blocks)
+    def state(self) -> AdaBranchState:
+        return self.states.setdefault(self.ctx.branch, AdaBranchState())
+
+    def reusable(self, state: AdaBranchState, streams: tuple) -> bool:
+        """Whether this forward reuses: the schedule reuses this step and the branch's cached residual fits these
+        streams (otherwise the branch computes, as on a computed step)."""
+        return (not self.compute and state.residual is not None and len(state.residual) == len(streams)
+                and all(r.shape == x.shape for r, x in zip(state.residual, streams)))
+
+    def begin_run(self, state: AdaBranchState, streams: tuple) -> None:
+        """A computed forward starts at ``streams``: the old residual is dropped now (this forward replaces it)."""
+        state.residual = None
+        state.run_input, state.added, state.last_output, state.last_block = streams, None, None, None
+
+    note_added = staticmethod(ResidualCacheRuntime.note_added)
+
+    def end_run(self, state: AdaBranchState) -> None:
+        """Store the run's residual: the last block's output as the run's output, minus the run's input and what the
+        model added between the blocks, in the dtype of the stream the first block received."""
+        if state.run_input is None:
+            return
+        outputs = self.adapter.run_output_streams(self.model, state.last_block, state.last_output, state.run_input)
+        residual = tuple(o - i for o, i in zip(outputs, state.run_input))
+        if state.added is not None:  # the blocks' own updates only: the model adds the rest afresh
+            residual = tuple(r if a is None else r - a for r, a in zip(residual, state.added))
+        state.residual = tuple(r.to(i.dtype).detach() for r, i in zip(residual, state.run_input))
+        state.run_input = state.last_output = state.added = state.last_block = None
 
     def begin_forward(self, ctx: StepContext, args: tuple, kwargs: dict) -> None:
         super().begin_forward(ctx, args, kwargs)
@@ -379,15 +446,22 @@ class AdaCacheRuntime(Runtime):
     def nothing_skipped_hint(self) -> str:
         return "Its distances stayed above the codebook thresholds: try the 'fast' preset or a codebook with larger rates"
 
-    def observe(self, index: int, cached: torch.Tensor | None, residual: torch.Tensor) -> None:
-        rel = relative_change(cached, residual) if cached is not None else None
-        motion = None
-        if self.config.moreg is not None:
-            tokens = self.adapter.frame_major_tokens(self.blocks[index], residual, self._grid)
-            motion = motion_score(tokens, self._tokens_per_frame, self.config.moreg_frame_stride)
-        self._observed[index] = (rel, motion)
+    def observe(self, state: AdaBranchState, index: int, residual: torch.Tensor) -> None:
+        """Metric block ``index`` computed in the deciding branch: on a computed step, its relative L1 change against
+        the cached residual (and MoReg's motion score) count for the step's decision; the cache keeps the new one."""
+        cached = state.metric.get(index)
+        state.metric[index] = None  # the old one is freed once compared
+        if self.compute:
+            rel = relative_change(cached, residual) if cached is not None and cached.shape == residual.shape else None
+            motion = None
+            if self.config.moreg is not None:
+                tokens = self.adapter.frame_major_tokens(self.blocks[index], residual, self._grid)
+                motion = motion_score(tokens, self._tokens_per_frame, self.config.moreg_frame_stride)
+            self._observed[index] = (rel, motion)
+        state.metric[index] = residual
 
     def end_forward(self, ctx: StepContext) -> None:
+        self.end_run(self.state())  # the last block did not run (Latte without temporal attention)
         super().end_forward(ctx)
         if ctx.first_in_step and self.compute:
             rels = [rel for rel, _ in self._observed.values() if rel is not None]
@@ -403,7 +477,7 @@ class AdaCacheRuntime(Runtime):
 
 register(
     "adacache",
-    "AdaCache + MoReg: per-block residual caching on a schedule chosen per video from how fast residuals change",
+    "AdaCache + MoReg: residual caching on a schedule chosen per video from how fast residuals change",
     AdaCacheConfig,
     AdaCacheRuntime
 )

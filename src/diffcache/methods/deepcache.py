@@ -6,12 +6,14 @@ package's ``DeepCacheSDHelper`` and the repository's Stable Diffusion pipeline):
 - **Branch** ``b`` (``branch``, shallowest = 0) is a skip connection of the U-Net: 0 is ``conv_in``'s output, then
   the outputs of the down layers and downsamplers in order. It maps to (block ``b // 3``, layer ``b % 3``) in a
   Stable Diffusion-style U-Net (:mod:`diffcache.adapters.unet`).
-- On a **full** step the whole U-Net runs and the modules a cached step will skip keep their outputs. On a
+- On a **full** step the whole U-Net runs and the deep feature — the input of the up layer at branch ``b``
+  (before its concatenation with the skip), the output of the last module a cached step skips — is cached. On a
   **cached** step everything that produces skip branches ``0 … b`` runs (``conv_in``, the down path up to branch
   ``b``) and everything that consumes them (the up path from the layer that takes branch ``b`` to the output); the
-  rest — the deeper down layers and downsamplers, the mid block, the deeper up layers — returns its output from the
-  last full step. So the up layer at branch ``b`` receives, as its input before concatenation with the fresh skip,
-  the deep feature cached at the last full step: exactly what the official helper does, module by module.
+  rest — the deeper down layers and downsamplers, the mid block, the deeper up layers — is skipped, and the up layer
+  at branch ``b`` receives the cached deep feature: the paper's rule, and the output of the official helper, which
+  keeps every skipped module's output although only this one is read. Here the other skipped modules return zeros
+  of their full-step shapes (they feed only each other), so the cache is one tensor per branch.
 - **Uniform 1:N** (``uniform=True``, ``interval=N``): full steps ``0, N, 2N, …`` counted from the first step of the
   call. **Non-uniform 1:N** (``uniform=False``): ``k = ceil(T/N)`` full steps, denser around step ``center``
   (paper Eq. 7), by the official ``sample_from_quad_center``: ``x = linspace((−c)^(1/p), (T−c)^(1/p), k+1)``, full
@@ -33,6 +35,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
+import torch
 from diffusers.hooks.hooks import ModelHook
 
 from ..adapters.capabilities import UNetSkipBranches
@@ -139,8 +142,39 @@ class DeepCacheConfig(MethodConfig):
         return nonuniform_schedule(num_steps, self.interval, self.center, self.power)[0]
 
 
+@dataclass(frozen=True)
+class _Placeholder:
+    """The shape of a tensor a skipped module returned on the last full step, without its values."""
+
+    shape: torch.Size
+    dtype: torch.dtype
+    device: torch.device
+
+
+def _placeholders(output):
+    """``output`` with every tensor replaced by its :class:`_Placeholder` (tuples and lists kept as they are)."""
+    if isinstance(output, torch.Tensor):
+        return _Placeholder(output.shape, output.dtype, output.device)
+    if isinstance(output, (tuple, list)):
+        return type(output)(_placeholders(o) for o in output)
+    return output
+
+
+def _zeros_like(placeholders):
+    """Zeros in the shapes of :func:`_placeholders` (fresh tensors: a model may add to them in place, as
+    ``UNet2DConditionModel`` does with a T2I-Adapter's residuals)."""
+    if isinstance(placeholders, _Placeholder):
+        return torch.zeros(placeholders.shape, dtype=placeholders.dtype, device=placeholders.device)
+    if isinstance(placeholders, (tuple, list)):
+        return type(placeholders)(_zeros_like(p) for p in placeholders)
+    return placeholders
+
+
 class _SkipHook(ModelHook):
-    """On a module a cached step skips: runs it (and keeps its output) on full steps, returns that output otherwise."""
+    """On a module a cached step skips. On a full step it runs; the last of these modules (the one whose output is the
+    input of the up layer at the cached branch: the deep feature) keeps its output, every other keeps only the
+    shapes of its output. On a cached step the first returns the kept deep feature, the others zeros of their
+    shapes: what they return then goes only into other skipped modules, which do not read it."""
 
     def __init__(self, runtime: "DeepCacheRuntime", name: str):
         super().__init__()
@@ -150,13 +184,14 @@ class _SkipHook(ModelHook):
     def new_forward(self, module, *args, **kwargs):
         runtime = self.runtime
         cache = runtime.cache_of_branch()
+        deep = runtime.keeps_output(self.name)
         if runtime.full:
             output = self.fn_ref.original_forward(*args, **kwargs)
-            cache[self.name] = detached(output)
+            cache[self.name] = detached(output) if deep else _placeholders(output)
             runtime.count_block(computed=True)
             return output
         runtime.count_block(computed=False)
-        return cache[self.name]
+        return cache[self.name] if deep else _zeros_like(cache[self.name])
 
 
 class DeepCacheRuntime(Runtime):
@@ -197,6 +232,8 @@ class DeepCacheRuntime(Runtime):
                     if k - 1 - index > layer:
                         for name, module in self.adapter.layer_modules(up_block, index):
                             self._skip(module, f"up_blocks.{u}.{name}")
+        #: the module whose output the up layer at the branch gets: the last skipped one in execution order
+        self.deep: str | None = self.skipped[-1] if self.skipped else None
         self.clear()
 
     def _skip(self, module, name: str) -> None:
@@ -224,6 +261,10 @@ class DeepCacheRuntime(Runtime):
         record = self.step_record
         record.computed = record.computed or self.full
         record.values["full"] = record.computed
+
+    def keeps_output(self, name: str) -> bool:
+        """Whether skipped module ``name`` keeps its output for the cached steps (only the deep feature's does)."""
+        return name == self.deep
 
     def cache_of_branch(self) -> dict:
         return self.caches[self.ctx.branch]
