@@ -30,13 +30,7 @@ CASES = [("Wan", m) for m in ("fbcache", "teacache", "pab", "fastercache", "hsa"
     ("HunyuanVideo", m) for m in ("fbcache", "teacache", "pab", "fastercache", "hsa", "adacache")] + [
     ("Mochi", m) for m in ("teacache", "pab", "fastercache", "hsa")] + [
     ("CogVideoX", m) for m in ("fbcache", "pab", "fastercache")] + [("Stable Diffusion U-Net", "deepcache")]
-XFAIL = {
-    "adacache": "until the AdaCache one-residual layout lands",
-    "deepcache": "until the DeepCache one-feature layout lands",
-}
-#: CogVideoXPipeline (diffusers 0.42.1) has no do_classifier_free_guidance attribute, which FasterCache reads to
-#: tell a batched-CFG call from two prompts: its CFG-Cache never starts there, so no CFG delta is held
-XFAIL[("CogVideoX", "fastercache")] = "FasterCache's CFG-Cache does not start on CogVideoXPipeline"
+XFAIL: dict = {}  #: (family, method) or method → the reason a case is expected to fail (none now)
 #: run by default (about a pipeline call each); every other case is slow-marked (``-m slow``)
 FAST = {("Wan", "fastercache"), ("Wan", "hsa"), ("LTX-Video", "teacache"), ("HunyuanVideo", "pab")}
 _PIPES: dict = {}

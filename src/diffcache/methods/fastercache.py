@@ -406,7 +406,7 @@ class FasterCacheRuntime(Runtime):
         # batched CFG ("cond_uncond"): [uncond, cond] halves (or the other order)
         hidden = argument(type(model).forward, args, kwargs, "hidden_states")
         # a bare denoiser gives no sign of guidance: an even batch may be two prompts, so leave it alone
-        guided = bool(getattr(self.pipeline, "do_classifier_free_guidance", False))
+        guided = self.guided  # read at the call's first forward (framework.classifier_free_guidance)
         if hidden.shape[0] % 2 or not guided or ctx.branch not in ("cond_uncond",):
             return forward(*args, **kwargs), False  # no CFG in this call: nothing to rebuild
         half = hidden.shape[0] // 2

@@ -180,6 +180,20 @@ def detached(output):
     return output
 
 
+def classifier_free_guidance(pipeline) -> bool:
+    """Whether ``pipeline``'s current call guides with classifier-free guidance, read as the call's first forward
+    runs: its ``do_classifier_free_guidance`` flag, or — CogVideoX and Allegro pipelines have none — whether its
+    ``guidance_scale`` is above 1, the rule those pipelines apply (read before CogVideoX's dynamic CFG changes it in
+    the loop). ``False`` for a bare denoiser: an even batch there may be two prompts."""
+    if pipeline is None:
+        return False
+    flag = getattr(pipeline, "do_classifier_free_guidance", None)
+    if flag is not None:
+        return bool(flag)
+    scale = getattr(pipeline, "_guidance_scale", None)
+    return isinstance(scale, (int, float)) and scale > 1
+
+
 # -- runtimes ------------------------------------------------------------------------------------------------------
 class Runtime:
     """Base of a method's runtime. Keeps the report; subclasses install hooks and decide."""
@@ -191,6 +205,7 @@ class Runtime:
         self.adapter = adapter
         self.model = model
         self.pipeline = None  #: the pipeline when enabled on one (its flags, e.g. do_classifier_free_guidance)
+        self.guided = False  #: whether the current call guides (:func:`classifier_free_guidance`, set per call)
         self.report = Report(method, config.to_dict())
         self._hooked: list[tuple[torch.nn.Module, str]] = []
         self._block_calls_this_forward = 0
@@ -226,6 +241,7 @@ class Runtime:
     def begin_call(self, call_index: int, num_steps: int) -> None:
         self.report.calls.append(CallReport(call_index, num_steps))
         self.clear()
+        self.guided = classifier_free_guidance(self.pipeline)
         self.take_compiled_regions()
 
     def take_compiled_regions(self) -> None:

@@ -473,7 +473,7 @@ class HSARuntime(Runtime):
     # -- one forward --------------------------------------------------------------------------------------------
     def _samples(self, rows: int) -> int:
         """Samples in a forward of ``rows`` rows: half of them in a batched-CFG forward (``[uncond, cond]``)."""
-        guided = bool(getattr(self.pipeline, "do_classifier_free_guidance", False))
+        guided = self.guided  # read at the call's first forward (framework.classifier_free_guidance)
         return rows // 2 if self.ctx.branch == "cond_uncond" and guided and rows % 2 == 0 else rows
 
     def model_forward(self, model, forward, args, kwargs):
