@@ -36,6 +36,7 @@ from diffusers.hooks.hooks import ModelHook
 from ..context import StepContext
 from ..adapters.capabilities import BlockStack, SplitBlocks, TokenGrid
 from ..errors import ConfigError
+from ..distributed import gather_tokens
 from .framework import MethodConfig, Runtime, register, relative_change
 
 CODEBOOKS: dict[tuple[str, int], tuple[tuple[float, int], ...]] = {
@@ -380,9 +381,10 @@ class AdaCacheRuntime(Runtime):
         return "Its distances stayed above the codebook thresholds: try the 'fast' preset or a codebook with larger rates"
 
     def observe(self, index: int, cached: torch.Tensor | None, residual: torch.Tensor) -> None:
-        rel = relative_change(cached, residual) if cached is not None else None
+        rel = relative_change(cached, residual, group=self.cp_group) if cached is not None else None
         motion = None
-        if self.config.moreg is not None:
+        if self.config.moreg is not None:  # compares frames across the shard boundary: on the whole sequence
+            residual = gather_tokens(residual, dim=1, group=self.cp_group)
             tokens = self.adapter.frame_major_tokens(self.blocks[index], residual, self._grid)
             motion = motion_score(tokens, self._tokens_per_frame, self.config.moreg_frame_stride)
         self._observed[index] = (rel, motion)
