@@ -28,8 +28,8 @@ SIZE = dict(height=32, width=32, num_frames=9)  # 3 latent frames of 2 × 2 toke
 #: method -> options: thresholds low enough that the tiny model reuses steps in an 8-step call
 METHODS = {
     "teacache": dict(coefficients=[1.0, 0.0], threshold=0.4),
-    "fbcache": dict(threshold=0.3),
-    "adacache": dict(preset="fast"),
+    "fbcache": dict(threshold=0.1),
+    "adacache": dict(preset="fast-moreg-paper", codebook=((0.5, 3), (1.0, 2), (2.0, 1))),
     "fastercache": dict(),
     "pab": dict(),
 }
@@ -79,6 +79,31 @@ def run_method(pipe, method: str):
     return torch.from_numpy(frames.copy()), _summary(handle)
 
 
+class MotionProbe:
+    """Records, for every MoReg motion score, the one of this rank's shard next to the one of the whole sequence
+    (by wrapping the token gather AdaCache's motion score reads): what the ranks would see without the gather."""
+
+    def __init__(self, tokens_per_frame: int):
+        import diffcache.methods.adacache as adacache
+
+        self.adacache = adacache
+        self.original = adacache.gather_tokens
+        self.tokens_per_frame = tokens_per_frame
+        self.pairs: list[tuple[float | None, float | None]] = []  # (local, global)
+
+    def __enter__(self):
+        def probed(tensor, dim=1, group=None):
+            whole = self.original(tensor, dim=dim, group=group)
+            score = self.adacache.motion_score
+            self.pairs.append((score(tensor, self.tokens_per_frame), score(whole, self.tokens_per_frame)))
+            return whole
+        self.adacache.gather_tokens = probed
+        return self
+
+    def __exit__(self, *exc):
+        self.adacache.gather_tokens = self.original
+
+
 class MetricProbe:
     """Records, for every relative change a decision reads, this rank's shard-local value next to the global one
     (by wrapping :func:`diffcache.distributed.global_sums`): what the ranks would decide on without the reduction."""
@@ -124,6 +149,10 @@ def main(rank: int, world: int, init_method: str, out: str) -> None:
                 with MetricProbe() as probe:
                     results["parallel"][method] = run_method(pipe, method)
                 results["fbcache_metrics"] = probe.pairs
+            elif method == "adacache":
+                with MotionProbe(tokens_per_frame=4) as probe:  # a 32 × 32 video: 2 × 2 tokens per latent frame
+                    results["parallel"][method] = run_method(pipe, method)
+                results["adacache_motion"] = probe.pairs
             else:
                 results["parallel"][method] = run_method(pipe, method)
         try:
@@ -146,6 +175,13 @@ def main(rank: int, world: int, init_method: str, out: str) -> None:
             frames = video_call(SIZE)(other, STEPS)
             handle.disable()
         results["cache_first"] = (torch.from_numpy(frames.copy()), _summary(handle))
+        # the helpers on shards of different lengths (as ulysses_anything splits 5 tokens: 3 and 2)
+        from diffcache.distributed import gather_tokens, global_sums
+
+        group = dist.group.WORLD
+        shard = torch.arange(5.0).reshape(1, 5, 1)[:, :3] if rank == 0 else torch.arange(5.0).reshape(1, 5, 1)[:, 3:]
+        results["gathered"] = gather_tokens(shard, dim=1, group=group)
+        results["sums"] = [float(v) for v in global_sums(torch.tensor(rank + 1.0), torch.tensor(0.5), group=group)]
         torch.save(results, Path(out) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()

@@ -82,13 +82,15 @@ def gather_tokens(tensor: torch.Tensor, dim: int = 1, group=None) -> torch.Tenso
     length = torch.tensor([tensor.shape[dim]], dtype=torch.long, device=tensor.device)
     lengths = [torch.zeros_like(length) for _ in range(world)]
     torch.distributed.all_gather(lengths, length, group=group)
-    shards = []
-    for n in lengths:
-        shape = list(tensor.shape)
-        shape[dim] = int(n)
-        shards.append(torch.empty(shape, dtype=tensor.dtype, device=tensor.device))
+    lengths = [int(n) for n in lengths]
+    longest = max(lengths)
+    if tensor.shape[dim] < longest:  # gloo gathers equal shapes only: pad, then trim each shard
+        pad = list(tensor.shape)
+        pad[dim] = longest - tensor.shape[dim]
+        tensor = torch.cat([tensor, tensor.new_zeros(pad)], dim=dim)
+    shards = [torch.empty_like(tensor) for _ in range(world)]
     torch.distributed.all_gather(shards, tensor, group=group)
-    return torch.cat(shards, dim=dim)
+    return torch.cat([shard.narrow(dim, 0, n) for shard, n in zip(shards, lengths)], dim=dim)
 
 
 def _is_cp(name: str) -> bool:
