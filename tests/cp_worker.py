@@ -163,18 +163,24 @@ def main(rank: int, world: int, init_method: str, out: str) -> None:
 
         # the other order: diffcache first, then parallelism (a fresh model: parallelism cannot be enabled twice)
         other = tiny_wan_pipeline(num_layers=2)
-        import diffcache as dc
-
-        options = dict(METHODS["teacache"])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            handle = dc.enable(other, "teacache", **options)
+            handle = diffcache.enable(other, "teacache", **METHODS["teacache"])
             enable_context_parallel(other.transformer)
-            from tiny_parts import video_call
-
-            frames = video_call(SIZE)(other, STEPS)
+            frames = video_call_plain(other)
             handle.disable()
-        results["cache_first"] = (torch.from_numpy(frames.copy()), _summary(handle))
+        results["cache_first"] = (torch.from_numpy(frames), _summary(handle))
+        # HSA enabled first, parallelism after: refused at the call's first forward, before any collective
+        third = tiny_wan_pipeline(num_layers=2)
+        handle = diffcache.enable(third, "hsa")
+        enable_context_parallel(third.transformer)
+        try:
+            video_call_plain(third)
+            results["hsa_first"] = "ran"
+        except UnsupportedModelError as error:
+            results["hsa_first"] = str(error)
+        handle.disable()
+
         # the helpers on shards of different lengths (as ulysses_anything splits 5 tokens: 3 and 2)
         from diffcache.distributed import gather_tokens, global_sums
 

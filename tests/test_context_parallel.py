@@ -111,8 +111,10 @@ def test_cache_enabled_before_parallelism(ranks):
 
 
 def test_hsa_refuses_a_context_parallel_model(ranks):
+    """At enable on a context-parallel model, and at the first call when parallelism was enabled after HSA."""
     for rank in ranks:
         assert "HSA cannot run on a context-parallel WanTransformer3DModel" in rank["hsa"]
+        assert "HSA cannot run on a context-parallel WanTransformer3DModel" in rank["hsa_first"]
 
 
 def test_reductions_across_two_ranks(ranks):
