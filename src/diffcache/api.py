@@ -20,6 +20,7 @@ import torch
 
 from .adapters.base import find_adapter
 from .context import TRACKER_HOOK, StepTracker, TrackerGroup, install_tracker
+from .distributed import arrange_hooks
 from .errors import ConfigError, MethodAlreadyEnabledError, UnsupportedModelError
 from .experts import experts_of, phase_function
 from .methods.framework import MethodConfig, MethodInfo, Runtime, info_for_config, method_info, missing_capabilities
@@ -113,6 +114,7 @@ class Handle:
         for part in self.parts:
             part.runtime.install()
             install_tracker(part.model, part.tracker)
+            arrange_hooks(part.model)
             part.model._diffcache_handle = self
         self.tracker.reset()
         self.enabled = True
@@ -244,6 +246,7 @@ def enable(target, method: str | MethodConfig, preset: str | None = None, *, rep
             installed.append(part)
             part.runtime.install()
             install_tracker(part.model, part.tracker)  # last registered = outermost: the context comes first
+            arrange_hooks(part.model)  # around diffusers' context-parallel hooks: see diffcache.distributed
     except Exception:
         for part in installed:  # leave the models as they were: with replace=True, the replaced method again
             part.runtime.remove()

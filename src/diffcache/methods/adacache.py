@@ -42,6 +42,7 @@ from diffusers.hooks.hooks import ModelHook
 from ..context import StepContext
 from ..adapters.capabilities import BlockStack, SplitBlocks, TokenGrid
 from ..errors import ConfigError
+from ..distributed import gather_tokens
 from .framework import MethodConfig, Runtime, register, relative_change
 from .residual_cache import BranchState, ResidualCacheRuntime
 
@@ -448,14 +449,17 @@ class AdaCacheRuntime(Runtime):
 
     def observe(self, state: AdaBranchState, index: int, residual: torch.Tensor) -> None:
         """Metric block ``index`` computed in the deciding branch: on a computed step, its relative L1 change against
-        the cached residual (and MoReg's motion score) count for the step's decision; the cache keeps the new one."""
+        the cached residual (and MoReg's motion score) count for the step's decision; the cache keeps the new one.
+        Under context parallelism both are of the whole sequence (:mod:`diffcache.distributed`)."""
         cached = state.metric.get(index)
         state.metric[index] = None  # the old one is freed once compared
         if self.compute:
-            rel = relative_change(cached, residual) if cached is not None and cached.shape == residual.shape else None
+            rel = (relative_change(cached, residual, group=self.cp_group)
+                   if cached is not None and cached.shape == residual.shape else None)
             motion = None
-            if self.config.moreg is not None:
-                tokens = self.adapter.frame_major_tokens(self.blocks[index], residual, self._grid)
+            if self.config.moreg is not None:  # compares frames across the shard boundary: on the whole sequence
+                whole = gather_tokens(residual, dim=1, group=self.cp_group)
+                tokens = self.adapter.frame_major_tokens(self.blocks[index], whole, self._grid)
                 motion = motion_score(tokens, self._tokens_per_frame, self.config.moreg_frame_stride)
             self._observed[index] = (rel, motion)
         state.metric[index] = residual

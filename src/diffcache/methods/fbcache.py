@@ -68,7 +68,7 @@ class FBCacheRuntime(ResidualCacheRuntime):
         usable = self.cache_usable(state, outputs)
         self.note_step(state)
         if previous is not None and previous.shape == first_residual.shape and usable:
-            diff = relative_change(previous, first_residual)
+            diff = relative_change(previous, first_residual, group=self.cp_group)
         state.skip = diff is not None and diff < self.config.threshold
         self.record(state.skip, **({} if diff is None else {"diff": diff}))
         if state.skip:

@@ -28,6 +28,7 @@ from diffusers.hooks.hooks import HookRegistry
 from ..adapters.base import Adapter, registered_adapters
 from ..adapters.capabilities import DESCRIPTIONS, has_capability
 from ..context import StepContext
+from ..distributed import context_parallel_group, global_sums
 from ..errors import MethodSilentWarning, NothingSkippedWarning, UnknownMethodError, UnknownOptionError
 from ..memory import measured_cache_bytes
 from ..report import CallReport, Report, StepRecord, call_summary
@@ -163,12 +164,19 @@ def missing_capabilities(config: MethodConfig, adapter: Adapter) -> list[str]:
 
 # -- helpers shared by the methods ---------------------------------------------------------------------------------
 @torch.no_grad()
-def relative_change(previous: torch.Tensor, current: torch.Tensor) -> float:
+def relative_change(previous: torch.Tensor, current: torch.Tensor, group=None) -> float:
     """How much a tensor changed between two steps: ``||previous − current||_1 / ||previous||_1`` over the whole
     tensor (the same as the ratio of means), computed in float32. The quality metric of a video against its
-    reference is another function, :func:`diffcache.bench.metrics.relative_l1` (test first, then reference)."""
+    reference is another function, :func:`diffcache.bench.metrics.relative_l1` (test first, then reference).
+
+    ``group``: the context-parallel group whose ranks each hold a shard of the tokens (``Runtime.cp_group``); the
+    two sums are then added over the ranks (:func:`diffcache.distributed.global_sums`), so every rank gets the
+    change of the whole sequence."""
     previous, current = previous.float(), current.float()
-    return float((previous - current).abs().sum() / previous.abs().sum().clamp_min(1e-12))
+    numerator, denominator = (previous - current).abs().sum(), previous.abs().sum()
+    if group is not None:
+        numerator, denominator = global_sums(numerator, denominator, group=group)
+    return float(numerator / denominator.clamp_min(1e-12))
 
 
 def detached(output):
@@ -211,6 +219,7 @@ class Runtime:
         self._block_calls_this_forward = 0
         self._warned_silent = False
         self._cores: list = []  #: the CompiledCores holding compiled blocks' wrappers (diffcache.compile)
+        self.cp_group = None  #: the model's context-parallel group (set at every call), or None in one process
 
     # hook bookkeeping
     def add_hook(self, module: torch.nn.Module, hook, name: str | None = None) -> None:
@@ -240,6 +249,7 @@ class Runtime:
     # tracker protocol
     def begin_call(self, call_index: int, num_steps: int) -> None:
         self.report.calls.append(CallReport(call_index, num_steps))
+        self.cp_group = context_parallel_group(self.model)  # parallelism may have been enabled after diffcache
         self.clear()
         self.guided = classifier_free_guidance(self.pipeline)
         self.take_compiled_regions()

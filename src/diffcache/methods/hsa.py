@@ -64,6 +64,7 @@ from diffusers.hooks.hooks import ModelHook
 
 from ..adapters.base import argument
 from ..adapters.capabilities import TokenSparseForward
+from ..distributed import context_parallel_config
 from ..errors import ConfigError, HSABudgetError, UnsupportedModelError
 from .framework import MethodConfig, Runtime, register
 
@@ -419,11 +420,22 @@ class HSARuntime(Runtime):
 
     def install(self) -> None:
         self.layers = self.adapter.self_attention_modules(self.model)
+        self.check_not_context_parallel()
         self.adapter.check_sparse_attention(self.layers)
         self.add_hook(self.model, _ForwardHook(self), self.HOOK)
         for layer, module in enumerate(self.layers):
             self.add_hook(module, _SelfAttentionHook(self, layer), self.HOOK + "_kv")
         self.clear()
+
+    def check_not_context_parallel(self) -> None:
+        """Refuse a context-parallel model: HSA's sparse forward gathers the active tokens of the whole sequence and
+        attends to a K/V cache of all of them, while under context parallelism each rank holds a shard of the tokens
+        and its attention exchanges them with the other ranks (docs/context-parallel.md)."""
+        if context_parallel_config(self.model) is not None:
+            raise UnsupportedModelError(
+                f"HSA cannot run on a context-parallel {type(self.model).__name__}: its token-sparse forward needs "
+                "every token on one rank, and context parallelism splits the tokens across ranks. Use adacache, "
+                "teacache, fbcache, fastercache or pab with context parallelism, or HSA without it.")
 
     def clear(self) -> None:
         super().clear()
@@ -438,6 +450,7 @@ class HSARuntime(Runtime):
 
     def begin_call(self, call_index: int, num_steps: int) -> None:
         super().begin_call(call_index, num_steps)
+        self.check_not_context_parallel()  # parallelism may have been enabled after diffcache
         config = self.config
         if config.budgets is not None:
             check_budgets(config.budgets, num_steps)

@@ -355,7 +355,7 @@ class TeaCacheRuntime(ResidualCacheRuntime):
         state = self.state()
         signal = adapter.modulated_input(block, args, kwargs).detach()
         previous = state.values.get("signal")
-        rel = relative_change(previous, signal) if previous is not None and previous.shape == signal.shape else None
+        rel = relative_change(previous, signal, group=self.cp_group) if previous is not None and previous.shape == signal.shape else None
         state.values["signal"] = signal
         streams = adapter.block_streams(block, args, kwargs)
         usable = self.cache_usable(state, streams)
