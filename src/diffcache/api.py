@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .adapters.base import find_adapter
-from .context import TRACKER_HOOK, StepTracker, TrackerGroup, install_tracker
+from .context import StepTracker, TrackerGroup, install_tracker, remove_tracker
 from .errors import ConfigError, MethodAlreadyEnabledError, UnsupportedModelError
 from .experts import experts_of, phase_function
 from .methods.framework import MethodConfig, MethodInfo, Runtime, info_for_config, method_info, missing_capabilities
@@ -120,10 +120,7 @@ class Handle:
             return
         for part in self.parts:
             part.runtime.remove()
-            registry = getattr(part.model, "_diffusers_hook", None)
-            if registry is not None:
-                registry.remove_hook(TRACKER_HOOK, recurse=False)
-                registry.invalidate_child_registries_cache()
+            remove_tracker(part.model)
             if getattr(part.model, "_diffcache_handle", None) is self:
                 del part.model._diffcache_handle
         self.enabled = False
@@ -235,9 +232,7 @@ def enable(target, method: str | MethodConfig, preset: str | None = None, *, rep
     except Exception:
         for part in installed:  # leave the models as they were: with replace=True, the replaced method again
             part.runtime.remove()
-            registry = getattr(part.model, "_diffusers_hook", None)
-            if registry is not None and registry.get_hook(TRACKER_HOOK) is not None:
-                registry.remove_hook(TRACKER_HOOK, recurse=False)
+            remove_tracker(part.model)
         if existing is not None:
             existing._restore()
         raise

@@ -28,6 +28,7 @@ from diffusers.hooks.hooks import HookRegistry
 from ..adapters.base import Adapter, registered_adapters
 from ..adapters.capabilities import DESCRIPTIONS, has_capability
 from ..context import StepContext
+from ..hooking import register_hook, remove_hook
 from ..errors import MethodSilentWarning, NothingSkippedWarning, UnknownMethodError, UnknownOptionError
 from ..report import CallReport, Report, StepRecord, call_summary
 
@@ -198,7 +199,7 @@ class Runtime:
     # hook bookkeeping
     def add_hook(self, module: torch.nn.Module, hook, name: str | None = None) -> None:
         name = name or self.HOOK
-        HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, name)
+        register_hook(module, hook, name)  # beneath offload's hooks (diffcache.hooking)
         self._hooked.append((module, name))
 
     def install(self) -> None:
@@ -206,9 +207,7 @@ class Runtime:
 
     def remove(self) -> None:
         for module, name in reversed(self._hooked):
-            registry = getattr(module, "_diffusers_hook", None)
-            if registry is not None:
-                registry.remove_hook(name, recurse=False)
+            remove_hook(module, name)
         self._hooked.clear()
         HookRegistry.check_if_exists_or_initialize(self.model).invalidate_child_registries_cache()
         self.clear()
