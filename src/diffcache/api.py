@@ -22,7 +22,8 @@ from .adapters.base import find_adapter
 from .context import StepTracker, TrackerGroup, install_tracker, remove_tracker
 from .errors import ConfigError, MethodAlreadyEnabledError, UnsupportedModelError
 from .experts import experts_of, phase_function
-from .methods.framework import MethodConfig, MethodInfo, Runtime, info_for_config, method_info, missing_capabilities
+from .methods.framework import (MethodConfig, MethodInfo, Runtime, check_cache_device, info_for_config, method_info,
+                                missing_capabilities)
 from .report import CallReport, Report
 
 
@@ -159,6 +160,8 @@ def _merged_report(method: str, parts: list[Part]) -> Report:
                                                      expert=part.expert))
             if call.token_steps is not None:
                 tokens.append(np.asarray(call.token_steps))
+            out.bytes_to_cache_device += call.bytes_to_cache_device
+            out.bytes_from_cache_device += call.bytes_from_cache_device
         out.steps.sort(key=lambda record: record.step)
         if tokens and len({t.shape for t in tokens}) == 1:
             out.token_steps = sum(tokens).tolist()
@@ -167,7 +170,8 @@ def _merged_report(method: str, parts: list[Part]) -> Report:
 
 
 def enable(target, method: str | MethodConfig, preset: str | None = None, *, replace: bool = False,
-           num_inference_steps: int | None = None, experts: dict | None = None, **overrides) -> Handle:
+           num_inference_steps: int | None = None, experts: dict | None = None, cache_device=None,
+           **overrides) -> Handle:
     """Enable a caching method on a pipeline or on its denoiser module.
 
     ``method`` is a name from :func:`list_methods` (with an optional ``preset`` and field ``overrides``) or a
@@ -182,6 +186,7 @@ def enable(target, method: str | MethodConfig, preset: str | None = None, *, rep
     config object}`` (the others keep ``method``/``preset``/``overrides``).
     """
     model, pipeline = denoiser_of(target)
+    cache_device = check_cache_device(cache_device)
     if isinstance(method, MethodConfig):
         if preset is not None:
             raise TypeError("pass either a config object or a method name with a preset, not both")
@@ -218,6 +223,7 @@ def enable(target, method: str | MethodConfig, preset: str | None = None, *, rep
         adapter = find_adapter(module)
         runtime = info.runtime_class(part_config, adapter, module, info.name)
         runtime.pipeline = pipeline
+        runtime.use_cache_device(cache_device)
         tracker = StepTracker(_timestep_reader(adapter, module, pipeline), pipeline, num_inference_steps, group=group,
                               expert=name,
                               phase=phase_function(pipeline, name) if name is not None else None)

@@ -38,6 +38,9 @@ class CallReport:
     #: token-level methods (HSA): steps each token was computed in, per sample, on the token grid
     #: ``[samples][frames][height][width]``; ``None`` for methods that treat every token alike
     token_steps: list | None = None
+    #: bytes the method copied to / fetched from its ``cache_device`` in this call (0 without one)
+    bytes_to_cache_device: int = 0
+    bytes_from_cache_device: int = 0
 
     @property
     def computed_steps(self) -> int:
@@ -76,7 +79,10 @@ class Report:
         lines = [f"{self.method} ({self.config.get('preset', '')}): {len(self.calls)} call(s)"]
         for call in self.calls:
             lines.append(f"call {call.call_index}: {call.computed_steps}/{call.num_steps} steps computed, "
-                         f"{call.block_forwards} block forwards")
+                         f"{call.block_forwards} block forwards"
+                         + (f", cache device: {_megabytes(call.bytes_to_cache_device)} to, "
+                            f"{_megabytes(call.bytes_from_cache_device)} from"
+                            if call.bytes_to_cache_device or call.bytes_from_cache_device else ""))
             for record in call.steps:
                 values = " ".join(f"{k}={_fmt(v)}" for k, v in record.values.items())
                 mark = "compute" if record.computed else "reuse  "
@@ -98,6 +104,10 @@ def call_summary(method: str, preset: str, call: CallReport, flop_fraction: floa
     if flop_fraction is not None:
         line += f", {flop_fraction:.0%} of the FLOPs"
     return line
+
+
+def _megabytes(count: int) -> str:
+    return f"{count / 1e6:.3g} MB"
 
 
 def _fmt(value) -> str:

@@ -297,7 +297,7 @@ class _BlockHook(ModelHook):
         entry = cache[self.index]
         if not runtime.compute and entry is not None and entry[0][0].shape == streams[0].shape:
             runtime.count_block(computed=False)
-            attention, rest = entry
+            attention, rest = runtime.unstash(entry, streams[0])  # (from its cache_device, if one is set)
             return adapter.make_block_output(tuple(
                 x + a.to(x.dtype) + b.to(x.dtype) for x, a, b in zip(streams, attention, rest)))
         for probe in self.probes:
@@ -318,8 +318,9 @@ class _BlockHook(ModelHook):
         attention = tuple((m.to(x.dtype) - x).detach() for m, x in zip(mid, streams))
         rest = tuple((o - m.to(o.dtype)).detach() for o, m in zip(outputs, mid))
         if self.index in runtime.metric_blocks and runtime.ctx.first_in_step:
-            runtime.observe(self.index, entry[0][0] if entry is not None else None, attention[0])
-        cache[self.index] = (attention, rest)
+            runtime.observe(self.index, runtime.unstash(entry[0][0], attention[0]) if entry is not None else None,
+                            attention[0])
+        cache[self.index] = runtime.stash((attention, rest))  # (to its cache_device, if one is set)
         runtime.count_block(computed=True)
         return output
 

@@ -152,11 +152,11 @@ class _SkipHook(ModelHook):
         cache = runtime.cache_of_branch()
         if runtime.full:
             output = self.fn_ref.original_forward(*args, **kwargs)
-            cache[self.name] = detached(output)
+            cache[self.name] = runtime.stash(detached(output))  # (to its cache_device, if one is set)
             runtime.count_block(computed=True)
             return output
         runtime.count_block(computed=False)
-        return cache[self.name]
+        return runtime.unstash(cache[self.name])
 
 
 class DeepCacheRuntime(Runtime):

@@ -29,7 +29,7 @@ from ..adapters.base import Adapter, registered_adapters
 from ..adapters.capabilities import DESCRIPTIONS, has_capability
 from ..context import StepContext
 from ..hooking import register_hook, remove_hook
-from ..errors import MethodSilentWarning, NothingSkippedWarning, UnknownMethodError, UnknownOptionError
+from ..errors import ConfigError, MethodSilentWarning, NothingSkippedWarning, UnknownMethodError, UnknownOptionError
 from ..report import CallReport, Report, StepRecord, call_summary
 
 logger = logging.getLogger("diffcache")
@@ -180,6 +180,29 @@ def detached(output):
     return output
 
 
+def check_cache_device(device) -> torch.device | None:
+    """``device`` as a :class:`torch.device` a cache can live on, or ``None``. Accepted: ``"cpu"`` and the
+    accelerators this process can use (``"cuda"``, ``"cuda:1"`` …, ``"xpu"``, ``"mps"``); anything else (an unknown
+    name, ``"meta"``, which keeps no data, an accelerator that is not there) is refused with
+    :class:`~diffcache.errors.ConfigError`."""
+    if device is None:
+        return None
+    accepted = "accepted: None, 'cpu' or an accelerator this process can use ('cuda', 'cuda:0', …)"
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ConfigError(f"cache_device={device!r} is not a device ({error}); {accepted}.") from None
+    if device.type == "meta":
+        raise ConfigError(f"cache_device='meta' keeps no data, so a cache there could never be reused; {accepted}.")
+    if device.type != "cpu":
+        module = getattr(torch, device.type, None)
+        available = module is not None and hasattr(module, "is_available") and module.is_available()
+        count = module.device_count() if available and hasattr(module, "device_count") else 1
+        if not available or (device.index is not None and device.index >= count):
+            raise ConfigError(f"cache_device={str(device)!r} is not available in this process; {accepted}.")
+    return device
+
+
 # -- runtimes ------------------------------------------------------------------------------------------------------
 class Runtime:
     """Base of a method's runtime. Keeps the report; subclasses install hooks and decide."""
@@ -195,6 +218,50 @@ class Runtime:
         self._hooked: list[tuple[torch.nn.Module, str]] = []
         self._block_calls_this_forward = 0
         self._warned_silent = False
+        self.cache_device: torch.device | None = None  #: where cached tensors are kept (``None``: where computed)
+        self.compute_device: torch.device | None = None  #: the device of the forward in progress (its first tensor)
+
+    # cache placement (``diffcache.enable(..., cache_device=...)``)
+    def use_cache_device(self, device) -> None:
+        """Keep this method's cached tensors on ``device`` (``None``: where they were computed); see
+        :func:`check_cache_device` for what is accepted."""
+        self.cache_device = check_cache_device(device)
+
+    def stash(self, value):
+        """``value`` (a tensor, or a tuple / list of them, nested; ``None`` passes) as the cache keeps it: a copy on
+        the cache device when one is set — into pinned memory when it comes from CUDA to the CPU, copied with
+        ``non_blocking=True`` — else ``value`` itself. The bytes copied are added to the call's
+        ``bytes_to_cache_device``."""
+        if self.cache_device is None or value is None:
+            return value
+        if isinstance(value, (tuple, list)):
+            return type(value)(self.stash(v) for v in value)
+        if not isinstance(value, torch.Tensor):
+            return value
+        pin = self.cache_device.type == "cpu" and value.device.type == "cuda" and torch.cuda.is_available()
+        copy = torch.empty_like(value, device=self.cache_device, pin_memory=pin)
+        copy.copy_(value, non_blocking=True)
+        self._count_bytes("bytes_to_cache_device", value)
+        return copy
+
+    def unstash(self, value, like: torch.Tensor | None = None):
+        """A cached ``value`` (as :meth:`stash` returned it) on the compute device — ``like``'s device, else the
+        current forward's — copied with ``non_blocking=True``; the bytes are added to the call's
+        ``bytes_from_cache_device``. Without a cache device, ``value`` itself."""
+        if self.cache_device is None or value is None:
+            return value
+        if isinstance(value, (tuple, list)):
+            return type(value)(self.unstash(v, like) for v in value)
+        if not isinstance(value, torch.Tensor):
+            return value
+        device = like.device if like is not None else self.compute_device
+        self._count_bytes("bytes_from_cache_device", value)
+        return value if device is None else value.to(device, non_blocking=True)
+
+    def _count_bytes(self, field_name: str, tensor: torch.Tensor) -> None:
+        if self.report.calls:
+            call = self.report.calls[-1]
+            setattr(call, field_name, getattr(call, field_name) + tensor.numel() * tensor.element_size())
 
     # hook bookkeeping
     def add_hook(self, module: torch.nn.Module, hook, name: str | None = None) -> None:
@@ -227,6 +294,9 @@ class Runtime:
 
     def begin_forward(self, ctx: StepContext, args: tuple, kwargs: dict) -> None:
         self.ctx = ctx
+        if self.cache_device is not None:
+            self.compute_device = next((v.device for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor)),
+                                       self.compute_device)
         self._block_calls_this_forward = 0
         call = self.report.calls[-1]
         if ctx.first_in_step or not call.steps:
