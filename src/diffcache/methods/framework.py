@@ -232,10 +232,11 @@ class Runtime:
         the cache device when one is set — into pinned memory when it comes from CUDA to the CPU, copied with
         ``non_blocking=True`` — else ``value`` itself. The bytes copied are added to the call's
         ``bytes_to_cache_device``."""
-        if self.cache_device is None or value is None:
-            return value
+        return value if self.cache_device is None else self._stash_tree(value)
+
+    def _stash_tree(self, value):
         if isinstance(value, (tuple, list)):
-            return type(value)(self.stash(v) for v in value)
+            return type(value)(self._stash_tree(v) for v in value)
         if not isinstance(value, torch.Tensor):
             return value
         pin = self.cache_device.type == "cpu" and value.device.type == "cuda" and torch.cuda.is_available()
@@ -248,13 +249,15 @@ class Runtime:
         """A cached ``value`` (as :meth:`stash` returned it) on the compute device — ``like``'s device, else the
         current forward's — copied with ``non_blocking=True``; the bytes are added to the call's
         ``bytes_from_cache_device``. Without a cache device, ``value`` itself."""
-        if self.cache_device is None or value is None:
+        if self.cache_device is None:
             return value
+        return self._unstash_tree(value, like.device if like is not None else self.compute_device)
+
+    def _unstash_tree(self, value, device):
         if isinstance(value, (tuple, list)):
-            return type(value)(self.unstash(v, like) for v in value)
+            return type(value)(self._unstash_tree(v, device) for v in value)
         if not isinstance(value, torch.Tensor):
             return value
-        device = like.device if like is not None else self.compute_device
         self._count_bytes("bytes_from_cache_device", value)
         return value if device is None else value.to(device, non_blocking=True)
 
