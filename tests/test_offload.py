@@ -202,6 +202,9 @@ def test_group_offload_with_stream_cuda(method):
 # -- cache_device ----------------------------------------------------------------------------------------------------
 CACHE_CASES = [("Wan", m) for m in ("adacache", "fastercache", "hsa", "teacache", "fbcache", "pab")] + [
     ("Stable Diffusion U-Net", "deepcache")]
+_CACHE_DEFAULT = {"fastercache", "hsa", "deepcache"}  #: the others (same stash/unstash path) run with -m slow
+CACHE_PARAMS = [pytest.param(f, m, id=f"{f}-{m}", marks=() if m in _CACHE_DEFAULT else pytest.mark.slow)
+                for f, m in CACHE_CASES]
 
 
 class StashLedger:
@@ -227,7 +230,7 @@ class StashLedger:
         runtime.stash, runtime.unstash = counted_stash, counted_unstash
 
 
-@pytest.mark.parametrize("family,method", CACHE_CASES, ids=[f"{f}-{m}" for f, m in CACHE_CASES])
+@pytest.mark.parametrize("family,method", CACHE_PARAMS)
 def test_cache_device_cpu(family, method):
     """cache_device='cpu' with the model on the CPU: bit-identical output, the same decisions, and the report's
     bytes equal what the method stored and fetched (counted on the stash/unstash calls; both > 0)."""
