@@ -19,11 +19,12 @@ import numpy as np
 import torch
 
 from .adapters.base import find_adapter
-from .context import TRACKER_HOOK, StepTracker, TrackerGroup, install_tracker
+from .context import StepTracker, TrackerGroup, install_tracker, remove_tracker
 from .distributed import arrange_hooks
 from .errors import ConfigError, MethodAlreadyEnabledError, UnsupportedModelError
 from .experts import experts_of, phase_function
-from .methods.framework import MethodConfig, MethodInfo, Runtime, info_for_config, method_info, missing_capabilities
+from .methods.framework import (MethodConfig, MethodInfo, Runtime, check_cache_device, info_for_config, method_info,
+                                missing_capabilities)
 from .report import CallReport, Report
 from .stacking import refuse_foreign_caches
 
@@ -125,10 +126,7 @@ class Handle:
             return
         for part in self.parts:
             part.runtime.remove()
-            registry = getattr(part.model, "_diffusers_hook", None)
-            if registry is not None:
-                registry.remove_hook(TRACKER_HOOK, recurse=False)
-                registry.invalidate_child_registries_cache()
+            remove_tracker(part.model)
             if getattr(part.model, "_diffcache_handle", None) is self:
                 del part.model._diffcache_handle
         self.enabled = False
@@ -167,6 +165,8 @@ def _merged_report(method: str, parts: list[Part]) -> Report:
                                                      expert=part.expert))
             if call.token_steps is not None:
                 tokens.append(np.asarray(call.token_steps))
+            out.bytes_to_cache_device += call.bytes_to_cache_device
+            out.bytes_from_cache_device += call.bytes_from_cache_device
         out.steps.sort(key=lambda record: record.step)
         out.peak_cache_bytes = max(call.peak_cache_bytes for _, call in by_call[index])
         if tokens and len({t.shape for t in tokens}) == 1:
@@ -176,7 +176,8 @@ def _merged_report(method: str, parts: list[Part]) -> Report:
 
 
 def enable(target, method: str | MethodConfig, preset: str | None = None, *, replace: bool = False,
-           num_inference_steps: int | None = None, experts: dict | None = None, **overrides) -> Handle:
+           num_inference_steps: int | None = None, experts: dict | None = None, cache_device=None,
+           **overrides) -> Handle:
     """Enable a caching method on a pipeline or on its denoiser module.
 
     ``method`` is a name from :func:`list_methods` (with an optional ``preset`` and field ``overrides``) or a
@@ -192,6 +193,7 @@ def enable(target, method: str | MethodConfig, preset: str | None = None, *, rep
     """
     model, pipeline = denoiser_of(target)
     _check_not_whole_compiled(target, pipeline, model)
+    cache_device = check_cache_device(cache_device)
     if isinstance(method, MethodConfig):
         if preset is not None:
             raise TypeError("pass either a config object or a method name with a preset, not both")
@@ -235,6 +237,7 @@ def enable(target, method: str | MethodConfig, preset: str | None = None, *, rep
         adapter = find_adapter(module)
         runtime = info.runtime_class(part_config, adapter, module, info.name)
         runtime.pipeline = pipeline
+        runtime.use_cache_device(cache_device)
         tracker = StepTracker(_timestep_reader(adapter, module, pipeline), pipeline, num_inference_steps, group=group,
                               expert=name,
                               phase=phase_function(pipeline, name) if name is not None else None)
@@ -250,9 +253,7 @@ def enable(target, method: str | MethodConfig, preset: str | None = None, *, rep
     except Exception:
         for part in installed:  # leave the models as they were: with replace=True, the replaced method again
             part.runtime.remove()
-            registry = getattr(part.model, "_diffusers_hook", None)
-            if registry is not None and registry.get_hook(TRACKER_HOOK) is not None:
-                registry.remove_hook(TRACKER_HOOK, recurse=False)
+            remove_tracker(part.model)
         if existing is not None:
             existing._restore()
         raise

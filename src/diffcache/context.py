@@ -35,6 +35,7 @@ import torch
 from diffusers.hooks.hooks import HookRegistry, ModelHook, StateManager
 from .errors import StepTrackingError
 from .lora import LoraWatch, describe_change
+from .hooking import register_hook, remove_hook
 from .stacking import check_no_foreign_cache
 
 logger = logging.getLogger("diffcache")
@@ -360,6 +361,14 @@ class StepTracker(ModelHook):
 
 
 def install_tracker(denoiser: torch.nn.Module, tracker: StepTracker) -> None:
-    registry = HookRegistry.check_if_exists_or_initialize(denoiser)
-    registry.register_hook(tracker, TRACKER_HOOK)
-    registry.invalidate_child_registries_cache()
+    """Register ``tracker`` on ``denoiser``: outermost of diffcache's hooks, beneath offload's (:mod:`diffcache.hooking`)."""
+    register_hook(denoiser, tracker, TRACKER_HOOK)
+    HookRegistry.check_if_exists_or_initialize(denoiser).invalidate_child_registries_cache()
+
+
+def remove_tracker(denoiser: torch.nn.Module) -> None:
+    """Remove the step tracker from ``denoiser`` (if there), leaving every other hook in place."""
+    remove_hook(denoiser, TRACKER_HOOK)
+    registry = getattr(denoiser, "_diffusers_hook", None)
+    if registry is not None:
+        registry.invalidate_child_registries_cache()

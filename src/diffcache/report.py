@@ -41,6 +41,9 @@ class CallReport:
     #: the most bytes of tensors the method's runtime held after any forward of the call (its caches and kept
     #: signals, each storage once: :func:`diffcache.memory.measured_cache_bytes`)
     peak_cache_bytes: int = 0
+    #: bytes the method copied to / fetched from its ``cache_device`` in this call (0 without one)
+    bytes_to_cache_device: int = 0
+    bytes_from_cache_device: int = 0
 
     @property
     def computed_steps(self) -> int:
@@ -79,7 +82,10 @@ class Report:
         lines = [f"{self.method} ({self.config.get('preset', '')}): {len(self.calls)} call(s)"]
         for call in self.calls:
             lines.append(f"call {call.call_index}: {call.computed_steps}/{call.num_steps} steps computed, "
-                         f"{call.block_forwards} block forwards")
+                         f"{call.block_forwards} block forwards"
+                         + (f", cache device: {_megabytes(call.bytes_to_cache_device)} to, "
+                            f"{_megabytes(call.bytes_from_cache_device)} from"
+                            if call.bytes_to_cache_device or call.bytes_from_cache_device else ""))
             for record in call.steps:
                 values = " ".join(f"{k}={_fmt(v)}" for k, v in record.values.items())
                 mark = "compute" if record.computed else "reuse  "
@@ -101,6 +107,10 @@ def call_summary(method: str, preset: str, call: CallReport, flop_fraction: floa
     if flop_fraction is not None:
         line += f", {flop_fraction:.0%} of the FLOPs"
     return line
+
+
+def _megabytes(count: int) -> str:
+    return f"{count / 1e6:.3g} MB"
 
 
 def _fmt(value) -> str:

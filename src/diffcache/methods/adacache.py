@@ -325,7 +325,8 @@ class _BlockHook(ModelHook):
             state.skip = runtime.reusable(state, streams)
             if state.skip:
                 runtime.count_block(computed=False)
-                return adapter.make_block_output(tuple(x + r.to(x.dtype) for x, r in zip(streams, state.residual)))
+                residual = runtime.unstash(state.residual, streams[0])  # (from its cache_device, if one is set)
+                return adapter.make_block_output(tuple(x + r.to(x.dtype) for x, r in zip(streams, residual)))
             runtime.begin_run(state, streams)
         elif state.skip:
             runtime.count_block(computed=False)
@@ -427,7 +428,7 @@ class AdaCacheRuntime(Runtime):
         residual = tuple(o - i for o, i in zip(outputs, state.run_input))
         if state.added is not None:  # the blocks' own updates only: the model adds the rest afresh
             residual = tuple(r if a is None else r - a for r, a in zip(residual, state.added))
-        state.residual = tuple(r.to(i.dtype).detach() for r, i in zip(residual, state.run_input))
+        state.residual = self.stash(tuple(r.to(i.dtype).detach() for r, i in zip(residual, state.run_input)))
         state.run_input = state.last_output = state.added = state.last_block = None
 
     def begin_forward(self, ctx: StepContext, args: tuple, kwargs: dict) -> None:
@@ -451,7 +452,7 @@ class AdaCacheRuntime(Runtime):
         """Metric block ``index`` computed in the deciding branch: on a computed step, its relative L1 change against
         the cached residual (and MoReg's motion score) count for the step's decision; the cache keeps the new one.
         Under context parallelism both are of the whole sequence (:mod:`diffcache.distributed`)."""
-        cached = state.metric.get(index)
+        cached = self.unstash(state.metric.get(index), residual)  # (from its cache_device, if one is set)
         state.metric[index] = None  # the old one is freed once compared
         if self.compute:
             rel = (relative_change(cached, residual, group=self.cp_group)
@@ -462,7 +463,7 @@ class AdaCacheRuntime(Runtime):
                 tokens = self.adapter.frame_major_tokens(self.blocks[index], whole, self._grid)
                 motion = motion_score(tokens, self._tokens_per_frame, self.config.moreg_frame_stride)
             self._observed[index] = (rel, motion)
-        state.metric[index] = residual
+        state.metric[index] = self.stash(residual)
 
     def end_forward(self, ctx: StepContext) -> None:
         self.end_run(self.state())  # the last block did not run (Latte without temporal attention)

@@ -187,11 +187,11 @@ class _SkipHook(ModelHook):
         deep = runtime.keeps_output(self.name)
         if runtime.full:
             output = self.fn_ref.original_forward(*args, **kwargs)
-            cache[self.name] = detached(output) if deep else _placeholders(output)
+            cache[self.name] = runtime.stash(detached(output)) if deep else _placeholders(output)  # (to its cache_device)
             runtime.count_block(computed=True)
             return output
         runtime.count_block(computed=False)
-        return cache[self.name] if deep else _zeros_like(cache[self.name])
+        return runtime.unstash(cache[self.name]) if deep else _zeros_like(cache[self.name])
 
 
 class DeepCacheRuntime(Runtime):

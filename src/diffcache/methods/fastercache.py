@@ -251,16 +251,16 @@ class _AttentionHook(ModelHook):
             runtime.count_block(computed=False)
             outputs = []
             for state in states:
-                last = state[-1][1]
+                last = runtime.unstash(state[-1][1])
                 if len(state) < 2:
                     outputs.append(last)
                 else:
-                    outputs.append(_combine(last, state[-2][1], runtime.step_plan.weight))
+                    outputs.append(_combine(last, runtime.unstash(state[-2][1]), runtime.step_plan.weight))
             return _cat(outputs)
         output = self.fn_ref.original_forward(*args, **kwargs)
         rows_per_sample = max(1, _rows(output) // runtime.batch) if runtime.batch else 1
         for (_, part), state in zip(runtime.parts, states):
-            state.append((step, _own(detached(_take(output, part, rows_per_sample)))))
+            state.append((step, runtime.stash(_own(detached(_take(output, part, rows_per_sample))))))
             del state[:-2]
         runtime.count_block(computed=True)
         return output
@@ -352,7 +352,7 @@ class FasterCacheRuntime(Runtime):
         """Every output stream's uncond, rebuilt from its cond and the stored deltas."""
         views = self.adapter.output_stream_frames(model, conds, args, kwargs)
         rebuilt = []
-        for cond, view, delta in zip(conds, views, self.deltas):
+        for cond, view, delta in zip(conds, views, self.unstash(self.deltas, conds[0])):
             if view is None:
                 rebuilt.append(cond + delta.to(cond.dtype))
             else:
@@ -399,8 +399,8 @@ class FasterCacheRuntime(Runtime):
                 unconds = tuple(o.detach() for o in _output_tensors(output))
                 cond_views = adapter.output_stream_frames(model, conds, args, kwargs)
                 uncond_views = adapter.output_stream_frames(model, unconds, args, kwargs)
-                self.deltas = [self._delta(u, c, None if uv is None else uv[0], None if cv is None else cv[0])
-                               for u, c, uv, cv in zip(unconds, conds, uncond_views, cond_views)]
+                self.deltas = self.stash([self._delta(u, c, None if uv is None else uv[0], None if cv is None else cv[0])
+                                          for u, c, uv, cv in zip(unconds, conds, uncond_views, cond_views)])
                 self.factors = [1.0, 1.0]
             return output, False
         # batched CFG ("cond_uncond"): [uncond, cond] halves (or the other order)
@@ -436,6 +436,7 @@ class FasterCacheRuntime(Runtime):
             uncond_maps = maps[slice(half, None) if cond_first else slice(0, half)]
             self.deltas.append(self._delta(uncond_maps, cond_maps, None if view is None else uncond_maps,
                                            None if view is None else cond_maps))
+        self.deltas = self.stash(self.deltas)
         self.factors = [1.0, 1.0]
         return output, False
 

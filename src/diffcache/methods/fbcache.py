@@ -72,7 +72,7 @@ class FBCacheRuntime(ResidualCacheRuntime):
         state.skip = diff is not None and diff < self.config.threshold
         self.record(state.skip, **({} if diff is None else {"diff": diff}))
         if state.skip:
-            return adapter.make_block_output(tuple(o + r.to(o.dtype) for o, r in zip(outputs, state.residual)))
+            return adapter.make_block_output(tuple(o + r.to(o.dtype) for o, r in zip(outputs, self.unstash(state.residual, outputs[0]))))
         state.values["first_residual"] = first_residual  # from the last computed step only
         self.begin_run(state, outputs, output)
         return output

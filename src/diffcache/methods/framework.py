@@ -29,7 +29,8 @@ from ..adapters.base import Adapter, registered_adapters
 from ..adapters.capabilities import DESCRIPTIONS, has_capability
 from ..context import StepContext
 from ..distributed import context_parallel_group, global_sums
-from ..errors import MethodSilentWarning, NothingSkippedWarning, UnknownMethodError, UnknownOptionError
+from ..errors import ConfigError, MethodSilentWarning, NothingSkippedWarning, UnknownMethodError, UnknownOptionError
+from ..hooking import register_hook, remove_hook
 from ..memory import measured_cache_bytes
 from ..report import CallReport, Report, StepRecord, call_summary
 
@@ -202,6 +203,29 @@ def classifier_free_guidance(pipeline) -> bool:
     return isinstance(scale, (int, float)) and scale > 1
 
 
+def check_cache_device(device) -> torch.device | None:
+    """``device`` as a :class:`torch.device` a cache can live on, or ``None``. Accepted: ``"cpu"`` and the
+    accelerators this process can use (``"cuda"``, ``"cuda:1"`` …, ``"xpu"``, ``"mps"``); anything else (an unknown
+    name, ``"meta"``, which keeps no data, an accelerator that is not there) is refused with
+    :class:`~diffcache.errors.ConfigError`."""
+    if device is None:
+        return None
+    accepted = "accepted: None, 'cpu' or an accelerator this process can use ('cuda', 'cuda:0', …)"
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ConfigError(f"cache_device={device!r} is not a device ({error}); {accepted}.") from None
+    if device.type == "meta":
+        raise ConfigError(f"cache_device='meta' keeps no data, so a cache there could never be reused; {accepted}.")
+    if device.type != "cpu":
+        module = getattr(torch, device.type, None)
+        available = module is not None and hasattr(module, "is_available") and module.is_available()
+        count = module.device_count() if available and hasattr(module, "device_count") else 1
+        if not available or (device.index is not None and device.index >= count):
+            raise ConfigError(f"cache_device={str(device)!r} is not available in this process; {accepted}.")
+    return device
+
+
 # -- runtimes ------------------------------------------------------------------------------------------------------
 class Runtime:
     """Base of a method's runtime. Keeps the report; subclasses install hooks and decide."""
@@ -220,11 +244,58 @@ class Runtime:
         self._warned_silent = False
         self._cores: list = []  #: the CompiledCores holding compiled blocks' wrappers (diffcache.compile)
         self.cp_group = None  #: the model's context-parallel group (set at every call), or None in one process
+        self.cache_device: torch.device | None = None  #: where cached tensors are kept (``None``: where computed)
+        self.compute_device: torch.device | None = None  #: the device of the forward in progress (its first tensor)
+
+    # cache placement (``diffcache.enable(..., cache_device=...)``)
+    def use_cache_device(self, device) -> None:
+        """Keep this method's cached tensors on ``device`` (``None``: where they were computed); see
+        :func:`check_cache_device` for what is accepted."""
+        self.cache_device = check_cache_device(device)
+
+    def stash(self, value):
+        """``value`` (a tensor, or a tuple / list of them, nested; ``None`` passes) as the cache keeps it: a copy on
+        the cache device when one is set — into pinned memory when it comes from CUDA to the CPU, copied with
+        ``non_blocking=True`` — else ``value`` itself. The bytes copied are added to the call's
+        ``bytes_to_cache_device``."""
+        return value if self.cache_device is None else self._stash_tree(value)
+
+    def _stash_tree(self, value):
+        if isinstance(value, (tuple, list)):
+            return type(value)(self._stash_tree(v) for v in value)
+        if not isinstance(value, torch.Tensor):
+            return value
+        pin = self.cache_device.type == "cpu" and value.device.type == "cuda" and torch.cuda.is_available()
+        copy = torch.empty_like(value, device=self.cache_device, pin_memory=pin)
+        copy.copy_(value, non_blocking=True)
+        self._count_bytes("bytes_to_cache_device", value)
+        return copy
+
+    def unstash(self, value, like: torch.Tensor | None = None):
+        """A cached ``value`` (as :meth:`stash` returned it) on the compute device — ``like``'s device, else the
+        current forward's — copied with ``non_blocking=True``; the bytes are added to the call's
+        ``bytes_from_cache_device``. Without a cache device, ``value`` itself."""
+        if self.cache_device is None:
+            return value
+        return self._unstash_tree(value, like.device if like is not None else self.compute_device)
+
+    def _unstash_tree(self, value, device):
+        if isinstance(value, (tuple, list)):
+            return type(value)(self._unstash_tree(v, device) for v in value)
+        if not isinstance(value, torch.Tensor):
+            return value
+        self._count_bytes("bytes_from_cache_device", value)
+        return value if device is None else value.to(device, non_blocking=True)
+
+    def _count_bytes(self, field_name: str, tensor: torch.Tensor) -> None:
+        if self.report.calls:
+            call = self.report.calls[-1]
+            setattr(call, field_name, getattr(call, field_name) + tensor.numel() * tensor.element_size())
 
     # hook bookkeeping
     def add_hook(self, module: torch.nn.Module, hook, name: str | None = None) -> None:
         name = name or self.HOOK
-        HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, name)
+        register_hook(module, hook, name)  # beneath offload's hooks (diffcache.hooking)
         self._hooked.append((module, name))
 
     def install(self) -> None:
@@ -235,9 +306,7 @@ class Runtime:
             core.release()
         self._cores.clear()
         for module, name in reversed(self._hooked):
-            registry = getattr(module, "_diffusers_hook", None)
-            if registry is not None:
-                registry.remove_hook(name, recurse=False)
+            remove_hook(module, name)
         self._hooked.clear()
         HookRegistry.check_if_exists_or_initialize(self.model).invalidate_child_registries_cache()
         self.clear()
@@ -271,6 +340,9 @@ class Runtime:
 
     def begin_forward(self, ctx: StepContext, args: tuple, kwargs: dict) -> None:
         self.ctx = ctx
+        if self.cache_device is not None:
+            self.compute_device = next((v.device for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor)),
+                                       self.compute_device)
         self._block_calls_this_forward = 0
         call = self.report.calls[-1]
         if ctx.first_in_step or not call.steps:

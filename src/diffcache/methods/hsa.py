@@ -405,8 +405,13 @@ class _SelfAttentionHook(ModelHook):
         method = self.method
         output = None
         if method.branch is not None:
-            output = method.adapter.synced_attention_call(module, args, kwargs, method.branch.kv[self.layer],
-                                                          method.active)
+            kv = method.branch.kv[self.layer]
+            live = kv
+            if method.cache_device is not None and kv is not None:  # the K/V cache lives on the cache_device
+                live = {name: method.unstash(t) for name, t in kv.items()} if method.active is not None else {}
+            output = method.adapter.synced_attention_call(module, args, kwargs, live, method.active)
+            if live is not kv:  # (fresh K/V of a full step, or the cache updated in place on a sparse one)
+                kv.update({name: method.stash(t) for name, t in live.items()})
         if output is None:  # outside HSA's forward, or a call the K/V cache does not serve
             return self.fn_ref.original_forward(*args, **kwargs)
         # inside a tracked forward: this layer's block runs (for the active tokens); one count per block
@@ -523,7 +528,7 @@ class HSARuntime(Runtime):
                 tokens = self.adapter.output_tokens(model, velocity.detach()).clone()  # updated in place later
                 if self.plan is None:
                     self._score(branch, tokens, samples)
-                branch.velocity = tokens
+                branch.velocity = self.stash(tokens)
                 self.step_record.active_fraction = 1.0
             else:
                 fresh = self.adapter.sparse_forward(model, args, kwargs, active_rows)
@@ -531,8 +536,10 @@ class HSARuntime(Runtime):
                 if isinstance(fresh, tuple):  # further outputs computed in full (LTX-2's audio)
                     fresh, extra = fresh[0], tuple(fresh[1:])
                 index = active_rows[:, :, None].expand(-1, -1, fresh.shape[-1])
-                branch.velocity.scatter_(1, index, fresh.to(branch.velocity.dtype))  # ours: not handed out
-                velocity = self.adapter.tokens_to_output(model, branch.velocity, self.grid).clone()
+                tokens = self.unstash(branch.velocity, fresh)
+                tokens.scatter_(1, index, fresh.to(tokens.dtype))  # ours: not handed out
+                branch.velocity = tokens if self.cache_device is None else self.stash(tokens)
+                velocity = self.adapter.tokens_to_output(model, tokens, self.grid).clone()
                 return_dict = argument(type(model).forward, args, kwargs, "return_dict", True)
                 output = self.adapter.sparse_output(model, velocity, extra, return_dict)
                 self.step_record.active_fraction = active_rows.shape[1] / branch.velocity.shape[1]
@@ -548,7 +555,7 @@ class HSARuntime(Runtime):
         return warmup_steps(num_steps, self.config.warmup)
 
     def _score(self, branch: _BranchState, tokens: torch.Tensor, samples: int) -> None:
-        previous = branch.velocity
+        previous = self.unstash(branch.velocity, tokens)
         if previous is None or previous.shape != tokens.shape:
             return
         change = token_change(previous, tokens)

@@ -100,8 +100,11 @@ class _AttentionHook(ModelHook):
         inside = ctx.timestep is not None and low < ctx.timestep < high
         compute = (state["cache"] is None or state["iteration"] == 0 or not inside
                    or state["iteration"] % self.block_range == 0)
-        output = self.fn_ref.original_forward(*args, **kwargs) if compute else state["cache"]
-        state["cache"] = detached(output)
+        if compute:
+            output = self.fn_ref.original_forward(*args, **kwargs)
+            state["cache"] = runtime.stash(detached(output))  # (to its cache_device, if one is set)
+        else:
+            output = runtime.unstash(state["cache"])
         state["iteration"] += 1
         runtime.count_block(computed=compute)
         if compute:

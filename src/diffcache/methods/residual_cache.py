@@ -65,6 +65,7 @@ class _TailHook(ModelHook):
             state.residual = tuple((o - i).detach() for o, i in zip(outputs, state.run_input))
             if state.added is not None:  # the blocks' own updates only: the model adds the rest afresh
                 state.residual = tuple(r if a is None else (r - a).detach() for r, a in zip(state.residual, state.added))
+            state.residual = runtime.stash(state.residual)  # (to its cache_device, if one is set)
             state.run_input = state.last_output = state.added = None
         return output
 

@@ -377,7 +377,7 @@ class TeaCacheRuntime(ResidualCacheRuntime):
         self.record(skip, **values)
         if skip:
             self.count_block(computed=False)
-            return adapter.make_block_output(tuple(x + r.to(x.dtype) for x, r in zip(streams, state.residual)))
+            return adapter.make_block_output(tuple(x + r.to(x.dtype) for x, r in zip(streams, self.unstash(state.residual, streams[0]))))
         output = forward(*args, **kwargs)
         self.count_block(computed=True)
         self.begin_run(state, streams, output)
