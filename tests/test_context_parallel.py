@@ -164,3 +164,20 @@ def test_arrange_hooks_refuses_a_foreign_hook_in_between():
     model = torch.nn.Sequential(block)
     with pytest.raises(UnsupportedModelError, match="group_offloading"):
         arrange_hooks(model)
+
+
+def test_unets_have_no_context_parallel_plan():
+    """DeepCache serves U-Nets only, and diffusers 0.42.1 gives no U-Net a context-parallel plan (``_cp_plan``), so
+    ``enable_parallelism`` cannot shard one: context parallelism does not arise for DeepCache. If diffusers adds a
+    plan, this fails and DeepCache's cell in docs/compatibility.md needs a test of its own."""
+    from diffcache.adapters.base import registered_adapters
+    from diffcache.methods.framework import method_info
+
+    families = set(method_info("deepcache").families)
+    import diffusers
+
+    classes = [getattr(diffusers, name) for adapter in registered_adapters() if adapter.family in families
+               for name in adapter.model_classes]
+    assert classes
+    assert all(getattr(cls, "_cp_plan", None) is None for cls in classes), \
+        [cls.__name__ for cls in classes if getattr(cls, "_cp_plan", None) is not None]

@@ -19,10 +19,12 @@ CELL_TEST = re.compile(r"`(tests/[\w/]+\.py)::(\w+)")
 
 
 def _matrix() -> tuple[list[str], dict[str, list[str]]]:
-    lines = [line for line in PAGE.read_text().splitlines() if line.startswith("| ")]
+    text = PAGE.read_text()
+    table = text[text.index("| method |"):].split("\n\n")[0]  # the first table: the matrix
+    lines = [line for line in table.splitlines() if not set(line) <= set("|-: ")]
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     rows = {}
-    for line in lines[2:]:
+    for line in lines[1:]:
         cells = [c.strip() for c in line.strip("|").split("|")]
         if len(cells) == len(header):
             rows[cells[0].strip("`* ")] = cells[1:]

@@ -185,3 +185,36 @@ def test_a_method_on_a_quantized_model_decides_as_on_float32(pipes, method, opti
     print(f"\n{method:12s} {kind}: q={q:.2e} cached-vs-uncached float32 {error_fp32:.4f}, {kind} {error_quantized:.4f}, "
           f"computed steps {sum(s.computed for s in call.steps)}/{STEPS}")  # the table in docs/lora-quantization.md
     assert abs(error_quantized - error_fp32) <= 0.1 * error_fp32 + q, (error_quantized, error_fp32, q)
+
+
+def test_deepcache_on_an_int8_unet_is_unaffected_beyond_the_quantization():
+    """DeepCache on a Stable Diffusion U-Net quantized int8 weight-only (torchao): the same cached and computed steps
+    as in float32 (its schedule is fixed), and its error against the uncached quantized U-Net is the float32 one
+    within the quantization's own change."""
+    from tiny_diffusers import TINY_PIPELINES
+    from torchao.quantization import Int8WeightOnlyConfig, quantize_
+
+    build, call, _ = TINY_PIPELINES["Stable Diffusion U-Net"]
+    fp32 = build()
+    int8 = copy.deepcopy(fp32)
+    quantize_(int8.unet, Int8WeightOnlyConfig())
+    assert "Int8" in type(int8.unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1.to_q.weight).__name__
+
+    def frames(pipe):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.from_numpy(np.asarray(call(pipe, STEPS))).float()
+
+    uncached_fp32, uncached_int8 = frames(fp32), frames(int8)
+    q = relative_l1(uncached_int8, uncached_fp32)
+    assert 0 < q < 1e-2, q
+    with diffcache.enable(fp32, "deepcache") as handle:
+        cached_fp32 = frames(fp32)
+    reference = handle.report().calls[-1]
+    with diffcache.enable(int8, "deepcache") as handle:
+        cached_int8 = frames(int8)
+    steps = handle.report().calls[-1].steps
+    assert [(s.computed, s.blocks_reused) for s in steps] == [(s.computed, s.blocks_reused) for s in reference.steps]
+    assert any(s.blocks_reused for s in steps)
+    error_fp32, error_int8 = relative_l1(cached_fp32, uncached_fp32), relative_l1(cached_int8, uncached_int8)
+    assert abs(error_int8 - error_fp32) <= 0.1 * error_fp32 + q, (error_int8, error_fp32, q)
