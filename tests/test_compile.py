@@ -149,16 +149,22 @@ def _check_regional(builder, call, method, baseline, compile_first: bool):
     assert runs == computed_blocks - eager.runs, \
         "every computed block outside the eager regions is one compiled graph run (none eager, none split)"
     eager.remove()
+    counts = dict(graph_runs=runs, eager_runs=eager.runs, computed_blocks=computed_blocks,
+                  reused_blocks=sum(record[3] for record in decisions[-1]))
     assert decisions[-1] == decisions[-2] == reference_decisions[-1]
     np.testing.assert_allclose(first, reference, atol=1e-5)
     np.testing.assert_allclose(second, reference, atol=1e-5)
-    return pipe, handle, backend
+    return pipe, handle, backend, counts
 
 
 @pytest.mark.parametrize("method", sorted(BLOCK_METHODS))
 def test_regional_compile_after_enable_wan(method, wan_baseline):
     assert wan_baseline["breaks"] == 0 and wan_baseline["compiled"] >= 1
-    pipe, handle, backend = _check_regional(tiny_wan_pipeline, WAN_CALL, method, wan_baseline, compile_first=False)
+    pipe, handle, backend, counts = _check_regional(tiny_wan_pipeline, WAN_CALL, method, wan_baseline,
+                                                    compile_first=False)
+    if method == "adacache":  # docs/compile.md's figures: 10 forwards (split CFG), step 3 reused (rate 2), block 1
+        assert wan_baseline["runs"] == 20  # (the metric block) eager on the 8 computed forwards
+        assert counts == dict(graph_runs=8, eager_runs=8, computed_blocks=16, reused_blocks=4)
     cores = [block._compiled_call_impl for block in pipe.transformer.blocks]
     eager = [core.eager for core in cores]
     assert eager == [index in getattr(handle.runtime, "metric_blocks", ()) for index in range(len(cores))]
