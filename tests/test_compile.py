@@ -249,7 +249,8 @@ def test_hook_inside_compiled_block_is_refused(method, wan_regional):
     wrapper is a partial per module, guarded by identity): refused at the call's first forward, before any work."""
     handle = diffcache.enable(wan_regional, method)
     try:
-        with pytest.raises(CompileError, match=r"inside the compiled WanTransformerBlock.*recompile_limit"):
+        with pytest.raises(CompileError,
+                           match=r"inside the compiled WanTransformerBlock.*recompile_limit.*adacache: its metric block"):
             WAN_CALL(wan_regional, STEPS)
     finally:
         handle.disable()
