@@ -1,9 +1,10 @@
 """diffcache with torch.compile, counted with Dynamo's own counters on tiny real pipelines (docs/compile.md).
 
-Regional compilation (``compile_repeated_blocks``): the methods whose hooks sit on whole blocks compile exactly the
-graphs the model compiles without diffcache, with no graph break of diffcache's, no recompilation on a second call
-of the same shape (``torch.compiler.set_stance("fail_on_recompile")``), one compiled graph run per computed block,
-and the uncompiled cached output and report. What cannot work is refused with a CompileError: hooks inside a
+Regional compilation (``compile_repeated_blocks``): the methods whose hooks sit on whole blocks — and AdaCache,
+whose metric block runs uncompiled — compile exactly the graphs the model compiles without diffcache, with no graph
+break of diffcache's, no recompilation on a second call of the same shape
+(``torch.compiler.set_stance("fail_on_recompile")``), one compiled graph run per computed block outside the method's
+eager regions, and the uncompiled cached output and report. What cannot work is refused with a CompileError: hooks inside a
 compiled block, and the model compiled as a whole (either order).
 """
 
@@ -27,10 +28,12 @@ LTX = lambda: tiny_ltx_pipeline(num_layers=3)  # noqa: E731 - three blocks: the 
 LTX_CALL = video_call(dict(height=32, width=32, num_frames=9))
 SD_CALL = video_call(dict(height=32, width=32), many="num_images_per_prompt")
 #: the methods whose hooks sit on whole blocks (or, DeepCache, on a U-Net's down / up blocks, above its compiled
-#: transformer blocks), and an option set each that reuses something on the tiny models
-BLOCK_METHODS = {"fbcache": {"threshold": 0.5}, "teacache": {"coefficients": (1.0, 0.0), "threshold": 0.3}}
-#: the methods that hook modules inside a block (attention layers, AdaCache's split point)
-INNER_METHODS = ("adacache", "fastercache", "hsa", "pab")
+#: transformer blocks; AdaCache's split-point probe sits inside its metric block, which runs uncompiled), and an
+#: option set each that reuses something on the tiny models (AdaCache: rate 2 whatever the distance)
+BLOCK_METHODS = {"fbcache": {"threshold": 0.5}, "teacache": {"coefficients": (1.0, 0.0), "threshold": 0.3},
+                 "adacache": {"codebook": ((1e9, 2),)}}
+#: the methods that hook modules inside every block (attention layers)
+INNER_METHODS = ("fastercache", "hsa", "pab")
 
 
 class CountingBackend:
@@ -70,10 +73,30 @@ def _decisions(handle):
             for call in handle.report().calls]
 
 
-def _counted_call(pipe, call, backend):
+class EagerRuns:
+    """Counts the eager runs of the blocks a method runs uncompiled (``Runtime.eager_regions``), from a forward hook
+    on each one's first submodule: it only fires where that block runs eagerly (traced in a compiled block, it
+    would break or guard the graph and fail the counts)."""
+
+    def __init__(self, handle):
+        self.runs = 0
+        self.blocks = handle.runtime.eager_regions()
+        self._hooks = [next(block.children()).register_forward_hook(self._count) for block in self.blocks]
+
+    def _count(self, module, args, output):
+        self.runs += 1
+
+    def remove(self):
+        for hook in self._hooks:
+            hook.remove()
+
+
+def _counted_call(pipe, call, backend, eager_runs=None):
     """One pipeline call; (frames, graphs compiled, graph runs, graph breaks) of it."""
     counters.clear()
     backend.reset()
+    if eager_runs is not None:
+        eager_runs.runs = 0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NothingSkippedWarning)
         frames = call(pipe, STEPS)
@@ -92,7 +115,8 @@ def wan_baseline():
 
 def _check_regional(builder, call, method, baseline, compile_first: bool):
     """The cached call uncompiled, then regionally compiled (after or before enable) twice: same graphs as the
-    baseline, no recompilation, a graph run per computed block, the same frames and report."""
+    baseline, no recompilation, a graph run per computed block outside the eager regions (each of those computed
+    blocks one eager run), the same frames and report."""
     torch._dynamo.reset()
     pipe = _build(builder)
     backend = CountingBackend()
@@ -108,29 +132,44 @@ def _check_regional(builder, call, method, baseline, compile_first: bool):
         reference = _counted_call(pipe, call, backend)[0]
         reference_decisions = _decisions(handle)
         pipe.transformer.compile_repeated_blocks(backend=backend)
+    eager = EagerRuns(handle)
     first, compiled, _, breaks = _counted_call(pipe, call, backend)
     assert compiled == baseline["compiled"], "diffcache changed the graphs the compiled blocks capture"
     assert breaks == baseline["breaks"], dict(counters["graph_break"])
     with torch.compiler.set_stance("fail_on_recompile"):
-        second, compiled, runs, breaks = _counted_call(pipe, call, backend)
+        second, compiled, runs, breaks = _counted_call(pipe, call, backend, eager)
     assert compiled == 0 and breaks == 0
     decisions = _decisions(handle)
     computed_blocks = sum(record[2] for record in decisions[-1])
     assert any(record[3] for record in decisions[-1]), "the method reused nothing: the test shows nothing"
-    assert runs == computed_blocks, "every computed block is one compiled graph run (none eager, none split)"
+    if eager.blocks:  # AdaCache computes all blocks of a forward or none: each computed forward runs its metric
+        blocks = len(pipe.transformer.transformer_blocks if hasattr(pipe.transformer, "transformer_blocks")
+                     else pipe.transformer.blocks)  # block(s) eagerly, once
+        assert eager.runs * blocks == computed_blocks * len(eager.blocks) and eager.runs > 0
+    assert runs == computed_blocks - eager.runs, \
+        "every computed block outside the eager regions is one compiled graph run (none eager, none split)"
+    eager.remove()
+    counts = dict(graph_runs=runs, eager_runs=eager.runs, computed_blocks=computed_blocks,
+                  reused_blocks=sum(record[3] for record in decisions[-1]))
     assert decisions[-1] == decisions[-2] == reference_decisions[-1]
     np.testing.assert_allclose(first, reference, atol=1e-5)
     np.testing.assert_allclose(second, reference, atol=1e-5)
-    return pipe, handle, backend
+    return pipe, handle, backend, counts
 
 
 @pytest.mark.parametrize("method", sorted(BLOCK_METHODS))
 def test_regional_compile_after_enable_wan(method, wan_baseline):
     assert wan_baseline["breaks"] == 0 and wan_baseline["compiled"] >= 1
-    pipe, handle, backend = _check_regional(tiny_wan_pipeline, WAN_CALL, method, wan_baseline, compile_first=False)
-    block = pipe.transformer.blocks[0]
+    pipe, handle, backend, counts = _check_regional(tiny_wan_pipeline, WAN_CALL, method, wan_baseline,
+                                                    compile_first=False)
+    if method == "adacache":  # docs/compile.md's figures: 10 forwards (split CFG), step 3 reused (rate 2), block 1
+        assert wan_baseline["runs"] == 20  # (the metric block) eager on the 8 computed forwards
+        assert counts == dict(graph_runs=8, eager_runs=8, computed_blocks=16, reused_blocks=4)
+    cores = [block._compiled_call_impl for block in pipe.transformer.blocks]
+    eager = [core.eager for core in cores]
+    assert eager == [index in getattr(handle.runtime, "metric_blocks", ()) for index in range(len(cores))]
     handle.disable()  # the user's compiled wrapper is back, and runs the block as without diffcache
-    assert block._compiled_call_impl.__class__.__name__ != "CompiledCore"
+    assert all(block._compiled_call_impl.__class__.__name__ != "CompiledCore" for block in pipe.transformer.blocks)
     _, compiled, runs, _ = _counted_call(pipe, WAN_CALL, backend)
     assert runs == wan_baseline["runs"] and compiled == 0
 
@@ -210,7 +249,8 @@ def test_hook_inside_compiled_block_is_refused(method, wan_regional):
     wrapper is a partial per module, guarded by identity): refused at the call's first forward, before any work."""
     handle = diffcache.enable(wan_regional, method)
     try:
-        with pytest.raises(CompileError, match=r"inside the compiled WanTransformerBlock.*recompile_limit"):
+        with pytest.raises(CompileError,
+                           match=r"inside the compiled WanTransformerBlock.*recompile_limit.*adacache: its metric block"):
             WAN_CALL(wan_regional, STEPS)
     finally:
         handle.disable()

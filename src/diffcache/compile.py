@@ -12,10 +12,15 @@ every step is a recompilation every step. So diffcache never lets Dynamo see its
   hooks eagerly, and where the hooks run the block, the block's own forward runs through the user's compiled
   wrapper, with the user's backend and options. The compiled graphs are those of the model without diffcache:
   no graph break and no guard comes from diffcache.
-* A hook on a module *inside* a compiled region (an attention layer of a compiled block: PAB, FasterCache, HSA,
-  AdaCache's split point) would be traced; diffusers' hook wrapper is a distinct ``functools.partial`` per layer,
-  which Dynamo guards by identity, so every block compiles its own graphs and past ``recompile_limit`` (8) Dynamo
-  silently runs the rest eagerly. :func:`check_regions` refuses that, naming the module and what works instead.
+* A hook on a module *inside* a compiled region (an attention layer of a compiled block: PAB, FasterCache, HSA)
+  would be traced; diffusers' hook wrapper is a distinct ``functools.partial`` per layer, which Dynamo guards by
+  identity, so every block compiles its own graphs and past ``recompile_limit`` (8) Dynamo silently runs the rest
+  eagerly. :func:`check_regions` refuses that, naming the module and what works instead.
+* **Eager regions**: a method may name a few compiled blocks that run uncompiled
+  (:meth:`~diffcache.methods.framework.Runtime.eager_regions`; AdaCache's metric blocks, whose split point it
+  probes). Hooks inside those blocks are not refused, and their :class:`CompiledCore` runs the block's eager
+  forward, with the inner hooks, instead of the user's compiled wrapper; the other blocks run compiled as above.
+  The cost is those blocks' compilation speed-up on the steps they compute (1 of 40 blocks at Wan 2.1 14B).
 * **Whole-model compilation** (``transformer.compile()`` or ``torch.compile(transformer)``) traces the step
   tracker and every hook; diffcache refuses it (:class:`~diffcache.errors.CompileError`), at
   :func:`diffcache.enable` when the model is compiled first, else at the first compiled forward.
@@ -83,11 +88,16 @@ class CompiledCore:
     """Put in ``module._compiled_call_impl`` in place of the user's compiled wrapper: ``module(...)`` runs the
     module's forward with diffcache's hooks eagerly; where the innermost diffcache hook runs the module, the user's
     compiled wrapper runs, with ``module.forward`` set for that call to what the hooks wrap (the module's own
-    forward, or other libraries' hooks below diffcache's), so the traced code is the same as without diffcache."""
+    forward, or other libraries' hooks below diffcache's), so the traced code is the same as without diffcache.
 
-    def __init__(self, module: torch.nn.Module, compiled, fn_ref, attribute: str):
+    With ``eager=True`` (a block the method runs uncompiled: ``Runtime.eager_regions``) the hook keeps calling the
+    forward below it, eagerly, so the hooks on the block's inner modules run; the user's wrapper is only kept to be
+    given back."""
+
+    def __init__(self, module: torch.nn.Module, compiled, fn_ref, attribute: str, eager: bool = False):
         self.module = module
         self.compiled = compiled  #: the user's compiled ``_call_impl``
+        self.eager = eager  #: whether the module runs its eager forward instead of ``compiled``
         self.fn_ref = fn_ref  #: the innermost diffcache hook's function reference
         self.attribute = attribute  #: ``"original_forward"`` or ``"forward"``: what that hook calls to run the module
         self.inner = getattr(fn_ref, attribute)  #: what it called before: the forward below diffcache's hooks
@@ -131,9 +141,10 @@ def _innermost_hook(module: torch.nn.Module, names: set[str]):
     return None
 
 
-def seat(module: torch.nn.Module, hook_names: set[str]) -> CompiledCore | None:
+def seat(module: torch.nn.Module, hook_names: set[str], eager: bool = False) -> CompiledCore | None:
     """Put a :class:`CompiledCore` on ``module`` if it is compiled with ``module.compile()`` (its own wrapper, not
-    one diffcache holds already) and carries diffcache hooks named in ``hook_names``."""
+    one diffcache holds already) and carries diffcache hooks named in ``hook_names``; with ``eager``, one that runs
+    the module uncompiled (an eager region of the method)."""
     compiled = compiled_wrapper(module)
     if compiled is None:
         return None
@@ -146,16 +157,21 @@ def seat(module: torch.nn.Module, hook_names: set[str]) -> CompiledCore | None:
             "forward hooks (register_forward_hook / register_forward_pre_hook), which would run inside the compiled "
             "call after diffcache's decision instead of before it. Remove them, or keep this module uncompiled.")
     attribute = "original_forward" if fn_ref.original_forward is not None else "forward"
-    core = CompiledCore(module, compiled, fn_ref, attribute)
-    setattr(fn_ref, attribute, core.run_compiled)
+    core = CompiledCore(module, compiled, fn_ref, attribute, eager)
+    if not eager:
+        setattr(fn_ref, attribute, core.run_compiled)
     module._compiled_call_impl = core
     return core
 
 
-def check_regions(model: torch.nn.Module, hooked: list[torch.nn.Module], method: str) -> None:
+def check_regions(model: torch.nn.Module, hooked: list[torch.nn.Module], method: str,
+                  eager: list[torch.nn.Module] = ()) -> None:
     """Refuse a diffcache hook on a module inside a region compiled with ``module.compile()`` (it would be traced:
-    see the module docstring), naming the module and what to do instead."""
-    compiled = [m for m in model.modules() if m.__dict__.get("_compiled_call_impl") is not None]
+    see the module docstring), naming the module and what to do instead. The regions in ``eager`` (the method runs
+    them uncompiled) may hold hooks."""
+    eager_ids = {id(m) for m in eager}
+    compiled = [m for m in model.modules()
+                if m.__dict__.get("_compiled_call_impl") is not None and id(m) not in eager_ids]
     if not compiled:
         return
     hooked_ids = {id(m) for m in hooked}
@@ -168,4 +184,5 @@ def check_regions(model: torch.nn.Module, hooked: list[torch.nn.Module], method:
                     "hooked module's forward in its own functools.partial, which Dynamo guards by identity, every "
                     "block would compile its own graphs; past torch._dynamo.config.recompile_limit (8) the rest run "
                     f"eagerly. {method} works uncompiled; with torch.compile, use a method whose hooks sit on whole "
-                    "blocks (fbcache, teacache; deepcache on a U-Net) with regional compilation (docs/compile.md).")
+                    "blocks (fbcache, teacache, adacache: its metric block runs uncompiled; deepcache on a U-Net) "
+                    "with regional compilation (docs/compile.md).")

@@ -94,7 +94,12 @@ def remove_hook(module: torch.nn.Module, name: str) -> None:
         index = registry._hook_order.index(name)
         below = _inner(registry._fn_refs[index])
         if index == len(registry._hook_order) - 1:
-            module.forward = below
+            if getattr(below, "__self__", None) is module and getattr(below, "__func__", None) is type(module).forward:
+                # the class's own forward: no instance attribute, as before the hook (a compiled block's graph
+                # guards on the absence of `forward` in its submodules' __dict__; diffcache.compile)
+                module.__dict__.pop("forward", None)
+            else:
+                module.forward = below
         else:  # (diffusers' remove_hook sets .forward, which bypasses a new_forward hook above: done here instead)
             _set_inner(registry._fn_refs[index + 1], registry.hooks[registry._hook_order[index + 1]], below)
         hook = registry.hooks.pop(name)

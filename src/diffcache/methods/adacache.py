@@ -392,6 +392,11 @@ class AdaCacheRuntime(Runtime):
             self.add_hook(block, _BlockHook(self, index, probes))
         self.clear()
 
+    def eager_regions(self) -> list[torch.nn.Module]:
+        """The metric blocks: their split point is probed inside the block, so under regional compilation they
+        run uncompiled (:mod:`diffcache.compile`); every other block runs compiled."""
+        return [self.blocks[index] for index in self.metric_blocks]
+
     def clear(self) -> None:
         self.states: dict[str, AdaBranchState] = {}
         self.schedule: AdaCacheSchedule | None = None

@@ -330,9 +330,16 @@ class Runtime:
         from ..compile import check_regions, seat
 
         modules = list({id(m): m for m, _ in self._hooked}.values())
-        check_regions(self.model, modules, self.report.method)
+        eager = self.eager_regions()
+        check_regions(self.model, modules, self.report.method, eager)
         names = {name for _, name in self._hooked}
-        self._cores.extend(core for core in (seat(m, names) for m in modules) if core is not None)
+        eager_ids = {id(m) for m in eager}
+        self._cores.extend(core for core in (seat(m, names, id(m) in eager_ids) for m in modules) if core is not None)
+
+    def eager_regions(self) -> list[torch.nn.Module]:
+        """The hooked blocks this method runs uncompiled under regional compilation, because it hooks modules
+        inside them (:mod:`diffcache.compile`); the other blocks run the user's compiled forward. None by default."""
+        return []
 
     def end_phase(self) -> None:
         """The pipeline moved on to another expert for the rest of the call (Wan 2.2 A14B): drop the cache."""
