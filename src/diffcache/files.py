@@ -45,6 +45,19 @@ def write_text(path: str | os.PathLike, text: str, force: bool = False) -> Path:
     return Path(path)
 
 
+def read_json(path: str | os.PathLike, what: str = "file"):
+    """The JSON in ``path``; a file that is not valid JSON raises :class:`~diffcache.errors.ConfigError` naming
+    ``what`` it should have been and where it failed."""
+    import json
+
+    from .errors import ConfigError
+
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{what} {path} is not valid JSON: {error}") from None
+
+
 def to_uint8(frames: np.ndarray, upscale: int = 1) -> np.ndarray:
     """Floats in [0, 1] ``(..., H, W, 3)`` → uint8, enlarged ``upscale`` times with nearest neighbours."""
     arr = (np.clip(np.asarray(frames, dtype=np.float32), 0, 1) * 255).round().astype(np.uint8)

@@ -7,7 +7,6 @@ each method's storage rule. ``diffcache memory`` prints the latter; tests check 
 from __future__ import annotations
 
 import functools
-import json
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .errors import ConfigError, UnsupportedModelError
+from .files import read_json
 
 if TYPE_CHECKING:
     from .methods.framework import MethodConfig
@@ -367,10 +367,7 @@ def model_spec(model: str | dict | ModelSpec) -> ModelSpec:
         if not path.is_file():
             raise ConfigError(f"{model!r} is neither a known model ({', '.join(sorted(MODELS))}) nor a "
                                     "diffusers transformer config.json (or a folder holding one).")
-        try:
-            config = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
-            raise ConfigError(f"{path} is not valid JSON: {error}") from None
+        config = read_json(path, "the transformer config")
         name = str(path)
     else:
         config, name = dict(model), model.get("_class_name", "config")
