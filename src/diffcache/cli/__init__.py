@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import sys
 
@@ -43,8 +44,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: loggers that warn at import about things no command can act on: torchao (which diffusers imports when it is
+#: installed) failing to load its CUDA kernels on a machine without them, torch deprecating how torchao registers its
+#: enums, diffusers' notice that follows; quieted to errors for the command line only (DIFFCACHE_DEBUG=1 keeps them)
+IMPORT_NOISE = ("torchao", "torch.utils._pytree", "diffusers.quantizers.torchao.torchao_quantizer")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not os.environ.get("DIFFCACHE_DEBUG"):
+        for name in IMPORT_NOISE:
+            logging.getLogger(name).setLevel(logging.ERROR)
     try:
         return _module(args.command).run(args)
     except HANDLED_ERRORS as error:
