@@ -28,7 +28,6 @@ import numpy as np
 
 from ..adapters.capabilities import BlockStack, ModulatedInput
 from ..errors import ConfigError, UnknownMethodError, UnknownOptionError, UnsupportedModelError
-from ..files import read_json
 from .framework import MethodConfig, register, relative_change
 from .residual_cache import ResidualCacheRuntime
 
@@ -242,7 +241,10 @@ class TeaCacheConfig(MethodConfig):
             if not path.is_file():
                 raise UnknownMethodError(f"TeaCache preset file {path} does not exist; write one with "
                                          "`diffcache calibrate teacache --out FILE`.")
-            data = read_json(path, "TeaCache preset file")
+            try:  # (methods read no files module: tests/test_layout.py)
+                data = json.loads(path.read_text())
+            except json.JSONDecodeError as error:
+                raise ConfigError(f"TeaCache preset file {path} is not valid JSON: {error}") from None
             if not isinstance(data, dict) or data.get("method", "teacache") != "teacache":
                 raise ConfigError(f"{path} is not a TeaCache preset (write one with `diffcache calibrate teacache`)")
             known = {f.name for f in fields(cls)} - {"preset"}
