@@ -204,6 +204,9 @@ class TokenSparseForward(Protocol):
         for every token)."""
         raise NotImplementedError
 
+    #: the name of the rotary embedding among the layer's forward arguments (Wan: rotary_emb; LTX: image_rotary_emb)
+    ROTARY_ARGUMENT = "rotary_emb"
+
     def synced_attention_call(self, attn, args: tuple, kwargs: dict, kv: dict | None, active: torch.Tensor | None):
         """A call of a hooked layer (one of :meth:`self_attention_modules`) during HSA's forward: its output
         through the K/V cache, or ``None`` for a call the cache does not serve (the layer's own forward then
@@ -215,7 +218,7 @@ class TokenSparseForward(Protocol):
                 or argument(forward, args, kwargs, "attention_mask") is not None):
             return None
         return self.synced_self_attention(attn, argument(forward, args, kwargs, "hidden_states"),
-                                          argument(forward, args, kwargs, "rotary_emb"), kv, active)
+                                          argument(forward, args, kwargs, self.ROTARY_ARGUMENT), kv, active)
 
     def sparse_forward(self, model: torch.nn.Module, args: tuple, kwargs: dict, active: torch.Tensor
                        ) -> torch.Tensor | tuple[torch.Tensor, ...]:
@@ -291,3 +294,19 @@ DESCRIPTIONS: dict[type, str] = {
     TokenSparseForward: "a token-sparse forward",
     UNetSkipBranches: "U-Net skip branches",
 }
+
+
+def heads_qkv(attn, hidden_states: torch.Tensor, added: bool = False):
+    """Queries, keys and values of ``hidden_states`` split into heads (``[B, N, heads, head_dim]``), with the
+    layer's query/key norms applied, as diffusers' joint-attention processors compute them: through ``to_q`` /
+    ``to_k`` / ``to_v`` and ``norm_q`` / ``norm_k``, or (``added``) the text stream's ``add_q_proj`` /
+    ``add_k_proj`` / ``add_v_proj`` and ``norm_added_q`` / ``norm_added_k``."""
+    names = (("add_q_proj", "add_k_proj", "add_v_proj", "norm_added_q", "norm_added_k") if added
+             else ("to_q", "to_k", "to_v", "norm_q", "norm_k"))
+    query, key, value = (getattr(attn, name)(hidden_states).unflatten(2, (attn.heads, -1)) for name in names[:3])
+    norm_q, norm_k = getattr(attn, names[3], None), getattr(attn, names[4], None)
+    if norm_q is not None:
+        query = norm_q(query)
+    if norm_k is not None:
+        key = norm_k(key)
+    return query, key, value

@@ -59,7 +59,7 @@ from ..errors import UnsupportedModelError
 from ..memory import Shapes, heads_width, register_shapes
 from .base import Adapter, argument, lora_scaled, register_adapter
 from .capabilities import (AttentionRoles, BatchedArguments, BlockStack, ModulatedInput, SplitBlocks, TokenGrid,
-                           TokenSparseForward, sync_kv)
+                           TokenSparseForward, heads_qkv, sync_kv)
 
 #: blocks whose attention and MLP run in parallel (no split point after self-attention)
 SINGLE_STREAM_BLOCKS = ("HunyuanVideoSingleTransformerBlock", "HunyuanVideoTokenReplaceSingleTransformerBlock")
@@ -318,13 +318,7 @@ def synced_joint_attention(attn, hidden_states, encoder_hidden_states, attention
     single_stream = attn.add_q_proj is None
     if single_stream:
         hidden_states = torch.cat([hidden_states, encoder_hidden_states], dim=1)
-    query = attn.to_q(hidden_states).unflatten(2, (attn.heads, -1))
-    key = attn.to_k(hidden_states).unflatten(2, (attn.heads, -1))
-    value = attn.to_v(hidden_states).unflatten(2, (attn.heads, -1))
-    if attn.norm_q is not None:
-        query = attn.norm_q(query)
-    if attn.norm_k is not None:
-        key = attn.norm_k(key)
+    query, key, value = heads_qkv(attn, hidden_states)
     if single_stream:
         if rotary is not None:
             query = torch.cat([_rotary(query[:, :-text_length], rotary), query[:, -text_length:]], dim=1)
@@ -334,13 +328,7 @@ def synced_joint_attention(attn, hidden_states, encoder_hidden_states, attention
     else:
         if rotary is not None:
             query, key = _rotary(query, rotary), _rotary(key, rotary)
-        encoder_query = attn.add_q_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
-        text_key = attn.add_k_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
-        text_value = attn.add_v_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
-        if attn.norm_added_q is not None:
-            encoder_query = attn.norm_added_q(encoder_query)
-        if attn.norm_added_k is not None:
-            text_key = attn.norm_added_k(text_key)
+        encoder_query, text_key, text_value = heads_qkv(attn, encoder_hidden_states, added=True)
         video_key, video_value = key, value
         query = torch.cat([query, encoder_query], dim=1)
         key = torch.cat([key, text_key], dim=1)

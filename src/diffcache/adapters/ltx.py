@@ -104,15 +104,7 @@ class LTXVideoAdapter(Adapter, BlockStack, SplitBlocks, AttentionRoles, Modulate
                     f"layer uses {type(processor).__name__}" + (" with context parallelism" if parallel else "")
                     + f"; restore the default processor (model.set_attn_processor({_PROCESSOR}())) to use HSA.")
 
-    def synced_attention_call(self, attn, args, kwargs, kv, active):
-        """``LTXAttention.forward(hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)``: a
-        self-attention call (no ``encoder_hidden_states``, no mask, as the block makes it) is served."""
-        forward = type(attn).forward
-        if (argument(forward, args, kwargs, "encoder_hidden_states") is not None
-                or argument(forward, args, kwargs, "attention_mask") is not None):
-            return None
-        return self.synced_self_attention(attn, argument(forward, args, kwargs, "hidden_states"),
-                                          argument(forward, args, kwargs, "image_rotary_emb"), kv, active)
+    ROTARY_ARGUMENT = "image_rotary_emb"  #: LTXAttention.forward(hidden_states, encoder_hidden_states, mask, this)
 
     def synced_self_attention(self, attn, hidden_states, rotary_emb, kv, active):
         """Self-attention with a K/V cache of the whole sequence: the operations of diffusers'

@@ -44,7 +44,7 @@ from ..errors import UnsupportedModelError
 from ..memory import Shapes, heads_width, register_shapes
 from .base import Adapter, argument, lora_scaled, register_adapter
 from .capabilities import (AttentionRoles, BatchedArguments, BlockStack, ModulatedInput, SplitBlocks, TokenGrid,
-                           TokenSparseForward, sync_kv)
+                           TokenSparseForward, heads_qkv, sync_kv)
 
 
 @register_adapter
@@ -182,21 +182,9 @@ def _synced_joint_attention(attn, hidden_states, encoder_hidden_states, attentio
     gathered at their positions): their fresh keys/values overwrite their slots in ``kv`` and, per sample, the
     queries of the active video tokens and of the valid text tokens attend to all ``N`` cached video keys/values and
     the valid text tokens' own. Returns ``(video output [B, n, D], text output [B, S, D_text])``."""
-    query = attn.to_q(hidden_states).unflatten(2, (attn.heads, -1))
-    key = attn.to_k(hidden_states).unflatten(2, (attn.heads, -1))
-    value = attn.to_v(hidden_states).unflatten(2, (attn.heads, -1))
-    if attn.norm_q is not None:
-        query = attn.norm_q(query)
-    if attn.norm_k is not None:
-        key = attn.norm_k(key)
+    query, key, value = heads_qkv(attn, hidden_states)
 
-    encoder_query = attn.add_q_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
-    encoder_key = attn.add_k_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
-    encoder_value = attn.add_v_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
-    if attn.norm_added_q is not None:
-        encoder_query = attn.norm_added_q(encoder_query)
-    if attn.norm_added_k is not None:
-        encoder_key = attn.norm_added_k(encoder_key)
+    encoder_query, encoder_key, encoder_value = heads_qkv(attn, encoder_hidden_states, added=True)
 
     if image_rotary_emb is not None:
         query = _apply_rotary(query, *image_rotary_emb)
