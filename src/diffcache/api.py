@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,12 +64,17 @@ class Handle:
     On a pipeline with two experts (Wan 2.2 A14B) the handle holds one :class:`Part` per expert (``parts``), each
     with its own config, runtime (cache state) and tracker; ``report()`` merges them into one report over the whole
     loop, each step record naming the expert that ran it. ``model``, ``config``, ``runtime`` and ``tracker`` are
-    those of the first part."""
+    those of the first part.
 
-    def __init__(self, info: MethodInfo, parts: list[Part], pipeline):
+    A composition (``enable(pipe, "teacache+cfg-cache")``, :mod:`diffcache.composition`) holds one part per method
+    (and expert), all parts of a denoiser driven by one tracker; ``config`` is then the
+    :class:`~diffcache.composition.ComposedConfig` and ``report()`` a :class:`~diffcache.composition.ComposedReport`."""
+
+    def __init__(self, info: MethodInfo, parts: list[Part], pipeline, composition=None):
         self.info = info
         self.parts = parts
         self.pipeline = pipeline
+        self.composition = composition  #: the ComposedConfig of a composition, else None
         self.enabled = True
 
     @property
@@ -77,7 +83,7 @@ class Handle:
 
     @property
     def config(self) -> MethodConfig:
-        return self.parts[0].config
+        return self.composition if self.composition is not None else self.parts[0].config
 
     @property
     def runtime(self) -> Runtime:
@@ -94,10 +100,17 @@ class Handle:
     def report(self) -> Report:
         """What the method did, per call and step, steps numbered on the whole loop. With several experts, or a call
         that began after step 0 (an expert enabled on its own), it is built from the runtimes' reports at each call
-        of ``report()`` (a new object), each step's ``expert`` naming the denoiser that ran it."""
-        if len(self.parts) == 1 and not any(phase.start for phase in self.tracker.phases.values()):
-            return self.runtime.report  # every call ran from step 0: the runtime's own steps are the loop's
-        return _merged_report(self.info.name, self.parts)
+        of ``report()`` (a new object), each step's ``expert`` naming the denoiser that ran it. A composition's is a
+        :class:`~diffcache.composition.ComposedReport` over its methods' reports."""
+        if self.composition is None:
+            return _method_report(self.info.name, self.parts)
+        from .composition import compose_report
+
+        methods = list(dict.fromkeys(part.runtime.report.method for part in self.parts))  # outermost first
+        of = {name: [part for part in self.parts if part.runtime.report.method == name] for name in methods}
+        return compose_report(self.info.name, self.composition.to_dict(), [
+            (name, of[name][0].config, _method_report(name, of[name]),
+             getattr(type(of[name][0].runtime), "answered_share", None)) for name in methods])
 
     def state_roots(self) -> list:
         """The objects that hold the method's cached tensors (for measuring cache memory; read, never change)."""
@@ -112,10 +125,8 @@ class Handle:
     def _restore(self) -> None:
         """Install this handle's hooks again (``enable(..., replace=True)`` whose new method failed to install);
         its report is kept, and the next forward starts a new call."""
+        _install(self.parts)
         for part in self.parts:
-            part.runtime.install()
-            install_tracker(part.model, part.tracker)
-            arrange_hooks(part.model)
             part.model._diffcache_handle = self
         self.tracker.reset()
         self.enabled = True
@@ -142,6 +153,32 @@ class Handle:
         state = "enabled" if self.enabled else "disabled"
         on = " + ".join(type(part.model).__name__ for part in self.parts)
         return f"<diffcache {self.info.name}:{self.config.preset} on {on}, {state}>"
+
+
+def _method_report(method: str, parts: list[Part]) -> Report:
+    """One method's report over its parts (one per expert)."""
+    if len(parts) == 1 and not any(phase.start for phase in parts[0].tracker.phases.values()):
+        return parts[0].runtime.report  # every call ran from step 0: the runtime's own steps are the loop's
+    return _merged_report(method, parts)
+
+
+def _install(parts: list[Part]) -> None:
+    """Install the parts' hooks, per denoiser: its methods innermost level first (a later hook on a module wraps an
+    earlier one), then its tracker, outermost. On a failure every hook installed so far is removed again."""
+    installed = []
+    try:
+        for model in list({id(part.model): part.model for part in parts}.values()):
+            own = [part for part in parts if part.model is model]
+            for part in reversed(own):
+                installed.append(part)
+                part.runtime.install()
+            install_tracker(model, own[0].tracker)  # last registered = outermost: the context comes first
+            arrange_hooks(model)  # around diffusers' context-parallel hooks: see diffcache.distributed
+    except Exception:
+        for part in installed:  # leave the models as they were
+            part.runtime.remove()
+            remove_tracker(part.model)
+        raise
 
 
 def _merged_report(method: str, parts: list[Part]) -> Report:
@@ -190,11 +227,29 @@ def enable(target, method: str | MethodConfig, preset: str | None = None, *, rep
     both, each with its own cache and warm-up over the steps it runs (:mod:`diffcache.experts`); ``experts`` gives
     one expert a config of its own: ``{"transformer_2": "preset-name" | {"field": value, "preset": ...} |
     config object}`` (the others keep ``method``/``preset``/``overrides``).
+
+    Methods at different levels combine (:mod:`diffcache.composition`): ``method`` as a list of parts
+    (``["teacache", "cfg-cache:default"]``, config objects, or both), ``"teacache+cfg-cache"``, or a
+    :class:`~diffcache.composition.ComposedConfig`; each part gets its preset from ``"name:preset"`` or its config
+    object, and ``preset`` may be a JSON preset file of the whole composition. Combinations whose levels or rules
+    conflict are refused with :class:`~diffcache.errors.CompositionError`.
     """
     model, pipeline = denoiser_of(target)
     _check_not_whole_compiled(target, pipeline, model)
     cache_device = check_cache_device(cache_device)
-    if isinstance(method, MethodConfig):
+    from .composition import CompositionInfo, is_composition, resolve
+
+    composition = resolve(method, preset, overrides) if is_composition(method) else None
+    if composition is not None and len(composition.configs) == 1:  # a list of one method: that method
+        method, preset, composition = composition.configs[0], None, None
+    if composition is not None:
+        if experts is not None:
+            raise ConfigError("experts= gives one method's configs per expert; a composition runs its methods on "
+                              "every expert with the configs given (enable each expert's denoiser on its own for "
+                              "different ones)")
+        members = [(info_for_config(c), c) for c in composition.ordered()]  # outermost level first
+        info, config = CompositionInfo(composition.name, tuple(i for i, _ in members)), composition
+    elif isinstance(method, MethodConfig):
         if preset is not None:
             raise TypeError("pass either a config object or a method name with a preset, not both")
         info = info_for_config(method)
@@ -204,6 +259,8 @@ def enable(target, method: str | MethodConfig, preset: str | None = None, *, rep
     else:
         info = method_info(method)
         config = info.config_class.from_preset(preset, **overrides)
+    if composition is None:
+        members = [(info, config)]
     if num_inference_steps is not None and (not isinstance(num_inference_steps, int) or num_inference_steps < 1):
         raise ConfigError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
     from .compile import check_not_whole_compiled, unwrap_compiled
@@ -220,44 +277,42 @@ def enable(target, method: str | MethodConfig, preset: str | None = None, *, rep
                 f"experts= must map expert names to configs; {type(target).__name__} has "
                 + (f"the experts {', '.join(names)}" if names else "a single denoiser, so it takes no experts=")
                 + (f" (got {', '.join(map(repr, unknown))})" if unknown else ""))
-    if expert_models:
-        part_configs = [(name, module, _expert_config(info, config, (experts or {}).get(name)))
-                        for name, module in expert_models]
-    else:
-        part_configs = [(None, model, config)]
-    part_configs = [(name, module, _check_fits(info, part_config, find_adapter(module), module, pipeline))
-                    for name, module, part_config in part_configs]
+    denoisers = expert_models or [(None, model)]
+    part_configs = []  # per denoiser: (expert, module, [(method info, its config fitted to the model)])
+    for name, module in denoisers:
+        fitted = []
+        for member, member_config in members:
+            member_config = _expert_config(member, member_config, (experts or {}).get(name))
+            fitted.append((member, _check_fits(member, member_config, find_adapter(module), module, pipeline)))
+        part_configs.append((name, module, fitted))
     for _, module, _ in part_configs:  # another library's cache on the denoiser (diffusers' enable_cache, cache-dit)
         refuse_foreign_caches(module, pipeline, info.name)
     existing = _existing_handle([module for _, module, _ in part_configs], replace)
 
     group = TrackerGroup()
     parts = []
-    for name, module, part_config in part_configs:
+    for name, module, fitted in part_configs:
         adapter = find_adapter(module)
-        runtime = info.runtime_class(part_config, adapter, module, info.name)
-        runtime.pipeline = pipeline
-        runtime.use_cache_device(cache_device)
         tracker = StepTracker(_timestep_reader(adapter, module, pipeline), pipeline, num_inference_steps, group=group,
                               expert=name,
                               phase=phase_function(pipeline, name) if name is not None else None)
-        tracker.listeners.append(runtime)
-        parts.append(Part(name, module, part_config, runtime, tracker))
-    installed = []
+        runtimes = []
+        for member, part_config in fitted:  # outermost level first: the tracker tells them in that order
+            runtime = member.runtime_class(part_config, adapter, module, member.name)
+            runtime.pipeline = pipeline
+            runtime.use_cache_device(cache_device)
+            tracker.listeners.append(runtime)
+            parts.append(Part(name, module, part_config, runtime, tracker))
+            runtimes.append(runtime)
+        for index, runtime in enumerate(runtimes):  # weak: a cache measured from one runtime holds only its own
+            runtime.inner = [weakref.ref(inner) for inner in runtimes[index + 1:]]
     try:
-        for part in parts:
-            installed.append(part)
-            part.runtime.install()
-            install_tracker(part.model, part.tracker)  # last registered = outermost: the context comes first
-            arrange_hooks(part.model)  # around diffusers' context-parallel hooks: see diffcache.distributed
+        _install(parts)
     except Exception:
-        for part in installed:  # leave the models as they were: with replace=True, the replaced method again
-            part.runtime.remove()
-            remove_tracker(part.model)
-        if existing is not None:
+        if existing is not None:  # with replace=True, the replaced method again
             existing._restore()
         raise
-    handle = Handle(info, parts, pipeline)
+    handle = Handle(info, parts, pipeline, composition)
     for part in parts:
         part.model._diffcache_handle = handle
     return handle

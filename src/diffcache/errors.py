@@ -27,6 +27,11 @@ class UnknownOptionError(ConfigError, TypeError):
     """A config was given an option it does not have; the message lists the options it has."""
 
 
+class CompositionError(ConfigError):
+    """Methods given together (``enable(pipe, "teacache+cfg-cache")``) that cannot be combined: two act on the same
+    level, or their rules conflict; the message says which, why, and what combines."""
+
+
 class UnknownMethodError(DiffcacheError, ValueError):
     """No method or preset of that name; the message lists the valid ones."""
 

@@ -28,11 +28,14 @@ def accepted_names() -> str:
 class MethodSpec:
     """One entry of ``--methods``: ``none`` (the uncached run), ``NAME`` (default preset), ``NAME:PRESET``, or
     ``NAME:PRESET[option=value;option=value]`` with config overrides; ``steps:N``; a peer, optionally with
-    ``[option=value;...]`` passed to its config."""
+    ``[option=value;...]`` passed to its config; or diffcache methods of different levels joined by ``+``
+    (``teacache:tiny-shapes-t2v+cfg-cache:default``, :mod:`diffcache.composition`), each part a method spec of its
+    own (``parts``)."""
 
     name: str
     preset: str | None = None
     overrides: tuple[tuple[str, object], ...] = ()
+    parts: tuple["MethodSpec", ...] = ()  #: a composition's methods, each with its preset and overrides
 
     @property
     def kind(self) -> str:
@@ -45,13 +48,28 @@ class MethodSpec:
 
     @property
     def label(self) -> str:
+        if self.parts:
+            return "+".join(part.label for part in self.parts)
         extra = ";".join(f"{k}={v}" for k, v in self.overrides)
         head = self.name if self.preset is None else f"{self.name}:{self.preset}"
         return head + (f"[{extra}]" if extra else "")
 
+    def enable_arguments(self) -> tuple[object, dict]:
+        """``(method, keyword arguments)`` for :func:`diffcache.enable`: the name with its preset and overrides, or
+        for a composition the list of its parts' configs."""
+        if self.parts:
+            return [part.config() for part in self.parts], {}
+        return self.name, {"preset": self.preset, **dict(self.overrides)}
+
+    def config(self):
+        """The config of a diffcache method's spec (its preset with its overrides)."""
+        return method_info(self.name).config_class.from_preset(self.preset, **dict(self.overrides))
+
     @classmethod
     def parse(cls, text: str) -> "MethodSpec":
         text = text.strip()
+        if "+" in re.sub(r"\[[^\]]*\]", "", text):  # a composition ("+" inside [...] is a value)
+            return _composed(text)
         match = re.fullmatch(r"([\w-]+)(?::([^\[\],]+))?(?:\[(.*)\])?", text)
         if not match:
             raise UnknownMethodError(f"cannot read method {text!r}; write NAME, NAME:PRESET or "
@@ -83,6 +101,19 @@ class MethodSpec:
         except TypeError as error:
             raise UnknownMethodError(str(error)) from error
         return spec
+
+
+def _composed(text: str) -> MethodSpec:
+    """``a:preset+b:preset[...]`` as one spec whose ``parts`` are the methods' own specs, checked to combine."""
+    from ..composition import check_composition
+
+    pieces = [piece for piece in re.split(r"\+(?![^\[]*\])", text)]
+    parts = tuple(MethodSpec.parse(piece) for piece in pieces if piece.strip())
+    if len(parts) != len(pieces) or any(part.kind != "method" for part in parts):
+        raise UnknownMethodError(f"{text!r}: only diffcache methods combine with '+' (not none, steps:N or a peer), "
+                                 "e.g. teacache:tiny-shapes-t2v+cfg-cache:default")
+    check_composition([part.config() for part in parts])
+    return MethodSpec("+".join(part.name for part in parts), None, (), parts)
 
 
 def _options(text: str, options: str | None):

@@ -164,7 +164,8 @@ class Sweep:
         roots = None
         if spec.kind == "method":
             try:
-                handle = enable(self.pipe, spec.name, preset=spec.preset, **dict(spec.overrides))
+                method, arguments = spec.enable_arguments()
+                handle = enable(self.pipe, method, **arguments)
             except (UnsupportedModelError, ValueError) as error:  # refused before any work: it cannot run here
                 raise UnsupportedModelError(str(error)) from error
             roots = handle.state_roots  # noqa: E731

@@ -36,7 +36,8 @@ def enable_spec(pipe, spec):
         return None
     from ..api import enable
 
-    return enable(pipe, spec.name, preset=spec.preset, **dict(spec.overrides))
+    method, arguments = spec.enable_arguments()
+    return enable(pipe, method, **arguments)
 
 
 def effect(handle, steps: int) -> str:

@@ -131,6 +131,8 @@ class AdaCacheConfig(MethodConfig):
     }
     DEFAULT_PRESET: ClassVar = "fast-moreg"
     REQUIRES: ClassVar = (BlockStack, SplitBlocks)
+    LEVELS: ClassVar = frozenset({"step"})
+    DECISION_READS: ClassVar = "blocks"  #: the metric blocks' self-attention residuals
 
     speed: str = "fast"
     codebook: tuple[tuple[float, int], ...] | None = None
@@ -323,6 +325,7 @@ class _BlockHook(ModelHook):
         streams = adapter.block_streams(module, args, kwargs)
         if self.index == 0:
             state.skip = runtime.reusable(state, streams)
+            state.values["last_step"] = runtime.ctx.step
             if state.skip:
                 runtime.count_block(computed=False)
                 residual = runtime.unstash(state.residual, streams[0])  # (from its cache_device, if one is set)
@@ -412,10 +415,12 @@ class AdaCacheRuntime(Runtime):
         return self.states.setdefault(self.ctx.branch, AdaBranchState())
 
     def reusable(self, state: AdaBranchState, streams: tuple) -> bool:
-        """Whether this forward reuses: the schedule reuses this step and the branch's cached residual fits these
-        streams (otherwise the branch computes, as on a computed step)."""
+        """Whether this forward reuses: the schedule reuses this step, the branch's cached residual fits these
+        streams and the branch also ran the previous step (otherwise the branch computes, as on a computed step: a
+        branch that skipped steps, e.g. an uncond call CFG-Cache answered, must not reuse a residual from long ago)."""
         return (not self.compute and state.residual is not None and len(state.residual) == len(streams)
-                and all(r.shape == x.shape for r, x in zip(state.residual, streams)))
+                and all(r.shape == x.shape for r, x in zip(state.residual, streams))
+                and state.values.get("last_step") == self.ctx.step - 1)
 
     def begin_run(self, state: AdaBranchState, streams: tuple) -> None:
         """A computed forward starts at ``streams``: the old residual is dropped now (this forward replaces it)."""

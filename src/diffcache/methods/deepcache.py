@@ -118,6 +118,8 @@ class DeepCacheConfig(MethodConfig):
     }
     DEFAULT_PRESET: ClassVar = "default"
     REQUIRES: ClassVar = (UNetSkipBranches,)
+    LEVELS: ClassVar = frozenset({"step"})  #: the deep U-Net features of whole steps
+    DECISION_READS: ClassVar = "input"  #: a fixed schedule: it reads nothing the other levels change
 
     interval: int = 3
     branch: int = 0

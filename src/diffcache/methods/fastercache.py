@@ -55,21 +55,19 @@ SELF_ATTENTION_ROLES = ("self", "spatial", "temporal")
 SCHEDULES = ("official-opensora", "official-latte", "official-opensoraplan", "official-cogvideox", "paper")
 
 @dataclass
-class FasterCacheConfig(MethodConfig):
-    """FasterCache (Lv et al., 2024, arXiv:2410.19355; official code: github.com/Vchitect/FasterCache).
+class CFGCacheConfig(MethodConfig):
+    """CFG-Cache alone, FasterCache's CFG level (Lv et al., 2024, arXiv:2410.19355; official code:
+    github.com/Vchitect/FasterCache): on the steps the schedule names, uncond is rebuilt from cond and the frequency
+    deltas of the last full step instead of being run; self-attention always runs. The runtime is FasterCache's
+    with ``attention_reuse`` off (:class:`FasterCacheConfig` adds that switch).
 
     Args:
         preset (str): the name of the preset the config was made from (``""`` for a hand-made config).
-        schedule (str): the table that decides, per 1-based step, whether self-attention is reused, its
-            extrapolation weight, whether uncond is rebuilt and how the frequency deltas are scaled: one of
-            ``"official-opensora"``, ``"official-latte"``, ``"official-opensoraplan"``, ``"official-cogvideox"``
-            (the official per-model tables, their step thresholds scaled to the step count) or ``"paper"`` (the
-            table in the module docs).
-        attention_reuse (bool): dynamic feature reuse: on reuse steps self-attention does not run and its output is
-            extrapolated from the last two it computed (an ablation switch).
-        cfg_cache (bool): CFG-Cache: on the steps the schedule names, uncond is rebuilt from cond and the
-            frequency deltas of the last full step instead of being run (an ablation switch). At least one of
-            ``attention_reuse`` and ``cfg_cache`` must be on.
+        schedule (str): the table that decides, per 1-based step, whether uncond is rebuilt and how the frequency
+            deltas are scaled (and, for FasterCache, whether self-attention is reused and its extrapolation weight):
+            one of ``"official-opensora"``, ``"official-latte"``, ``"official-opensoraplan"``,
+            ``"official-cogvideox"`` (the official per-model tables, their step thresholds scaled to the step count)
+            or ``"paper"`` (the table in the module docs).
         enhance (str): which frequency deltas the schedule's factors scale when uncond is rebuilt: ``"none"``,
             ``"low"``, ``"high"`` or ``"both"``.
         radius_divisor (int): the low-frequency disk's radius is ``min(H, W) // radius_divisor``, with ``H × W``
@@ -78,8 +76,7 @@ class FasterCacheConfig(MethodConfig):
             pipelines: uncond first) or ``"cond_uncond"``.
 
     Presets:
-        - ``default`` (the default preset): ``schedule="official-opensoraplan"``, the table that measured best on
-          the embedded Wan-architecture model (docs/results/fastercache.md).
+        - ``default`` (the default preset): ``schedule="official-opensoraplan"``, FasterCache's default.
         - ``official-opensora``, ``official-latte``, ``official-opensoraplan``, ``official-cogvideox``, ``paper``:
           ``schedule`` = the preset's name.
 
@@ -89,11 +86,12 @@ class FasterCacheConfig(MethodConfig):
     PRESETS: ClassVar = {"default": {"schedule": "official-opensoraplan"},
                          **{name: {"schedule": name} for name in SCHEDULES}}
     DEFAULT_PRESET: ClassVar = "default"
-    REQUIRES: ClassVar = (AttentionRoles, TokenGrid, BatchedArguments)
+    REQUIRES: ClassVar = (TokenGrid, BatchedArguments)
+    LEVELS: ClassVar = frozenset({"cfg"})
+    attention_reuse: ClassVar[bool] = False  #: CFG-Cache alone: self-attention always runs
+    cfg_cache: ClassVar[bool] = True
 
     schedule: str = "official-opensoraplan"
-    attention_reuse: bool = True
-    cfg_cache: bool = True
     enhance: str = "both"
     radius_divisor: int = 5
     batch_order: str = "uncond_cond"
@@ -108,8 +106,54 @@ class FasterCacheConfig(MethodConfig):
                              f"got {self.radius_divisor!r}")
         if self.batch_order not in ("uncond_cond", "cond_uncond"):
             raise ConfigError(f"batch_order must be 'uncond_cond' or 'cond_uncond', got {self.batch_order!r}")
+
+
+@dataclass
+class FasterCacheConfig(CFGCacheConfig):
+    """FasterCache (Lv et al., 2024, arXiv:2410.19355; official code: github.com/Vchitect/FasterCache).
+
+    Args:
+        preset (str): the name of the preset the config was made from (``""`` for a hand-made config).
+        schedule (str): the table that decides, per 1-based step, whether self-attention is reused, its
+            extrapolation weight, whether uncond is rebuilt and how the frequency deltas are scaled: one of
+            ``"official-opensora"``, ``"official-latte"``, ``"official-opensoraplan"``, ``"official-cogvideox"``
+            (the official per-model tables, their step thresholds scaled to the step count) or ``"paper"`` (the
+            table in the module docs).
+        enhance (str): which frequency deltas the schedule's factors scale when uncond is rebuilt: ``"none"``,
+            ``"low"``, ``"high"`` or ``"both"``.
+        radius_divisor (int): the low-frequency disk's radius is ``min(H, W) // radius_divisor``, with ``H × W``
+            the size of one frame of the denoiser's output, in latent pixels (integer >= 1).
+        batch_order (str): with batched CFG, which half of the batch is which: ``"uncond_cond"`` (diffusers'
+            pipelines: uncond first) or ``"cond_uncond"``.
+        attention_reuse (bool): dynamic feature reuse: on reuse steps self-attention does not run and its output is
+            extrapolated from the last two it computed (an ablation switch; the attention level).
+        cfg_cache (bool): CFG-Cache: on the steps the schedule names, uncond is rebuilt from cond and the
+            frequency deltas of the last full step instead of being run (an ablation switch; the CFG level, also
+            the method ``cfg-cache`` on its own). At least one of ``attention_reuse`` and ``cfg_cache`` must be on.
+
+    Presets:
+        - ``default`` (the default preset): ``schedule="official-opensoraplan"``, the table that measured best on
+          the embedded Wan-architecture model (docs/results/fastercache.md).
+        - ``official-opensora``, ``official-latte``, ``official-opensoraplan``, ``official-cogvideox``, ``paper``:
+          ``schedule`` = the preset's name.
+
+        Every field a preset does not name keeps its default.
+    """
+
+    REQUIRES: ClassVar = (AttentionRoles, TokenGrid, BatchedArguments)
+    LEVELS: ClassVar = frozenset({"attention", "cfg"})
+
+    attention_reuse: bool = True
+    cfg_cache: bool = True
+
+    def validate(self) -> None:
+        super().validate()
         if not (self.attention_reuse or self.cfg_cache):
             raise ConfigError("attention_reuse and cfg_cache are both off: FasterCache would do nothing")
+
+    def levels(self) -> frozenset[str]:
+        """``{"attention", "cfg"}``, less the level whose switch is off."""
+        return frozenset({"attention"} if self.attention_reuse else set()) | ({"cfg"} if self.cfg_cache else set())
 
 
 @dataclass(frozen=True)
@@ -289,7 +333,18 @@ def _wrap_like(output, tensors):
 
 
 class FasterCacheRuntime(Runtime):
+    """Both levels of FasterCache; each switched by its config (``attention_reuse``, ``cfg_cache``). In a
+    composition (:mod:`diffcache.composition`) the CFG level is the outermost: a split-CFG uncond call it rebuilds
+    never reaches the levels inside (they are told, ``answered_outside``), and a batched call it cuts to the cond half
+    reaches them as a ``"cond"`` forward, so their per-branch state stays apart from the full batch's."""
+
     HOOK = "diffcache_fastercache"
+
+    @staticmethod
+    def answered_share(record) -> float:
+        """The share of a step's denoiser work the CFG level answered itself (half: uncond rebuilt), from its step
+        record (:mod:`diffcache.composition` adds it to the inner levels' counts)."""
+        return 0.5 if record.values.get("uncond") == "rebuilt" else 0.0
 
     def install(self) -> None:
         hooked = 0
@@ -388,6 +443,8 @@ class FasterCacheRuntime(Runtime):
                               "rebuild it from cond and stays off for this pipeline (attention reuse still works).",
                               UserWarning, stacklevel=2)
             if skip and have_cond:
+                for inner in self.inner_runtimes():  # a composition's inner levels: this forward never reaches them
+                    inner.answered_outside = True
                 self._advance_factors()
                 rebuilt = self._rebuild(model, self.cond_output[1], args, kwargs)
                 return_dict = argument(type(model).forward, args, kwargs, "return_dict", True)
@@ -416,6 +473,8 @@ class FasterCacheRuntime(Runtime):
         self.parts = sorted([("cond", cond_slice), ("uncond", uncond_slice)], key=lambda p: p[1].start or 0)
         if skip:
             self.parts = [("cond", slice(None))]
+            for inner in self.inner_runtimes():  # a composition's inner levels see a cond forward, as with split CFG
+                inner.ctx = dataclasses.replace(inner.ctx, branch="cond")
             args, kwargs = adapter.slice_batch(model, args, kwargs, cond_slice, 2 * half)
             self.batch = half
             output = forward(*args, **kwargs)
@@ -440,6 +499,21 @@ class FasterCacheRuntime(Runtime):
         self.factors = [1.0, 1.0]
         return output, False
 
+
+class CFGCacheRuntime(FasterCacheRuntime):
+    """CFG-Cache alone: FasterCache's runtime with attention reuse off (:class:`CFGCacheConfig`), under its own
+    hook names."""
+
+    HOOK = "diffcache_cfgcache"
+
+
+register(
+    "cfg-cache",
+    "CFG-Cache (FasterCache's CFG level): on scheduled steps uncond is rebuilt from cond and the last full step's "
+    "frequency deltas instead of being run",
+    CFGCacheConfig,
+    CFGCacheRuntime
+)
 
 register(
     "fastercache",

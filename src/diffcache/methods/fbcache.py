@@ -44,6 +44,8 @@ class FBCacheConfig(MethodConfig):
                          "slow": {"threshold": 0.08}, "fast": {"threshold": 0.15}}
     DEFAULT_PRESET: ClassVar = "default"
     REQUIRES: ClassVar = (BlockStack,)
+    LEVELS: ClassVar = frozenset({"step"})
+    DECISION_READS: ClassVar = "blocks"  #: the first block's residual, attention output included
 
     threshold: float = 0.1
 

@@ -53,6 +53,12 @@ class MethodConfig:
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
     DEFAULT_PRESET: ClassVar[str] = ""
     REQUIRES: ClassVar[tuple[type, ...]] = ()
+    #: the levels the method acts on (:mod:`diffcache.composition`): ``"cfg"`` (the guidance branches), ``"step"``
+    #: (whole steps of the block stack), ``"token"`` (tokens within a step), ``"attention"`` (attention outputs)
+    LEVELS: ClassVar[frozenset[str]] = frozenset()
+    #: what a step-level decision reads: ``"input"`` (the blocks' input, before any attention runs) or ``"blocks"``
+    #: (a block's residual, attention output included); ``""`` for a method that is not step-level
+    DECISION_READS: ClassVar[str] = ""
     preset: str = ""
 
     def __post_init__(self) -> None:
@@ -84,6 +90,10 @@ class MethodConfig:
     def required_capabilities(self) -> tuple[type, ...]:
         """The adapter capabilities this config needs (``REQUIRES``, plus any an option adds)."""
         return self.REQUIRES
+
+    def levels(self) -> frozenset[str]:
+        """The levels this config acts on (``LEVELS``; a method whose options switch a level off overrides it)."""
+        return frozenset(self.LEVELS)
 
     def check_model(self, family: str, pipeline) -> None:
         """Refuse (or warn about) a config that does not fit this model family; by default every config fits."""
@@ -246,6 +256,10 @@ class Runtime:
         self.cp_group = None  #: the model's context-parallel group (set at every call), or None in one process
         self.cache_device: torch.device | None = None  #: where cached tensors are kept (``None``: where computed)
         self.compute_device: torch.device | None = None  #: the device of the forward in progress (its first tensor)
+        #: in a composition (:mod:`diffcache.composition`), weak references to the runtimes of the levels inside this
+        #: one; ``answered_outside`` is set on those while an outer level answers a forward without running the model
+        self.inner: list = []
+        self.answered_outside = False
 
     # cache placement (``diffcache.enable(..., cache_device=...)``)
     def use_cache_device(self, device) -> None:
@@ -345,8 +359,13 @@ class Runtime:
         """The pipeline moved on to another expert for the rest of the call (Wan 2.2 A14B): drop the cache."""
         self.clear()
 
+    def inner_runtimes(self) -> list["Runtime"]:
+        """The runtimes of the levels inside this one in a composition (none for a method enabled alone)."""
+        return [runtime for runtime in (ref() for ref in self.inner) if runtime is not None]
+
     def begin_forward(self, ctx: StepContext, args: tuple, kwargs: dict) -> None:
         self.ctx = ctx
+        self.answered_outside = False
         if self.cache_device is not None:
             self.compute_device = next((v.device for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor)),
                                        self.compute_device)
@@ -376,7 +395,7 @@ class Runtime:
                 f"step was computed, so it only added overhead. {self.nothing_skipped_hint()}.",
                 NothingSkippedWarning, stacklevel=2,
             )
-        if self._block_calls_this_forward == 0 and not self._warned_silent:
+        if self._block_calls_this_forward == 0 and not self._warned_silent and not self.answered_outside:
             self._warned_silent = True
             warnings.warn(
                 f"{self.report.method}: none of its hooks ran during a forward of {type(self.model).__name__}; "

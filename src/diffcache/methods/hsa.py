@@ -304,6 +304,7 @@ class HSAConfig(MethodConfig):
                          "hsa-25": {"runtime": 0.25, "warmup": 0.1, "dense_tail": 0}}
     DEFAULT_PRESET: ClassVar = "hsa-50"
     REQUIRES: ClassVar = (TokenSparseForward,)
+    LEVELS: ClassVar = frozenset({"token"})
 
     runtime: float = 0.5
     groups: int = 3

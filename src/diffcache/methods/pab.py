@@ -62,6 +62,7 @@ class PABConfig(MethodConfig):
     }
     DEFAULT_PRESET: ClassVar = "default"
     REQUIRES: ClassVar = (AttentionRoles,)
+    LEVELS: ClassVar = frozenset({"attention"})
 
     self_range: int | None = 2
     cross_range: int | None = 6

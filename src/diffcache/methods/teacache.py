@@ -227,6 +227,8 @@ class TeaCacheConfig(MethodConfig):
     PRESETS: ClassVar = _presets()
     DEFAULT_PRESET: ClassVar = "auto"
     REQUIRES: ClassVar = (BlockStack, ModulatedInput)
+    LEVELS: ClassVar = frozenset({"step"})
+    DECISION_READS: ClassVar = "input"  #: the first block's modulated input, before any attention
 
     coefficients: tuple[float, ...] | None = None
     threshold: float | None = None
