@@ -31,6 +31,7 @@ _LAZY = {
     "list_methods": ".methods.framework",
     "AdaCacheConfig": ".methods.adacache",
     "DeepCacheConfig": ".methods.deepcache",
+    "EasyCacheConfig": ".methods.easycache",
     "FasterCacheConfig": ".methods.fastercache",
     "FBCacheConfig": ".methods.fbcache",
     "HSAConfig": ".methods.hsa",

@@ -189,16 +189,32 @@ def _branch_rows(cfg: str, batch: int) -> list[tuple[str, int]]:
             "batched": [("cond_uncond", 2 * batch)]}[cfg]
 
 
+def _stack_residuals(shapes, config, rows, b, out):
+    """The block stack's residual of one branch, and with ``forecast="linear"`` the previous computed step's too."""
+    out.add("residual of the block stack (per stream)", sum(shapes.streams) * rows, b)
+    if getattr(config, "forecast", "none") == "linear":
+        out.add("previous computed step's stack residual (forecast)", sum(shapes.streams) * rows, b)
+
+
 def _fbcache(shapes, config, cfg, batch, b, out):
     for _, rows in _branch_rows(cfg, batch):
-        out.add("residual of the block stack (per stream)", sum(shapes.streams) * rows, b)
+        _stack_residuals(shapes, config, rows, b, out)
         out.add("first block's previous residual", shapes.streams[0] * rows, b)
 
 
 def _teacache(shapes, config, cfg, batch, b, out):
     for _, rows in _branch_rows(cfg, batch):
-        out.add("residual of the block stack (per stream)", sum(shapes.streams) * rows, b)
+        _stack_residuals(shapes, config, rows, b, out)
         out.add("previous modulated input", shapes.signal * rows, b)
+
+
+def _easycache(shapes, config, cfg, batch, b, out):
+    for index, (_, rows) in enumerate(_branch_rows(cfg, batch)):
+        _stack_residuals(shapes, config, rows, b, out)
+        if index == 0:  # the step's first call decides for the step: only it keeps the signals
+            # (the latent input counted as large as the output: Wan I2V's 36-channel input is 36/16 of that)
+            out.add("latent input of the previous and of the last computed step", 2 * shapes.output * rows, b)
+            out.add("output of the last computed step", shapes.output * rows, b)
 
 
 def _pab_roles(config) -> set[str]:
@@ -258,7 +274,7 @@ def _deepcache(shapes, config, cfg, batch, b, out):
 
 
 #: method -> ``(shapes, config, cfg, batch, element bytes, CacheBytes)`` adding what the method keeps
-FORMULAS = {"fbcache": _fbcache, "teacache": _teacache, "pab": _pab, "fastercache": _fastercache, "hsa": _hsa,
+FORMULAS = {"fbcache": _fbcache, "teacache": _teacache, "easycache": _easycache, "pab": _pab, "fastercache": _fastercache, "hsa": _hsa,
             "adacache": _adacache, "deepcache": _deepcache}
 
 

@@ -31,6 +31,9 @@ class FBCacheConfig(MethodConfig):
         threshold (float): the blocks after the first are skipped while the first block's residual changed by less
             than this since the last computed step, as a relative mean absolute change
             ``mean|r1 − r1_prev| / mean|r1_prev|`` (unitless, >= 0). Higher reuses more.
+        forecast (str): what a reused step adds: ``"none"`` (the default, as diffusers and ParaAttention) the cached
+            residual of the other blocks as it is; ``"linear"`` that residual extrapolated to first order from the
+            branch's last two computed steps (docs/methods/forecasting.md; one more residual per branch is kept).
 
     Presets:
         - ``default`` (the default preset): ``threshold=0.1``, in ParaAttention's recommended range for video
@@ -48,8 +51,10 @@ class FBCacheConfig(MethodConfig):
     DECISION_READS: ClassVar = "blocks"  #: the first block's residual, attention output included
 
     threshold: float = 0.1
+    forecast: str = "none"
 
     def validate(self) -> None:
+        ResidualCacheRuntime.check_forecast(self.forecast)
         if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) or self.threshold < 0:
             raise ConfigError(f"threshold must be a number >= 0, got {self.threshold!r}")
 
@@ -74,7 +79,7 @@ class FBCacheRuntime(ResidualCacheRuntime):
         state.skip = diff is not None and diff < self.config.threshold
         self.record(state.skip, **({} if diff is None else {"diff": diff}))
         if state.skip:
-            return adapter.make_block_output(tuple(o + r.to(o.dtype) for o, r in zip(outputs, self.unstash(state.residual, outputs[0]))))
+            return adapter.make_block_output(tuple(o + r.to(o.dtype) for o, r in zip(outputs, self.reused_residual(state, outputs[0]))))
         state.values["first_residual"] = first_residual  # from the last computed step only
         self.begin_run(state, outputs, output)
         return output

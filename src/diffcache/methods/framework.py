@@ -148,7 +148,7 @@ def register(name: str, summary: str, config_class: type[MethodConfig], runtime_
 def list_methods() -> list[MethodInfo]:
     """Every method: its name, one-line summary, presets (``default_preset`` the default) and the model families
     it supports (derived from the registered adapters)."""
-    from . import adacache, deepcache, fastercache, fbcache, hsa, pab, teacache  # noqa: F401 - the built-ins
+    from . import adacache, deepcache, easycache, fastercache, fbcache, hsa, pab, teacache  # noqa: F401 - the built-ins
 
     return sorted(_METHODS.values(), key=lambda info: info.name)  # by name: not by which module was imported first
 

@@ -15,10 +15,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 from diffusers.hooks.hooks import ModelHook
 
-from ..errors import UnsupportedModelError
+from ..errors import ConfigError, UnsupportedModelError
 from .framework import Runtime
+
+
+#: what a reused step adds: the cached residual as it is, or extrapolated from the last two computed steps
+FORECASTS = ("none", "linear")
 
 
 @dataclass
@@ -31,6 +36,9 @@ class BranchState:
     values: dict = field(default_factory=dict)  #: method-specific memory (previous signal, accumulator …)
     last_output: tuple | None = None  #: streams the previous block of the run returned (adds_between_blocks only)
     added: tuple | None = None  #: what the model added between the run's blocks, this step (adds_between_blocks)
+    residual_step: int | None = None  #: the step ``residual`` was computed at
+    #: ``(step, residual)`` of the computed step before that one, kept only with ``forecast="linear"``
+    previous: tuple | None = None
 
 
 class _HeadHook(ModelHook):
@@ -62,10 +70,10 @@ class _TailHook(ModelHook):
             state.last_output = adapter.output_streams(output)
         if self.last:
             outputs = adapter.run_output_streams(runtime.model, module, adapter.output_streams(output), state.run_input)
-            state.residual = tuple((o - i).detach() for o, i in zip(outputs, state.run_input))
+            residual = tuple((o - i).detach() for o, i in zip(outputs, state.run_input))
             if state.added is not None:  # the blocks' own updates only: the model adds the rest afresh
-                state.residual = tuple(r if a is None else (r - a).detach() for r, a in zip(state.residual, state.added))
-            state.residual = runtime.stash(state.residual)  # (to its cache_device, if one is set)
+                residual = tuple(r if a is None else (r - a).detach() for r, a in zip(residual, state.added))
+            runtime.keep_residual(state, runtime.stash(residual))  # (to its cache_device, if one is set)
             state.run_input = state.last_output = state.added = None
         return output
 
@@ -88,6 +96,13 @@ class ResidualCacheRuntime(Runtime):
         self.states: dict[str, BranchState] = {}
         super().clear()
 
+    @staticmethod
+    def check_forecast(forecast) -> None:
+        """Raise :class:`~diffcache.errors.ConfigError` unless ``forecast`` is ``"none"`` or ``"linear"`` (a config's
+        ``validate`` calls this)."""
+        if forecast not in FORECASTS:
+            raise ConfigError(f"forecast must be one of {', '.join(map(repr, FORECASTS))}, got {forecast!r}")
+
     def state(self) -> BranchState:
         return self.states.setdefault(self.ctx.branch, BranchState())
 
@@ -104,6 +119,37 @@ class ResidualCacheRuntime(Runtime):
 
     def head_forward(self, block, forward, args, kwargs):
         raise NotImplementedError
+
+    @property
+    def forecasting(self) -> bool:
+        """Whether a reused step extrapolates the residual (the config's ``forecast="linear"``) instead of repeating
+        it."""
+        return getattr(self.config, "forecast", "none") == "linear"
+
+    def keep_residual(self, state: BranchState, residual: tuple) -> None:
+        """Store a computed step's residual; with forecasting, the one it replaces is kept as ``state.previous``."""
+        if self.forecasting:
+            state.previous = None if state.residual is None else (state.residual_step, state.residual)
+        state.residual, state.residual_step = residual, self.ctx.step
+
+    def reused_residual(self, state: BranchState, like: torch.Tensor) -> tuple:
+        """The residual a reused step adds, on ``like``'s device. ``forecast="none"``: the last computed step's
+        residual as it is. ``"linear"``: extrapolated to first order from the branch's last two computed steps
+        ``s0 < s1`` (residuals ``r0``, ``r1``) to the current step ``k``, ``r1 + (r1 − r0)·(k − s1)/(s1 − s0)``, as
+        TaylorSeer (arXiv:2503.06923) and FasterCache (arXiv:2410.19355) extrapolate features; plain reuse when
+        only one computed step is kept or the two residuals' shapes differ. The weight used is reported as the
+        step's ``forecast`` value (the branch's ``uncond_forecast`` …)."""
+        current = self.unstash(state.residual, like)
+        if not self.forecasting or state.previous is None:
+            return current
+        s0, previous = state.previous
+        s1 = state.residual_step
+        previous = self.unstash(previous, like)
+        if s0 is None or s1 is None or s1 <= s0 or any(a.shape != b.shape for a, b in zip(current, previous)):
+            return current
+        weight = (self.ctx.step - s1) / (s1 - s0)
+        self.record(True, forecast=weight)
+        return tuple(r1 + (r1 - r0) * weight for r1, r0 in zip(current, previous))
 
     def begin_run(self, state: BranchState, run_input: tuple, head_output) -> None:
         """A computed step's run starts at ``run_input``; ``head_output`` is what the first block returned."""

@@ -199,6 +199,9 @@ class TeaCacheConfig(MethodConfig):
         model (str): the model the coefficients were fitted on (a preset's model name, e.g.
             ``"wan2.1-t2v-1.3b"``); enabling a preset fitted on another model family is refused. ``""``: unknown
             (own coefficients; nothing is checked). Overriding ``coefficients`` in ``from_preset`` clears it.
+        forecast (str): what a reused step adds: ``"none"`` (the default, as the official code) the stack residual
+            of the last computed step as it is; ``"linear"`` that residual extrapolated to first order from the
+            branch's last two computed steps (docs/methods/forecasting.md; one more residual per branch is kept).
 
     Presets:
         Each model has two presets that set ``coefficients`` to its fitted polynomial, ``model`` to its name and
@@ -235,6 +238,7 @@ class TeaCacheConfig(MethodConfig):
     warmup_steps: int | None = None
     compute_last_step: bool | None = None
     model: str = ""
+    forecast: str = "none"
 
     @classmethod
     def from_preset(cls, preset: str | None = None, **overrides):
@@ -312,6 +316,7 @@ class TeaCacheConfig(MethodConfig):
         super().__post_init__()
 
     def validate(self) -> None:
+        ResidualCacheRuntime.check_forecast(self.forecast)
         if self.coefficients is not None:
             if not isinstance(self.coefficients, tuple) or not all(isinstance(c, float) for c in self.coefficients):
                 raise ConfigError(f"coefficients must be a sequence of numbers, got {self.coefficients!r}")
@@ -379,7 +384,7 @@ class TeaCacheRuntime(ResidualCacheRuntime):
         self.record(skip, **values)
         if skip:
             self.count_block(computed=False)
-            return adapter.make_block_output(tuple(x + r.to(x.dtype) for x, r in zip(streams, self.unstash(state.residual, streams[0]))))
+            return adapter.make_block_output(tuple(x + r.to(x.dtype) for x, r in zip(streams, self.reused_residual(state, streams[0]))))
         output = forward(*args, **kwargs)
         self.count_block(computed=True)
         self.begin_run(state, streams, output)
