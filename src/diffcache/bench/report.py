@@ -1,7 +1,8 @@
 """Reports of a finished sweep, from the records as the results folder stores them (:mod:`.store`; metrics that
-JSON cannot hold come back as strings, read with :func:`.store.number`): the summary (terminal, CSV, Markdown), a
-quality–speed Pareto plot per metric, the per-step compute timeline of each method, and ``index.html`` with the
-side-by-side gallery, the table and plots."""
+JSON cannot hold come back as strings, read with :func:`.store.number`): the summary (terminal, CSV, Markdown), the
+figure of merit against the peers (:func:`peer_ratios`: our best speedup at each peer point's PSNR), a
+quality–speed Pareto plot per metric with one curve per method or peer, the per-step compute timeline of each
+method, and ``index.html`` with the side-by-side gallery, the tables and plots."""
 
 from __future__ import annotations
 
@@ -200,7 +201,7 @@ def plot_pareto(path: Path, summary: list[dict], key: str, title: str, higher: b
                 marker="s" if peer else "o", color=f"C{curves.index(name) % 10}", lw=1.2, ms=6, zorder=3,
                 label=name)
         for r in members:
-            text = r["method"][len(name):] if r["method"].startswith(name) and r["method"] != name else r["method"]
+            text = r["method"][len(name):] if r["method"].startswith(name + "[") else r["method"]
             ax.annotate(text, (r["speedup"], r[key]), fontsize=6, xytext=(4, 3), textcoords="offset points")
     front = pareto_front(points, higher)
     ax.plot([points[i][0] for i in front], [points[i][1] for i in front], ":", color="black", lw=1.5, zorder=2,
