@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import io
+import logging
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -176,13 +177,77 @@ class _MagCache:
                                  notes={"mag_ratios": [round(r, 5) for r in ratios]})
 
 
+def _wan_noisy_latents(module, args, kwargs) -> list[torch.Tensor] | None:
+    """SeaCache's ``raw_vision_callback`` for a Wan image-to-video denoiser: the noisy latents of the output, each
+    ``(C, T, H, W)``: the first ``out_channels`` of ``hidden_states``, without the image condition concatenated
+    after them (SeaCache's docs: exclude visual hints that are not part of the output). diffusers' built-in Wan
+    adapter covers text-to-video only (``in_channels == out_channels``)."""
+    hidden_states = kwargs.get("hidden_states", args[0] if args else None)
+    if not isinstance(hidden_states, torch.Tensor) or hidden_states.ndim != 5:
+        return None
+    return list(hidden_states[:, : module.config.out_channels].unbind(0))
+
+
+class _SeaCacheWarnings(logging.Handler):
+    """Collects the fail-open warnings of diffusers' SeaCache (it runs in full, silently but for one warning,
+    when it lacks what it needs) into the peer's notes."""
+
+    def __init__(self, notes: dict):
+        super().__init__(logging.WARNING)
+        self.notes = notes
+
+    def emit(self, record: logging.LogRecord) -> None:
+        found = self.notes.setdefault("fail_open", [])
+        if record.getMessage() not in found:
+            found.append(record.getMessage())
+
+
+def _seacache(pipe, setup: Setup, options: dict) -> ActivePeer:
+    """SeaCache (Spectral-Evolution-Aware Cache, CVPR 2026, arXiv 2602.18993; official code
+    github.com/jiwoogit/SeaCache) through diffusers' ``SeaCacheConfig`` with its defaults (threshold 0.25,
+    first-order residual, first and last step computed, at most 2 reuses in a row, power prior 3). Its gate reads
+    the step index, sigma and step count from the pipeline's ``cache_context`` (``WanPipeline`` and the embedded
+    pipelines pass them) and the noisy latents from diffusers' built-in Wan text-to-video adapter; a Wan
+    image-to-video denoiser gets :func:`_wan_noisy_latents`. Other families have no adapter in diffusers (it would
+    run in full, fail-open), so they are refused. Its fail-open warnings are kept in the notes."""
+    from diffusers import SeaCacheConfig
+
+    model = _denoiser(pipe)
+    values = dict(options)
+    if type(model).__name__ != "WanTransformer3DModel" and "raw_vision_callback" not in values:
+        raise PeerUnavailable(f"diffusers-seacache: diffusers' SeaCache reads the noisy latents through a model "
+                              f"adapter it has for Wan and Cosmos 3 only, not {type(model).__name__}")
+    if model.config.in_channels != model.config.out_channels:
+        values.setdefault("raw_vision_callback", _wan_noisy_latents)
+    notes: dict = {}
+    handler = _SeaCacheWarnings(notes)
+    sea_logger = logging.getLogger("diffusers.hooks.sea_cache")
+    level = sea_logger.level
+    sea_logger.addHandler(handler)
+    sea_logger.setLevel(logging.WARNING)
+    try:
+        active = _enable_diffusers(pipe, SeaCacheConfig(**values), "diffusers-seacache")
+    except Exception:
+        sea_logger.removeHandler(handler)
+        sea_logger.setLevel(level)
+        raise
+    disable = active.disable
+
+    def disable_and_unhook() -> None:
+        disable()
+        sea_logger.removeHandler(handler)
+        sea_logger.setLevel(level)
+
+    active.disable, active.notes = disable_and_unhook, notes
+    return active
+
+
 # -- cache-dit -----------------------------------------------------------------------------------------------------
 def _cachedit(pipe, setup: Setup, options: dict) -> ActivePeer:
     """cache-dit's DBCache. Pipelines cache-dit knows go through ``cache_dit.enable_cache(pipe)``; a Wan-family
     denoiser in another pipeline (the embedded models) through a ``BlockAdapter`` as cache-dit's own Wan adapter
     builds it. DBCache's default keeps the first 8 blocks always computed (F8B0); a model with fewer blocks gets
     F1B0, cache-dit's documented fastest setting."""
-    import logging
     import os
 
     os.environ.setdefault("CACHE_DIT_LOG_LEVEL", "warning")  # cache-dit logs every enable to stdout at "info"
@@ -215,16 +280,32 @@ def _cachedit(pipe, setup: Setup, options: dict) -> ActivePeer:
 
 @dataclass(frozen=True)
 class PeerInfo:
+    """A peer: its name in ``--methods``, a one-line summary, the function that enables it, and its main knob
+    with the values its curve sweeps (:data:`PEER_CURVES`)."""
+
     name: str
     summary: str
     enable: Callable[..., ActivePeer] = field(repr=False)
+    knob: str = ""
+    curve: tuple = ()
 
 
 PEERS: dict[str, PeerInfo] = {p.name: p for p in (
-    PeerInfo("diffusers-pab", "diffusers' PyramidAttentionBroadcastConfig (self 2, cross 6, window 100-800)", _pab),
-    PeerInfo("diffusers-fastercache", "diffusers' FasterCacheConfig (its documented example)", _fastercache),
-    PeerInfo("diffusers-fbcache", "diffusers' FirstBlockCacheConfig (threshold 0.05)", _fbcache),
-    PeerInfo("diffusers-taylorseer", "diffusers' TaylorSeerCacheConfig on the blocks' attention modules", _taylorseer),
-    PeerInfo("diffusers-magcache", "diffusers' MagCacheConfig with a calibration run", _MagCache()),
-    PeerInfo("cachedit-dbcache", "cache-dit's DBCache via cache_dit.enable_cache (optional extra)", _cachedit),
+    PeerInfo("diffusers-pab", "diffusers' PyramidAttentionBroadcastConfig (self 2, cross 6, window 100-800)", _pab,
+             "spatial_attention_block_skip_range", (2, 3, 4)),
+    PeerInfo("diffusers-fastercache", "diffusers' FasterCacheConfig (its documented example)", _fastercache,
+             "spatial_attention_block_skip_range", (2, 3, 4)),
+    PeerInfo("diffusers-fbcache", "diffusers' FirstBlockCacheConfig (threshold 0.05)", _fbcache,
+             "threshold", (0.1, 0.15, 0.2)),
+    PeerInfo("diffusers-taylorseer", "diffusers' TaylorSeerCacheConfig on the blocks' attention modules", _taylorseer,
+             "cache_interval", (3, 5, 8)),
+    PeerInfo("diffusers-magcache", "diffusers' MagCacheConfig with a calibration run", _MagCache(),
+             "threshold", (0.03, 0.06, 0.12)),
+    PeerInfo("diffusers-seacache", "diffusers' SeaCacheConfig (threshold 0.25; Wan adapter)", _seacache,
+             "threshold", (0.1, 0.25, 0.5)),
+    PeerInfo("cachedit-dbcache", "cache-dit's DBCache via cache_dit.enable_cache (optional extra)", _cachedit,
+             "residual_diff_threshold", (0.08, 0.12, 0.16)),
 )}
+
+#: each peer's curve in ``--methods`` sweep syntax (``PEER[knob=a|b|c]``); ``--methods peer-curves`` runs them all
+PEER_CURVES: dict[str, str] = {p.name: f"{p.name}[{p.knob}={'|'.join(map(str, p.curve))}]" for p in PEERS.values()}

@@ -1,22 +1,23 @@
 """Reports of a finished sweep, from the records as the results folder stores them (:mod:`.store`; metrics that
-JSON cannot hold come back as strings, read with :func:`.store.number`): the summary (terminal, CSV, Markdown), a
-quality–speed Pareto plot per metric, the per-step compute timeline of each method, and ``index.html`` with the
-side-by-side gallery, the table and plots."""
+JSON cannot hold come back as strings, read with :func:`.store.number`): the summary (terminal, CSV, Markdown), the
+figure of merit against the peers (:func:`peer_ratios`: our best speedup at each peer point's PSNR), a
+quality–speed Pareto plot per metric with one curve per method or peer, the per-step compute timeline of each
+method, and ``index.html`` with the side-by-side gallery, the tables and plots."""
 
 from __future__ import annotations
 
 import csv
 import html
 import io
+import json
 import math
 from pathlib import Path
 
 import numpy as np
 
 from ..files import atomic_path, write_text
-from .peers import PEERS
-from .specs import BASELINE
-from .store import number
+from .specs import BASELINE, FEWER_STEPS, curve_name, label_kind
+from .store import _encode, number
 
 #: (key, column title, higher is better)
 METRICS = (("psnr", "PSNR (dB)", True), ("ssim", "SSIM", True), ("rel_l1", "rel. L1", False),
@@ -37,7 +38,8 @@ def summarize(records: list[dict], labels: list[str]) -> list[dict]:
         pairs = [(r["methods"][label], r["methods"][BASELINE]) for r in records if label in r["methods"]]
         if not pairs:
             reasons = [r["skipped"][label] for r in records if label in r.get("skipped", {})]
-            summary.append({"method": label, "skipped": reasons[0] if reasons else "no finished item"})
+            summary.append({"method": label, "kind": label_kind(label),
+                            "skipped": reasons[0] if reasons else "no finished item"})
             continue
         rows = [row for row, _ in pairs]
         time_ref = sum(sum(b["seconds"]) for _, b in pairs)
@@ -54,7 +56,7 @@ def summarize(records: list[dict], labels: list[str]) -> list[dict]:
         known = [c for c in counts if c is not None]
         cache = [row.get("cache_bytes") for row in rows]
         summary.append({
-            "method": label, "videos": len(rows), "speedup": speedup, "cpu_speedup": cpu_speedup,
+            "method": label, "kind": label_kind(label), "videos": len(rows), "speedup": speedup, "cpu_speedup": cpu_speedup,
             "flop_speedup": flop_speedup,
             "overhead_efficiency": speedup / flop_speedup,
             **{key: _mean(row.get(key) for row in rows) for key, _, _ in METRICS},
@@ -139,7 +141,7 @@ def terminal_table(summary: list[dict]) -> str:
 
 
 def write_csv(path: Path, summary: list[dict]) -> None:
-    keys = ["method", "speedup", "cpu_speedup", "flop_speedup", "overhead_efficiency", "psnr", "ssim", "rel_l1", "lpips", "adherence",
+    keys = ["method", "kind", "speedup", "cpu_speedup", "flop_speedup", "overhead_efficiency", "psnr", "ssim", "rel_l1", "lpips", "adherence",
             "temporal_stability", "peak_memory_mb", "cache_memory_mb", "gflops_per_video", "computed_min",
             "computed_max", "computed_mean", "videos", "skipped"]
     buffer = io.StringIO()
@@ -173,37 +175,168 @@ def pareto_front(points: list[tuple[float, float]], higher_is_better: bool) -> l
     return sorted(front, key=lambda i: points[i][0])
 
 
+def _curve(row: dict) -> str:
+    """The curve a summary row is a point of: its label without options; every ``steps:N`` is one curve."""
+    return FEWER_STEPS if row.get("kind", label_kind(row["method"])) == "steps" else curve_name(row["method"])
+
+
 def plot_pareto(path: Path, summary: list[dict], key: str, title: str, higher: bool, caption: str) -> bool:
-    """Quality ``key`` against speedup, one point per method, the Pareto frontier drawn; False when no method has
-    a finite value of that metric."""
+    """Quality ``key`` against speedup: the points of one method or peer (the same label but for its
+    ``[...]`` options, e.g. a swept threshold) joined in order of speedup, one colour per curve, diffcache's solid
+    with circles and the peers' dashed with squares; the Pareto frontier of all points dotted. False when no
+    method has a finite value of that metric."""
     rows = [r for r in summary if "skipped" not in r and r.get(key) is not None and math.isfinite(r[key])]
     if not rows:
         return False
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7.5, 5), dpi=110)
+    fig, ax = plt.subplots(figsize=(9, 5.5), dpi=110)
     points = [(r["speedup"], r[key]) for r in rows]
-    family = lambda label: label.split(":")[0].split("[")[0]  # noqa: E731
-    families = list(dict.fromkeys(family(r["method"]) for r in summary))  # one colour per family in every plot
-    for r, (x, y) in zip(rows, points):
-        peer = family(r["method"]) in PEERS
-        ax.scatter([x], [y], color=f"C{families.index(family(r['method'])) % 10}", marker="s" if peer else "o",
-                   s=36, zorder=3, label=None)
-        ax.annotate(r["method"], (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
-    ax.scatter([], [], color="grey", marker="o", label="diffcache")
-    ax.scatter([], [], color="grey", marker="s", label="peer (its own code)")
+    curves = list(dict.fromkeys(_curve(r) for r in summary))  # one colour per curve in every plot
+    for name in curves:
+        members = sorted((r for r in rows if _curve(r) == name), key=lambda r: r["speedup"])
+        if not members:
+            continue
+        peer = members[0].get("kind", label_kind(members[0]["method"])) == "peer"
+        ax.plot([r["speedup"] for r in members], [r[key] for r in members], "--" if peer else "-",
+                marker="s" if peer else "o", color=f"C{curves.index(name) % 10}", lw=1.2, ms=6, zorder=3,
+                label=name)
+        for r in members:
+            text = r["method"][len(name):] if r["method"].startswith(name + "[") else r["method"]
+            ax.annotate(text, (r["speedup"], r[key]), fontsize=6, xytext=(4, 3), textcoords="offset points")
     front = pareto_front(points, higher)
-    ax.plot([points[i][0] for i in front], [points[i][1] for i in front], "--", color="black", lw=1, zorder=2,
+    ax.plot([points[i][0] for i in front], [points[i][1] for i in front], ":", color="black", lw=1.5, zorder=2,
             label="Pareto frontier")
     ax.axvline(1.0, color="grey", lw=0.5)
     ax.set_xlabel("speedup vs uncached (interleaved wall-clock)")
     ax.set_ylabel(title + ("" if higher else " (lower is better)"))
-    ax.set_title(caption, fontsize=9)
-    ax.legend(fontsize=8, loc="best")
+    ax.set_title(caption + "; solid, circles: diffcache; dashed, squares: peers (their own code)", fontsize=9)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     with atomic_path(path, force=True) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
     return True
+
+
+# -- the figure of merit: our speedup at a peer point's quality ----------------------------------------------------
+#: the speeds the figure of merit is taken for: (summary key, name in the reports)
+RATIO_SPEEDS = (("cpu_speedup", "CPU-time speedup"), ("flop_speedup", "FLOP speedup"))
+OUR_KINDS_EXCLUDED = ("peer", "baseline", "steps")  #: every other kind (methods, compositions, tuned presets) is ours
+
+
+def peer_ratios(summary: list[dict], speed: str = "flop_speedup") -> dict:
+    """The figure of merit of issue 20 for one speed (a summary key: ``"flop_speedup"``, ``"cpu_speedup"``).
+
+    For each peer point P (a row of kind ``peer`` with a PSNR and that speed), the best of our points at
+    ``PSNR >= P's PSNR``: the one with the highest ratio ``our speed ÷ P's speed``; ours is every row whose kind
+    is not peer, baseline or steps. Returns ``{"speed", "points": [{"peer", "peer_psnr", "peer_speedup",
+    "ours", "ours_psnr", "ours_speedup", "ratio"}], "figure", "worst_matched", "unmatched"}``: ``ours``/``ratio``
+    are ``None`` for a peer point that no point of ours reaches; ``worst_matched`` is the smallest ratio over
+    the peer points that have one; ``figure`` is the smallest over all peer points, ``None`` when some peer
+    point is unmatched (listed in ``unmatched``) or there is no peer point."""
+    def usable(row):
+        return ("skipped" not in row and row.get("psnr") is not None and row.get(speed) is not None
+                and not math.isnan(row["psnr"]))
+
+    kind = lambda row: row.get("kind") or label_kind(row["method"])  # noqa: E731
+    peers = [r for r in summary if usable(r) and kind(r) == "peer"]
+    ours = [r for r in summary if usable(r) and kind(r) not in OUR_KINDS_EXCLUDED]
+    points = []
+    for p in peers:
+        reach = [o for o in ours if o["psnr"] >= p["psnr"]]
+        best = max(reach, key=lambda o: o[speed], default=None)
+        point = {"peer": p["method"], "peer_psnr": p["psnr"], "peer_speedup": p[speed], "ours": None,
+                 "ours_psnr": None, "ours_speedup": None, "ratio": None}
+        if best is not None:
+            point.update(ours=best["method"], ours_psnr=best["psnr"], ours_speedup=best[speed],
+                         ratio=best[speed] / max(p[speed], 1e-12))
+        points.append(point)
+    matched = [pt["ratio"] for pt in points if pt["ratio"] is not None]
+    unmatched = [pt["peer"] for pt in points if pt["ratio"] is None]
+    return {"speed": speed, "points": points, "worst_matched": min(matched, default=None),
+            "figure": min(matched) if matched and not unmatched else None, "unmatched": unmatched}
+
+
+RATIO_HEADER = ("peer point", "its PSNR (dB)", "its {speed}", "our best point at ≥ that PSNR", "its PSNR (dB)",
+                "its {speed}", "ratio")
+
+
+def _ratio_rows(result: dict) -> tuple[list[str], list[list[str]]]:
+    name = dict(RATIO_SPEEDS)[result["speed"]]
+    header = [h.format(speed=name) for h in RATIO_HEADER]
+    rows = []
+    for pt in result["points"]:
+        ours = ([pt["ours"], _fmt(pt["ours_psnr"], "psnr"), _fmt(pt["ours_speedup"], "speedup"),
+                 _fmt(pt["ratio"], "speedup")] if pt["ours"] is not None else ["none", "", "", "none"])
+        rows.append([pt["peer"], _fmt(pt["peer_psnr"], "psnr"), _fmt(pt["peer_speedup"], "speedup"), *ours])
+    return header, rows
+
+
+def figure_text(result: dict) -> str:
+    """One line: the figure of merit for one speed, or why there is none."""
+    name = dict(RATIO_SPEEDS)[result["speed"]]
+    if not result["points"]:
+        return f"figure of merit ({name}): none (no peer point with a PSNR and a {name})"
+    if result["figure"] is not None:
+        return (f"figure of merit ({name}): {_fmt(result['figure'], 'speedup')}, the worst ratio of our best "
+                f"speedup to a peer's at its PSNR or better, over {len(result['points'])} peer points")
+    worst = result["worst_matched"]
+    return (f"figure of merit ({name}): none: {len(result['unmatched'])} of {len(result['points'])} peer points "
+            f"have no point of ours at their PSNR or better ({', '.join(result['unmatched'])})"
+            + (f"; worst ratio over the others: {_fmt(worst, 'speedup')}" if worst is not None else ""))
+
+
+def ratio_markdown(results: list[dict]) -> str:
+    """The figure-of-merit tables (one per speed), in Markdown."""
+    parts = []
+    for result in results:
+        header, rows = _ratio_rows(result)
+        lines = ["| " + " | ".join(header) + " |", "|---|---:|---:|---|---:|---:|---:|"]
+        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
+        parts.append(f"**{figure_text(result)}**\n\n" + "\n".join(lines))
+    return "\n\n".join(parts)
+
+
+def ratio_terminal(results: list[dict]) -> str:
+    """The figure-of-merit tables (one per speed), aligned for the terminal."""
+    parts = []
+    for result in results:
+        header, rows = _ratio_rows(result)
+        table = [header] + rows
+        widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+        lines = ["  ".join(c.ljust(w) if i in (0, 3) else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+                 for r in table]
+        lines.insert(1, "-" * len(lines[0]))
+        parts.append(figure_text(result) + "\n" + "\n".join(lines))
+    return "\n\n".join(parts)
+
+
+def ratio_html(results: list[dict]) -> str:
+    """The figure-of-merit tables (one per speed), as HTML."""
+    e = html.escape
+    parts = []
+    for result in results:
+        header, rows = _ratio_rows(result)
+        parts.append(f"<p><b>{e(figure_text(result))}</b></p><table><tr>"
+                     + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>"
+                     + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in rows)
+                     + "</table>")
+    return "\n".join(parts)
+
+
+def write_ratios(out: Path, results: list[dict]) -> None:
+    """``peer-ratios.json`` (every result as :func:`peer_ratios` returns it, ∞ as ``"inf"``) and
+    ``peer-ratios.csv`` (one line per speed and peer point)."""
+    write_text(out / "peer-ratios.json", json.dumps(_encode({r["speed"]: r for r in results}), indent=1,
+                                                    allow_nan=False) + "\n", force=True)
+    keys = ["speed", "peer", "peer_psnr", "peer_speedup", "ours", "ours_psnr", "ours_speedup", "ratio", "figure"]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=keys)
+    writer.writeheader()
+    for result in results:
+        for pt in result["points"]:
+            writer.writerow(_encode({"speed": result["speed"], **pt, "figure": result["figure"]}))
+    write_text(out / "peer-ratios.csv", buffer.getvalue(), force=True)
 
 
 def plot_timeline(path: Path, records: list[dict], labels: list[str], caption: str) -> bool:
@@ -268,7 +401,7 @@ window.addEventListener("load", function () {
 
 
 def write_html(path: Path, config: dict, summary: list[dict], records: list[dict], labels: list[str],
-               plots: list[str], notes: list[str]) -> None:
+               plots: list[str], notes: list[str], ratios: list[dict] | None = None) -> None:
     e = html.escape
     by_method = {row["method"]: row for row in summary}
     runnable = [label for label in labels if "skipped" not in by_method.get(label, {"skipped": 1})]
@@ -296,6 +429,12 @@ def write_html(path: Path, config: dict, summary: list[dict], records: list[dict
     columns = "".join(f"<th>{e(t)}</th>" for _, t in COLUMNS)
     images = "\n".join(f"<figure><img src='{e(p)}' alt='{e(p)}'><figcaption>{e(p)}</figcaption></figure>"
                        for p in plots)
+    ratio_section = ""
+    if ratios and any(r["points"] for r in ratios):
+        ratio_section = ("<h2>Against the peers: our speedup at each peer point's PSNR</h2>\n<p>For each peer "
+                         "point, our best point (diffcache's methods, compositions, tuned presets) at that PSNR or "
+                         "better, and the ratio of the speedups; the figure of merit is the worst ratio.</p>\n"
+                         + ratio_html(ratios))
     described = (f"{config['model']}: {len(records)} videos ({config['steps']} steps, guidance "
                  f"{config['guidance']:g}, cfg {config.get('cfg_mode') or 'default'}), {config['repeats']} "
                  "interleaved timed repeats per method and video.")
@@ -315,6 +454,7 @@ Quality against the uncached video of the same prompt and seed.</p>
 <table><tr>{columns}</tr>
 {table}
 </table>
+{ratio_section}
 <h2>Quality against speed, and where each method computed</h2>
 {images}
 <h2>Side by side</h2>
@@ -333,8 +473,12 @@ def write_reports(out: Path, config: dict, records: list[dict], labels: list[str
     ``{"summary": rows, "table": terminal text, "html": path, ...}``."""
     out = Path(out)
     summary = summarize(records, labels)
+    ratios = [peer_ratios(summary, speed) for speed, _ in RATIO_SPEEDS]
+    has_peers = any(r["points"] for r in ratios)
     write_csv(out / "summary.csv", summary)
-    write_text(out / "summary.md", markdown_table(summary) + "\n", force=True)
+    write_ratios(out, ratios)
+    write_text(out / "summary.md", markdown_table(summary) + ("\n\n" + ratio_markdown(ratios) if has_peers else "")
+               + "\n", force=True)
     caption = f"{config['model']}: {len(records)} videos, {config['steps']} steps"
     plots = []
     for key, title, higher in METRICS:
@@ -345,6 +489,7 @@ def write_reports(out: Path, config: dict, records: list[dict], labels: list[str
             (out / name).unlink(missing_ok=True)
     if plot_timeline(out / "timeline.png", records, labels, caption):
         plots.append("timeline.png")
-    write_html(out / "index.html", config, summary, records, labels, plots, notes)
-    return {"summary": summary, "table": terminal_table(summary), "html": out / "index.html",
+    write_html(out / "index.html", config, summary, records, labels, plots, notes, ratios)
+    table = terminal_table(summary) + ("\n\n" + ratio_terminal(ratios) if has_peers else "")
+    return {"summary": summary, "table": table, "ratios": ratios, "html": out / "index.html",
             "csv": out / "summary.csv", "markdown": out / "summary.md", "plots": [out / p for p in plots]}

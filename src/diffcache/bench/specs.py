@@ -4,24 +4,28 @@ the peers' own implementations."""
 from __future__ import annotations
 
 import ast
+import itertools
 import re
 from dataclasses import dataclass
 
 from ..errors import UnknownMethodError
 from ..methods.framework import list_methods, method_info
 from .defaults import DEFAULT_METHODS  # noqa: F401 - re-exported: what --methods runs by default
-from .peers import PEERS
+from .peers import PEER_CURVES, PEERS
 
 BASELINE = "none"  #: the uncached run, the reference of every quality metric and of the speedup
 FEWER_STEPS = "steps"  #: "steps:N": the plain pipeline at N steps, the baseline every cache must beat
 OURS = "ours"  #: every registered diffcache method at its default preset
 ALL_PEERS = "peers"  #: every peer with its defaults
+ALL_PEER_CURVES = "peer-curves"  #: every peer's main knob swept over its preset curve points (peers.PEER_CURVES)
 
 
 def accepted_names() -> str:
     ours = ", ".join(info.name for info in list_methods())
     return (f"{BASELINE}; {FEWER_STEPS}:N; diffcache methods: {ours}; peers: {', '.join(PEERS)}; "
-            f"'{OURS}' (every diffcache method at its default preset), '{ALL_PEERS}' (every peer)")
+            f"'{OURS}' (every diffcache method at its default preset), '{ALL_PEERS}' (every peer), "
+            f"'{ALL_PEER_CURVES}' (every peer's main knob at its curve points); sweep an option with "
+            "NAME[option=a|b|c]")
 
 
 @dataclass(frozen=True)
@@ -128,10 +132,93 @@ def _options(text: str, options: str | None):
         yield key.strip(), value
 
 
+def _scan(text: str):
+    """``(index, character, depth)`` of each character outside quotes; ``depth`` counts the brackets,
+    parentheses and braces open before it."""
+    depth, quote = 0, None
+    for i, char in enumerate(text):
+        if quote:
+            quote = None if char == quote and text[i - 1] != "\\" else quote
+            continue
+        if char in "'\"":
+            quote = char
+            continue
+        if char in ")]}":
+            depth -= 1
+        yield i, char, depth
+        if char in "([{":
+            depth += 1
+
+
+def _top_level(text: str, separators: str):
+    """``(start, end)`` of the pieces of ``text`` cut at the ``separators`` outside brackets and quotes."""
+    start = 0
+    for i, char, depth in _scan(text):
+        if char in separators and depth == 0:
+            yield start, i
+            start = i + 1
+    yield start, len(text)
+
+
+def _groups(text: str) -> list[tuple[int, int]]:
+    """``(start, end)`` of the inside of each top-level ``[...]`` of a ``--methods`` entry."""
+    opened = [i + 1 for i, char, depth in _scan(text) if char == "[" and depth == 0]
+    closed = [i for i, char, depth in _scan(text) if char == "]" and depth == 0]
+    return list(zip(opened, closed))
+
+
+def curve_name(label: str) -> str:
+    """A label without its ``[...]`` options: the curve its point belongs to in the reports
+    (``diffusers-fbcache[threshold=0.1]`` → ``diffusers-fbcache``, ``adacache:fast[threshold=0.1]`` →
+    ``adacache:fast``)."""
+    kept, start = [], 0
+    for a, b in _groups(label):
+        kept.append(label[start:a - 1])
+        start = b + 1
+    return "".join(kept) + label[start:]
+
+
+def label_kind(label: str) -> str:
+    """The :attr:`MethodSpec.kind` of a stored label (``baseline``, ``steps``, ``peer`` or ``method``), read from
+    its first name: a composition such as ``teacache+cfg-cache`` counts as the kind of its first part."""
+    return MethodSpec(re.split(r"[:+\[]", label, maxsplit=1)[0].strip()).kind
+
+
+def expand_sweep(text: str) -> list[str]:
+    """One ``--methods`` entry with swept options → one entry per combination of values:
+    ``fbcache[threshold=0.05|0.1]`` → ``fbcache[threshold=0.05]``, ``fbcache[threshold=0.1]``. A value is cut at
+    the ``|`` outside parentheses, brackets and quotes (``metric_blocks=(1,2)|(2,3)``, ``mode="a|b"`` is one
+    string); several swept options give every combination, in order (the first option varies slowest). Every
+    ``[...]`` of the entry is read, so a composition's parts sweep too. An empty alternative is an error."""
+    pieces, values, start = [], [], 0
+    for group in _groups(text):
+        inner_start, inner_end = group
+        inner = text[inner_start:inner_end]
+        for a, b in _top_level(inner, ";"):
+            key, sep, value = inner[a:b].partition("=")
+            if not sep:
+                continue  # MethodSpec.parse says what is wrong with it
+            value_start = inner_start + a + len(key) + 1
+            alternatives = [value[x:y] for x, y in _top_level(value, "|")]
+            if len(alternatives) == 1:
+                continue
+            if any(not alt.strip() for alt in alternatives):
+                raise UnknownMethodError(f"{text!r}: option {key.strip()!r} has an empty alternative in "
+                                         f"{value.strip()!r}; write option=a|b|c with a value between each '|'")
+            pieces.append(text[start:value_start])
+            values.append([alt.strip() for alt in alternatives])
+            start = inner_start + b
+    if not values:
+        return [text]
+    pieces.append(text[start:])
+    return ["".join(p + v for p, v in zip(pieces, combo + ("",))) for combo in itertools.product(*values)]
+
+
 def parse_methods(text: str) -> list[MethodSpec]:
     """``"none,adacache:fast,steps:15,diffusers-pab"`` → specs. ``ours`` expands to every registered diffcache
-    method at its default preset, ``peers`` to every peer; ``none`` is added first when missing (it is the
-    reference)."""
+    method at its default preset, ``peers`` to every peer, ``peer-curves`` to every peer's curve
+    (:data:`.peers.PEER_CURVES`); ``NAME[option=a|b]`` to one entry per value (:func:`expand_sweep`); ``none`` is
+    added first when missing (it is the reference)."""
     parts = [p.strip() for p in re.split(r",(?![^\[]*\])", text) if p.strip()]  # commas in [...] are values
     specs = []
     for part in parts:
@@ -139,8 +226,10 @@ def parse_methods(text: str) -> list[MethodSpec]:
             specs += [MethodSpec(info.name, info.default_preset) for info in list_methods()]
         elif part == ALL_PEERS:
             specs += [MethodSpec(name) for name in PEERS]
+        elif part == ALL_PEER_CURVES:
+            specs += [MethodSpec.parse(entry) for curve in PEER_CURVES.values() for entry in expand_sweep(curve)]
         else:
-            specs.append(MethodSpec.parse(part))
+            specs += [MethodSpec.parse(entry) for entry in expand_sweep(part)]
     if not specs:
         raise UnknownMethodError(f"no methods given; e.g. --methods none,adacache:fast. Accepted: {accepted_names()}")
     labels = [s.label for s in specs]

@@ -28,7 +28,7 @@ RESULTS = "results.jsonl"
 CONFIG = "config.json"
 PARTS = "parts"
 CLIPS = "clips"
-REPORT_FILES = ("summary.csv", "summary.md", "index.html", "timeline.png")
+REPORT_FILES = ("summary.csv", "summary.md", "index.html", "timeline.png", "peer-ratios.json", "peer-ratios.csv")
 
 
 # -- JSON lines ----------------------------------------------------------------------------------------------------

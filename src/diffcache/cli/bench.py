@@ -13,6 +13,8 @@ EXAMPLES = """examples:
   diffcache bench --methods none,adacache:fast,adacache:slow,steps:15 --prompts 16 --steps 30 --out out/ada
   diffcache bench --methods "ours,peers" --prompts 8 --seeds 2 --out out/all       # every method and peer
   diffcache bench --methods "teacache,fbcache[threshold=0.2],diffusers-fbcache[threshold=0.1]" --out out/fb
+  diffcache bench --methods "ours,peer-curves" --prompts 8 --out out/curves    # each peer's knob at 3 points
+  diffcache bench --methods "fbcache[threshold=0.1|0.2|0.3],diffusers-seacache[threshold=0.1|0.5]" --out out/sw
   diffcache bench --model ./my-wan-pipeline --prompt "a cat surfing" --prompt "a dog running" --steps 50 --out out/wan
   diffcache bench --model ./my-wan-i2v-pipeline --images frames/ --prompt "the cat jumps" --steps 40 --out out/i2v
   diffcache bench --model ./my-svd-pipeline --images a.png b.png --methods none,deepcache --out out/svd   # no prompts
@@ -21,8 +23,9 @@ EXAMPLES = """examples:
 --methods names: none (the uncached reference, always added), steps:N (the plain pipeline at N steps),
 METHOD[:PRESET][option=value;...] (see 'diffcache methods'), 'ours' (every diffcache method at its default
 preset), the peers diffusers-pab, diffusers-fastercache, diffusers-fbcache, diffusers-taylorseer,
-diffusers-magcache, cachedit-dbcache (optionally PEER[option=value;...]) and 'peers' (all of them). A method or
-peer that cannot run on the model is a skipped row with the reason.
+diffusers-magcache, diffusers-seacache, cachedit-dbcache (optionally PEER[option=value;...]), 'peers' (all of
+them) and 'peer-curves' (each peer's main knob at 3 values). NAME[option=a|b|c] sweeps an option: one entry per
+value. A method or peer that cannot run on the model is a skipped row with the reason.
 
 --images (image-to-video models, required there): files, or folders whose .png/.jpg/.jpeg/.webp/.bmp files are
 taken in name order. As many prompts as images: the i-th prompt with the i-th image; one prompt: it with every
@@ -33,7 +36,9 @@ content hash) are part of the folder's configuration: resuming with other images
 Per video: speedup (interleaved timed runs in one process), denoiser FLOPs, peak and cache memory, PSNR / SSIM /
 relative L1 against the uncached video of the same prompt and seed, the checker's adherence and temporal
 stability (embedded model). Re-running the same command resumes (finished items are kept); --force starts over.
-Writes results.jsonl, summary.csv / summary.md, pareto-*.png, timeline.png, clips/ and index.html."""
+Below the table: for each peer point, our best speedup at its PSNR or better, and the worst such ratio (the
+figure of merit), by CPU time and by FLOPs. Writes results.jsonl, summary.csv / summary.md, peer-ratios.json /
+.csv, pareto-*.png (one curve per method or peer), timeline.png, clips/ and index.html."""
 
 
 def add_parser(subparsers) -> None:
