@@ -96,6 +96,11 @@ class CalibrationError(DiffcacheError, ValueError):
     calibrated); the message says what to change."""
 
 
+class TuneError(DiffcacheError, ValueError):
+    """``diffcache tune`` cannot run as asked (a bad target, a method with nothing to search, a folder of another
+    configuration) or found no setting that meets its target; the message says what to change."""
+
+
 # -- warnings --------------------------------------------------------------------------------------------------
 class MethodSilentWarning(DiffcacheWarning):
     """A method's hooks did not run — it is doing nothing."""
@@ -107,6 +112,11 @@ class NothingSkippedWarning(DiffcacheWarning):
 
 class GuidanceDistilledWarning(DiffcacheWarning):
     """A guidance scale was given to a distilled student, which has guidance built in and ignores it."""
+
+
+class CalibrationOverlapWarning(DiffcacheWarning):
+    """A benchmark runs a tuned preset on the very items (prompt and seed) it was tuned on: its quality there is
+    not a fair measure."""
 
 
 __all__ = [name for name, value in dict(globals()).items()

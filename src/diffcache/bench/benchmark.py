@@ -83,6 +83,34 @@ def run_sweep(sweep: Sweep, items: list[Item], out: Path, config: dict, force: b
     return store.stored_records(out, {it.key for it in items})
 
 
+def warn_calibration_overlap(specs, items: list[Item]) -> list[str]:
+    """Warn (:class:`~diffcache.errors.CalibrationOverlapWarning`, one line each) for every method whose preset is a
+    file ``diffcache tune`` wrote and whose calibration items (prompt and seed, its ``tuned_on``) include some of
+    ``items``: its quality would be measured on the data it was tuned on. Returns the messages (report notes)."""
+    import json
+    import warnings
+
+    from ..errors import CalibrationOverlapWarning
+    from ..tune import overlapping_items
+
+    messages = []
+    pairs = [(item.prompt, item.seed) for item in items]
+    for spec in specs:
+        if not str(spec.preset or "").endswith(".json"):
+            continue
+        try:
+            document = json.loads(Path(spec.preset).expanduser().read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # loading the preset reports a missing or broken file
+        shared = overlapping_items(document, pairs)
+        if shared:
+            messages.append(f"{spec.label} was tuned on {len(shared)} of these {len(pairs)} items (e.g. "
+                            f"{shared[0][0]!r}, seed {shared[0][1]}): its quality here is measured on its own "
+                            "calibration data; benchmark it on other prompts or seeds")
+            warnings.warn(messages[-1], CalibrationOverlapWarning, stacklevel=3)
+    return messages
+
+
 def benchmark(model: str = "tiny-shapes-t2v", methods: str = DEFAULT_METHODS, out: str | Path = "out/bench",
               prompts: list[str] | None = None, num_prompts: int = 8, seeds: int = 1, steps: int = 30,
               guidance: float = 5.0, repeats: int = 2, cfg_mode: str | None = None, force: bool = False,
@@ -135,6 +163,7 @@ def benchmark(model: str = "tiny-shapes-t2v", methods: str = DEFAULT_METHODS, ou
         for prompt in prompt_list:
             parse_prompt(prompt)
     items = plan_items(prompt_list, seeds, image_paths)
+    overlap_notes = warn_calibration_overlap(specs, items)
     config = {"model": model, "methods": [s.label for s in specs], "prompts": prompt_list, "seeds": seeds,
               "steps": steps, "guidance": guidance, "repeats": repeats, "cfg_mode": cfg_mode}
     if image_paths is not None:  # absent for a text-to-video model: its folders' configs stay as they were
@@ -156,6 +185,7 @@ def benchmark(model: str = "tiny-shapes-t2v", methods: str = DEFAULT_METHODS, ou
         notes.append(sweep.guidance_note)
     if image_paths is not None:
         notes.append("first frames: centre-cropped to the clip's aspect ratio, then resized to its size")
+    notes += overlap_notes
     if not scored:
         notes.append("adherence and temporal stability: n/a (the analytic checker covers the embedded models)")
     measures = {row["memory_measure"] for r in records for row in r["methods"].values()}

@@ -4,6 +4,7 @@ heavy is imported at module level (``diffcache --help`` stays fast)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 
 FORMATTER = argparse.RawDescriptionHelpFormatter  #: keeps the examples epilog as written
 
@@ -48,3 +49,24 @@ def effect(handle, steps: int) -> str:
     if any(record.active_fraction is not None for record in call.steps):
         text += f" with {call.token_fraction:.0%} of the tokens on average"
     return text
+
+
+@contextlib.contextmanager
+def one_line_warnings(command: str):
+    """Show diffcache's own warnings as one line each, ``diffcache COMMAND: warning: MESSAGE`` (others as usual)."""
+    import sys
+    import warnings
+
+    from ..errors import DiffcacheWarning
+
+    with warnings.catch_warnings():
+        default = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, DiffcacheWarning):
+                print(f"diffcache {command}: warning: {message}", file=file or sys.stderr)
+            else:
+                default(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        yield

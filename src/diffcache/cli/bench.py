@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from ..bench.defaults import DEFAULT_METHODS
-from ._common import FORMATTER, positive
+from ._common import FORMATTER, one_line_warnings, positive
 
 EXAMPLES = """examples:
   diffcache bench --out out/bench        # uncached, every diffcache method at its default, two diffusers peers
@@ -70,10 +70,15 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..bench.benchmark import benchmark
-
     positive(prompts=args.prompts, steps=args.steps, repeats=args.repeats, seeds=args.seeds, height=args.height,
              width=args.width, frames=args.frames)
+    with one_line_warnings("bench"):  # e.g. a tuned preset benchmarked on its own calibration items
+        return _run(args)
+
+
+def _run(args) -> int:
+    from ..bench.benchmark import benchmark
+
     return run_and_print("bench", lambda: benchmark(
         model=args.model, methods=args.methods, out=args.out, prompts=args.prompt, num_prompts=args.prompts,
         seeds=args.seeds, steps=args.steps, guidance=args.guidance, repeats=args.repeats, cfg_mode=args.cfg_mode,

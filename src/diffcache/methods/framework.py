@@ -66,12 +66,36 @@ class MethodConfig:
 
     @classmethod
     def from_preset(cls, preset: str | None = None, **overrides):
-        """The config of ``preset`` (the method's default preset when ``None``) with ``overrides`` applied."""
+        """The config of ``preset`` (the method's default preset when ``None``) with ``overrides`` applied. A name
+        ending in ``.json`` that is no preset is a preset file (:meth:`from_preset_file`)."""
         name = preset or cls.DEFAULT_PRESET
+        if name not in cls.PRESETS and str(name).endswith(PRESET_FILE_SUFFIX):
+            return cls.from_preset_file(name, **overrides)
         if name not in cls.PRESETS:
             raise UnknownMethodError(f"unknown preset {name!r}; presets: {', '.join(cls.PRESETS)}.")
         cls.check_options(overrides)
         return cls(**{**cls.PRESETS[name], **overrides, "preset": name})
+
+    @classmethod
+    def from_preset_file(cls, path, **overrides):
+        """The config a preset file describes (as ``diffcache tune`` writes it: ``{"method": NAME, "preset": BASE,
+        "options": {...}, ...}``): ``BASE`` with the file's options, then ``overrides``. A file for another method, a
+        file that is not JSON or has no ``options``, and options the config does not have are refused. The
+        config's ``preset`` is the file's path."""
+        path = str(path)
+        data = read_preset_file(path, cls)
+        options = data.get("options")
+        if not isinstance(options, dict):
+            raise ConfigError(f"{path} is not a preset file (it has no 'options' object); write one with "
+                              "`diffcache tune METHOD --min-psnr DB` or `--speedup X`.")
+        base = data.get("preset") or cls.DEFAULT_PRESET
+        if not isinstance(base, str) or base.endswith(PRESET_FILE_SUFFIX) or base not in cls.PRESETS:
+            raise ConfigError(f"{path}: its base preset {base!r} is not a preset of {cls.__name__} "
+                              f"({', '.join(cls.PRESETS)}).")
+        cls.check_options(options)
+        cls.check_options(overrides)
+        config = cls.from_preset(base, **{**options, **overrides})
+        return dataclasses.replace(config, preset=path)
 
     @classmethod
     def check_options(cls, options: dict) -> None:
@@ -106,6 +130,43 @@ class MethodConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+#: how a preset name that is a file ends (:meth:`MethodConfig.from_preset_file`)
+PRESET_FILE_SUFFIX = ".json"
+
+
+def read_preset_file(path: str, config_class: type) -> dict:
+    """The JSON object in preset file ``path``, checked to be for ``config_class``'s method (its ``method`` key;
+    a file without one is taken as this method's). Read here, not with :mod:`diffcache.files`: methods import no
+    files module."""
+    import json
+    from pathlib import Path
+
+    file = Path(path).expanduser()
+    method = method_name(config_class)
+    if not file.is_file():
+        raise UnknownMethodError(f"preset file {file} does not exist; presets of {method or config_class.__name__}: "
+                                 f"{', '.join(config_class.PRESETS)}, or a .json file written by `diffcache tune`.")
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"preset file {file} is not valid JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"preset file {file} holds no JSON object")
+    named = data.get("method", method)
+    if method is not None and named != method:
+        hint = (f"it combines several methods; load it with diffcache.tune.load_preset('{file}')" if "+" in str(named)
+                else f"use it with diffcache.enable(pipe, {named!r}, preset='{file}') or --methods {named}:{file}")
+        raise ConfigError(f"preset file {file} is for {named}, not {method}: {hint}.")
+    return data
+
+
+def method_name(config_class: type) -> str | None:
+    """The registered name of the method whose config class is ``config_class`` (``None`` for an unregistered
+    one)."""
+    list_methods()
+    return next((info.name for info in _METHODS.values() if info.config_class is config_class), None)
 
 
 # -- the registry --------------------------------------------------------------------------------------------------

@@ -12,7 +12,8 @@ Presets carry the published coefficients and thresholds (TeaCache repository: Te
 TeaCache4Mochi), plus ``tiny-shapes-t2v`` fitted here by ``diffcache calibrate teacache``. The default preset,
 ``auto``, picks the one of the model being enabled on and refuses a model with none: coefficients fitted on one
 model say nothing about another. Any JSON file written by that command is
-a preset too: ``diffcache.enable(pipe, "teacache", preset="my-model.json")``.
+a preset too: ``diffcache.enable(pipe, "teacache", preset="my-model.json")``, and so is one written by
+``diffcache tune teacache`` (a base preset and options, :meth:`MethodConfig.from_preset_file`).
 """
 
 from __future__ import annotations
@@ -253,6 +254,8 @@ class TeaCacheConfig(MethodConfig):
                 raise ConfigError(f"TeaCache preset file {path} is not valid JSON: {error}") from None
             if not isinstance(data, dict) or data.get("method", "teacache") != "teacache":
                 raise ConfigError(f"{path} is not a TeaCache preset (write one with `diffcache calibrate teacache`)")
+            if "options" in data:  # a preset file of `diffcache tune`: a base preset and options
+                return cls.from_preset_file(str(path), **overrides)
             known = {f.name for f in fields(cls)} - {"preset"}
             unknown = sorted(set(overrides) - known)
             if unknown:
