@@ -598,7 +598,7 @@ def tune(method: str, target: Target, model: str = "tiny-shapes-t2v", out: str |
     from .bench.store import append_record
     from .bench.sweep import Sweep, report_timeline
     from .errors import CallRefusedError, NothingSkippedWarning, UnsupportedModelError
-    from .files import atomic_path, check_writable, read_json, write_text
+    from .files import atomic_path, check_writable, write_text
     from .loading import load_pipeline
     from .methods.framework import method_info
 
@@ -725,8 +725,10 @@ def tune(method: str, target: Target, model: str = "tiny-shapes-t2v", out: str |
                 try:
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore", NothingSkippedWarning)  # a slow end of a range reuses nothing
-                        video, cost = measure_cost(denoiser, lambda: generate(index), handle.state_roots)
-                    timeline = report_timeline(handle.report())
+                        video, cost = measure_cost(denoiser, lambda: generate(index),
+                                                   getattr(handle, "state_roots", None))
+                    report = handle.report() if hasattr(handle, "report") else None
+                    timeline = report_timeline(report) if hasattr(report, "calls") else {}
                 finally:
                     handle.disable()
                 flops += cost.flops

@@ -72,6 +72,14 @@ def test_the_preset_meets_its_target_on_the_calibration_prompts(pipe, tuned):
     assert spec.name == "fbcache" and spec.preset == str(result.preset_path)
 
 
+def test_generate_takes_the_preset_file(tuned, tmp_path, capsys):
+    _, result = tuned
+    out = tmp_path / "clip.gif"
+    assert main(["generate", "--prompt", "a red circle moving left", "--steps", str(STEPS), "--method",
+                 f"fbcache:{result.preset_path}", "--out", str(out)]) == 0
+    assert out.stat().st_size > 0 and "steps computed" in capsys.readouterr().out
+
+
 def test_the_chosen_setting_is_on_the_printed_frontier(tuned):
     _, result = tuned
     table = result.lines[1]
