@@ -21,8 +21,9 @@ target, or the most accurate one that reaches a speed target, and save it as a p
   (``OUT/config.json``: model, method, prompts, seeds, steps, guidance, CFG mode); another configuration in the same
   folder is refused without ``force``.
 * **Compositions** (``"teacache+cfg-cache"``): every part's knobs are searched coordinate-wise, the parts enabled
-  together with ``diffcache.enable(pipe, [config_a, config_b])``; the preset file then holds ``configs`` per part
-  (:func:`load_preset` builds the list of configs).
+  together with ``diffcache.enable(pipe, [config_a, config_b])``; the preset file then holds ``configs``, each
+  part's options with the ``preset`` they start from (what ``diffcache.enable(pipe, "teacache+cfg-cache",
+  preset=FILE)`` reads, where compositions exist; :func:`load_preset` builds the list of configs).
 
 The preset file (:func:`preset_document`) loads with ``diffcache.enable(pipe, NAME, preset="FILE.json")``,
 ``diffcache generate --method NAME:FILE.json`` and ``diffcache bench --methods NAME:FILE.json``
@@ -194,6 +195,11 @@ KNOBS: dict[str, tuple[Knob, ...]] = {
                          "paper's"),
                     Knob("enhance", "choice", values=("both", "low", "high", "none"),
                          doc="which frequency deltas the schedule's weights scale")),
+    "cfg-cache": (Knob("schedule", "choice", values=("official-opensora", "official-latte", "official-opensoraplan",
+                                                     "official-cogvideox", "paper"), grid=True,
+                       doc="the table of the steps whose uncond is rebuilt, and the weights"),
+                  Knob("enhance", "choice", values=("both", "low", "high", "none"),
+                       doc="which frequency deltas the schedule's weights scale")),
     "hsa": (Knob("runtime", "log", 0.2, 1.0, faster=-1, doc="the token-step budget as a fraction of the uncached "
                  "run's compute"),),
     "deepcache": (Knob("interval", "int", 1, 10, doc="one full U-Net step in N"),),
@@ -468,10 +474,10 @@ def preset_document(parts: list[Part], chosen: dict, target: Target, tuned_on: d
     if len(parts) == 1:
         document["preset"], document["options"] = base_and_options(parts[0])
     else:
-        document["configs"] = {}
+        document["configs"] = {}  # each part's options with the preset they start from, as enable() reads them
         for part in parts:
             base, options = base_and_options(part)
-            document["configs"][part.name] = {"preset": base, "options": options}
+            document["configs"][part.name] = {"preset": base, **options}
     document.update({
         "target": target.to_dict(),
         "achieved": {"flop_speedup": chosen["flop_speedup"], "psnr": chosen["psnr"],
@@ -502,9 +508,10 @@ def load_preset(path: str | Path):
     configs = []
     for name, entry in document["configs"].items():
         config_class = method_info(name).config_class
-        options = dict(entry.get("options", {}))
+        options = dict(entry) if isinstance(entry, dict) else {}
+        base = options.pop("preset", None)
         config_class.check_options(options)
-        configs.append(config_class.from_preset(entry.get("preset") or None, **options))
+        configs.append(config_class.from_preset(base, **options))
     return configs
 
 
@@ -655,7 +662,13 @@ def tune(method: str, target: Target, model: str = "tiny-shapes-t2v", out: str |
                         f"{', '.join(sorted(KNOBS))})")
     composition = len(parts) > 1
     bases = [part.base_config for part in parts]
-    enable(pipe, bases if composition else bases[0]).disable()  # a method this model cannot run fails now, once
+    try:
+        enable(pipe, bases if composition else bases[0]).disable()  # a method this model cannot run fails now, once
+    except TypeError as error:
+        if not composition or isinstance(error, UnsupportedModelError):
+            raise
+        raise TuneError(f"tuning the composition {label} needs diffcache.enable to accept a list of configs, which "
+                        f"this version's does not ({error})") from None
 
     size = {"height": height, "width": width, "num_frames": frames}
     config = {"model": model, "method": "+".join(f"{p.name}:{p.preset}" for p in parts),
