@@ -101,6 +101,7 @@ class Target:
         return (0, accuracy, speed) if self.kind == "min_psnr" else (0, speed, accuracy)
 
     def describe(self) -> str:
+        """The target in words (the command's first line)."""
         return (f"mean PSNR >= {self.value:g} dB, as fast as possible" if self.kind == "min_psnr"
                 else f"FLOP speedup >= {self.value:g}x, as accurate as possible")
 
@@ -109,6 +110,7 @@ class Target:
         return f"{'psnr' if self.kind == 'min_psnr' else 'speedup'}{self.value:g}"
 
     def to_dict(self) -> dict:
+        """``{"min_psnr": 35.0}`` or ``{"speedup": 2.0}``: the preset file's ``target``."""
         return {self.kind: self.value}
 
 
@@ -142,9 +144,11 @@ class Knob:
 
     @property
     def target_field(self) -> str:
+        """The config field the knob sets (``field``, else its name)."""
         return self.field or self.name
 
     def required_fields(self) -> tuple[str, ...]:
+        """The config fields that must exist for the knob to be searched."""
         return self.needs if self.needs is not None else (self.target_field,)
 
     def options(self, value, base_config, steps: int) -> dict:
@@ -268,9 +272,11 @@ class Search:
 
     @staticmethod
     def key(point: dict) -> str:
+        """A point's identity: its canonical JSON."""
         return json.dumps(point, sort_keys=True)
 
     def evaluate(self, point: dict) -> dict:
+        """The evaluation of ``point``, made once; :class:`BudgetSpent` when a new one would pass the budget."""
         key = self.key(point)
         if key not in self.seen:
             if len(self.seen) >= self.max_evaluations:
@@ -674,9 +680,9 @@ def tune(method: str, target: Target, model: str = "tiny-shapes-t2v", out: str |
     config = {"model": model, "method": "+".join(f"{p.name}:{p.preset}" for p in parts),
               "prompts": [p for p, _ in items], "seeds": [s for _, s in items], "steps": steps, "guidance": guidance,
               "cfg_mode": cfg_mode, **{k: v for k, v in size.items() if v is not None}}
-    prepare_folder(out, config, force)
     if save.exists() and not force and not _same_tuning(save, label, target, config):
         check_writable(save, force=False)  # another preset there: refused before any work
+    prepare_folder(out, config, force)
     sweep = Sweep(pipe, [MethodSpec("none")], steps=steps, guidance=guidance, repeats=0, cfg_mode=cfg_mode,
                   size=size)
     path = out / EVALUATIONS
