@@ -680,9 +680,9 @@ def tune(method: str, target: Target, model: str = "tiny-shapes-t2v", out: str |
     config = {"model": model, "method": "+".join(f"{p.name}:{p.preset}" for p in parts),
               "prompts": [p for p, _ in items], "seeds": [s for _, s in items], "steps": steps, "guidance": guidance,
               "cfg_mode": cfg_mode, **{k: v for k, v in size.items() if v is not None}}
+    prepare_folder(out, config, force)  # first: a folder of another configuration is the clearer refusal
     if save.exists() and not force and not _same_tuning(save, label, target, config):
-        check_writable(save, force=False)  # another preset there: refused before any work
-    prepare_folder(out, config, force)
+        check_writable(save, force=False)  # another preset there: refused before any evaluation
     sweep = Sweep(pipe, [MethodSpec("none")], steps=steps, guidance=guidance, repeats=0, cfg_mode=cfg_mode,
                   size=size)
     path = out / EVALUATIONS
