@@ -184,3 +184,14 @@ def test_teacache_reads_both_its_calibration_files_and_tuned_presets(tmp_path):
     assert config.threshold == 0.071 and config.model == "tiny-shapes-t2v" and config.preset == tuned
     with pytest.raises(ConfigError, match="not a TeaCache preset"):
         TeaCacheConfig.from_preset(_write(tmp_path / "fb.json", {"method": "fbcache", "options": {}}))
+
+
+def test_commands_show_diffcaches_warnings_as_one_line(capsys):
+    import warnings
+
+    from diffcache.cli._common import one_line_warnings
+    from diffcache.errors import CalibrationOverlapWarning
+
+    with one_line_warnings("bench"):
+        warnings.warn("fbcache:x.json was tuned on 1 of these 2 items", CalibrationOverlapWarning)
+    assert capsys.readouterr().err == "diffcache bench: warning: fbcache:x.json was tuned on 1 of these 2 items\n"

@@ -21,8 +21,9 @@ target, or the most accurate one that reaches a speed target, and save it as a p
   (``OUT/config.json``: model, method, prompts, seeds, steps, guidance, CFG mode); another configuration in the same
   folder is refused without ``force``.
 * **Compositions** (``"teacache+cfg-cache"``): every part's knobs are searched coordinate-wise, the parts enabled
-  together with ``diffcache.enable(pipe, [config_a, config_b])``; the preset file then holds ``configs`` per part
-  (:func:`load_preset` builds the list of configs).
+  together with ``diffcache.enable(pipe, [config_a, config_b])``; the preset file then holds ``configs``, each
+  part's options with the ``preset`` they start from (what ``diffcache.enable(pipe, "teacache+cfg-cache",
+  preset=FILE)`` reads, where compositions exist; :func:`load_preset` builds the list of configs).
 
 The preset file (:func:`preset_document`) loads with ``diffcache.enable(pipe, NAME, preset="FILE.json")``,
 ``diffcache generate --method NAME:FILE.json`` and ``diffcache bench --methods NAME:FILE.json``
@@ -100,6 +101,7 @@ class Target:
         return (0, accuracy, speed) if self.kind == "min_psnr" else (0, speed, accuracy)
 
     def describe(self) -> str:
+        """The target in words (the command's first line)."""
         return (f"mean PSNR >= {self.value:g} dB, as fast as possible" if self.kind == "min_psnr"
                 else f"FLOP speedup >= {self.value:g}x, as accurate as possible")
 
@@ -108,6 +110,7 @@ class Target:
         return f"{'psnr' if self.kind == 'min_psnr' else 'speedup'}{self.value:g}"
 
     def to_dict(self) -> dict:
+        """``{"min_psnr": 35.0}`` or ``{"speedup": 2.0}``: the preset file's ``target``."""
         return {self.kind: self.value}
 
 
@@ -141,9 +144,11 @@ class Knob:
 
     @property
     def target_field(self) -> str:
+        """The config field the knob sets (``field``, else its name)."""
         return self.field or self.name
 
     def required_fields(self) -> tuple[str, ...]:
+        """The config fields that must exist for the knob to be searched."""
         return self.needs if self.needs is not None else (self.target_field,)
 
     def options(self, value, base_config, steps: int) -> dict:
@@ -194,6 +199,11 @@ KNOBS: dict[str, tuple[Knob, ...]] = {
                          "paper's"),
                     Knob("enhance", "choice", values=("both", "low", "high", "none"),
                          doc="which frequency deltas the schedule's weights scale")),
+    "cfg-cache": (Knob("schedule", "choice", values=("official-opensora", "official-latte", "official-opensoraplan",
+                                                     "official-cogvideox", "paper"), grid=True,
+                       doc="the table of the steps whose uncond is rebuilt, and the weights"),
+                  Knob("enhance", "choice", values=("both", "low", "high", "none"),
+                       doc="which frequency deltas the schedule's weights scale")),
     "hsa": (Knob("runtime", "log", 0.2, 1.0, faster=-1, doc="the token-step budget as a fraction of the uncached "
                  "run's compute"),),
     "deepcache": (Knob("interval", "int", 1, 10, doc="one full U-Net step in N"),),
@@ -262,9 +272,11 @@ class Search:
 
     @staticmethod
     def key(point: dict) -> str:
+        """A point's identity: its canonical JSON."""
         return json.dumps(point, sort_keys=True)
 
     def evaluate(self, point: dict) -> dict:
+        """The evaluation of ``point``, made once; :class:`BudgetSpent` when a new one would pass the budget."""
         key = self.key(point)
         if key not in self.seen:
             if len(self.seen) >= self.max_evaluations:
@@ -468,10 +480,10 @@ def preset_document(parts: list[Part], chosen: dict, target: Target, tuned_on: d
     if len(parts) == 1:
         document["preset"], document["options"] = base_and_options(parts[0])
     else:
-        document["configs"] = {}
+        document["configs"] = {}  # each part's options with the preset they start from, as enable() reads them
         for part in parts:
             base, options = base_and_options(part)
-            document["configs"][part.name] = {"preset": base, "options": options}
+            document["configs"][part.name] = {"preset": base, **options}
     document.update({
         "target": target.to_dict(),
         "achieved": {"flop_speedup": chosen["flop_speedup"], "psnr": chosen["psnr"],
@@ -502,9 +514,10 @@ def load_preset(path: str | Path):
     configs = []
     for name, entry in document["configs"].items():
         config_class = method_info(name).config_class
-        options = dict(entry.get("options", {}))
+        options = dict(entry) if isinstance(entry, dict) else {}
+        base = options.pop("preset", None)
         config_class.check_options(options)
-        configs.append(config_class.from_preset(entry.get("preset") or None, **options))
+        configs.append(config_class.from_preset(base, **options))
     return configs
 
 
@@ -598,7 +611,7 @@ def tune(method: str, target: Target, model: str = "tiny-shapes-t2v", out: str |
     from .bench.store import append_record
     from .bench.sweep import Sweep, report_timeline
     from .errors import CallRefusedError, NothingSkippedWarning, UnsupportedModelError
-    from .files import atomic_path, check_writable, read_json, write_text
+    from .files import atomic_path, check_writable, write_text
     from .loading import load_pipeline
     from .methods.framework import method_info
 
@@ -655,15 +668,21 @@ def tune(method: str, target: Target, model: str = "tiny-shapes-t2v", out: str |
                         f"{', '.join(sorted(KNOBS))})")
     composition = len(parts) > 1
     bases = [part.base_config for part in parts]
-    enable(pipe, bases if composition else bases[0]).disable()  # a method this model cannot run fails now, once
+    try:
+        enable(pipe, bases if composition else bases[0]).disable()  # a method this model cannot run fails now, once
+    except TypeError as error:
+        if not composition or isinstance(error, UnsupportedModelError):
+            raise
+        raise TuneError(f"tuning the composition {label} needs diffcache.enable to accept a list of configs, which "
+                        f"this version's does not ({error})") from None
 
     size = {"height": height, "width": width, "num_frames": frames}
     config = {"model": model, "method": "+".join(f"{p.name}:{p.preset}" for p in parts),
               "prompts": [p for p, _ in items], "seeds": [s for _, s in items], "steps": steps, "guidance": guidance,
               "cfg_mode": cfg_mode, **{k: v for k, v in size.items() if v is not None}}
-    prepare_folder(out, config, force)
+    prepare_folder(out, config, force)  # first: a folder of another configuration is the clearer refusal
     if save.exists() and not force and not _same_tuning(save, label, target, config):
-        check_writable(save, force=False)  # another preset there: refused before any work
+        check_writable(save, force=False)  # another preset there: refused before any evaluation
     sweep = Sweep(pipe, [MethodSpec("none")], steps=steps, guidance=guidance, repeats=0, cfg_mode=cfg_mode,
                   size=size)
     path = out / EVALUATIONS
@@ -725,8 +744,10 @@ def tune(method: str, target: Target, model: str = "tiny-shapes-t2v", out: str |
                 try:
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore", NothingSkippedWarning)  # a slow end of a range reuses nothing
-                        video, cost = measure_cost(denoiser, lambda: generate(index), handle.state_roots)
-                    timeline = report_timeline(handle.report())
+                        video, cost = measure_cost(denoiser, lambda: generate(index),
+                                                   getattr(handle, "state_roots", None))
+                    report = handle.report() if hasattr(handle, "report") else None
+                    timeline = report_timeline(report) if hasattr(report, "calls") else {}
                 finally:
                     handle.disable()
                 flops += cost.flops

@@ -3,7 +3,7 @@ preset file (:mod:`diffcache.tune`)."""
 
 from __future__ import annotations
 
-from ._common import FORMATTER, positive
+from ._common import FORMATTER, one_line_warnings, positive
 
 EXAMPLES = """examples:
   diffcache tune fbcache --min-psnr 35 --out out/tune-fb        # the fastest threshold keeping 35 dB
@@ -70,10 +70,12 @@ def run(args) -> int:
     positive(prompts=args.prompts, steps=args.steps, max_evaluations=args.max_evaluations, height=args.height,
              width=args.width, frames=args.frames)
     try:
-        result = tune(args.method, target, model=args.model, out=args.out, prompts=args.prompt,
-                      num_prompts=args.prompts, steps=args.steps, guidance=args.guidance, cfg_mode=args.cfg_mode,
-                      save=args.save, force=args.force, progress=not args.no_progress,
-                      max_evaluations=args.max_evaluations, height=args.height, width=args.width, frames=args.frames)
+        with one_line_warnings("tune"):
+            result = tune(args.method, target, model=args.model, out=args.out, prompts=args.prompt,
+                          num_prompts=args.prompts, steps=args.steps, guidance=args.guidance, cfg_mode=args.cfg_mode,
+                          save=args.save, force=args.force, progress=not args.no_progress,
+                          max_evaluations=args.max_evaluations, height=args.height, width=args.width,
+                          frames=args.frames)
     except TuneError as error:
         if getattr(error, "table", None):  # no setting met the target: what was found, then the one-line error
             print(error.table, file=sys.stderr)

@@ -72,6 +72,14 @@ def test_the_preset_meets_its_target_on_the_calibration_prompts(pipe, tuned):
     assert spec.name == "fbcache" and spec.preset == str(result.preset_path)
 
 
+def test_generate_takes_the_preset_file(tuned, tmp_path, capsys):
+    _, result = tuned
+    out = tmp_path / "clip.gif"
+    assert main(["generate", "--prompt", "a red circle moving left", "--steps", str(STEPS), "--method",
+                 f"fbcache:{result.preset_path}", "--out", str(out)]) == 0
+    assert out.stat().st_size > 0 and "steps computed" in capsys.readouterr().out
+
+
 def test_the_chosen_setting_is_on_the_printed_frontier(tuned):
     _, result = tuned
     table = result.lines[1]
@@ -146,25 +154,23 @@ def test_bench_warns_when_it_runs_a_preset_on_its_calibration_items(tuned):
     assert [w.category for w in caught] == [CalibrationOverlapWarning]
 
 
-def _compositions_supported(pipe) -> bool:
-    from diffcache.methods.fbcache import FBCacheConfig
-    from diffcache.methods.pab import PABConfig
-
-    try:
-        diffcache.enable(pipe, [FBCacheConfig(), PABConfig()]).disable()
-    except (TypeError, ValueError, AttributeError):
-        return False
-    return True
-
-
 def test_a_composition_searches_each_part(pipe, tmp_path):
-    if not _compositions_supported(pipe):
+    from diffcache.methods import list_methods
+
+    if "cfg-cache" not in {info.name for info in list_methods()}:  # no compositions in this tree yet
+        with pytest.raises(TuneError, match="needs diffcache.enable to accept a list of configs"):
+            tune("teacache+fbcache", Target.of(min_psnr=25), out=tmp_path, num_prompts=1, steps=STEPS, pipe=pipe,
+                 progress=False)
         pytest.skip("diffcache.enable does not accept a list of configs in this tree (the composition work is "
                     "merged separately); the coordinator runs this test after the merge")
-    result = tune("fbcache+pab", Target.of(min_psnr=25), out=tmp_path, num_prompts=1, steps=STEPS, pipe=pipe,
+    result = tune("teacache+cfg-cache", Target.of(min_psnr=20), out=tmp_path, num_prompts=1, steps=STEPS, pipe=pipe,
                   progress=False, max_evaluations=6)
     document = result.preset
-    assert document["method"] == "fbcache+pab" and set(document["configs"]) == {"fbcache", "pab"}
+    assert document["method"] == "teacache+cfg-cache" and set(document["configs"]) == {"teacache", "cfg-cache"}
+    assert "threshold" in document["configs"]["teacache"] and "schedule" in document["configs"]["cfg-cache"]
+    assert len({json.dumps(e["knobs"]["teacache"]) for e in result.evaluations}) > 1  # teacache's knob was searched
     configs = load_preset(result.preset_path)
-    assert [type(c).__name__ for c in configs] == ["FBCacheConfig", "PABConfig"]
-    assert result.chosen["psnr"] >= 25
+    assert [type(c).__name__ for c in configs] == ["TeaCacheConfig", "CFGCacheConfig"]
+    assert result.chosen["psnr"] >= 20
+    with diffcache.enable(pipe, "teacache+cfg-cache", preset=str(result.preset_path)):  # the composition's own loader
+        _generate(pipe, "a red circle moving left", 0)
