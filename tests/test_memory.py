@@ -25,14 +25,14 @@ TEXT_TOKENS = {"HunyuanVideo": 16, "Mochi": 16}  # the tiny calls' max_sequence_
 #: options that let a method run at all on the tiny models (TeaCache has no published coefficients for them; HSA
 #: needs a reachable runtime at 10 steps)
 OPTIONS = {"teacache": {"coefficients": (1.0, 0.0), "threshold": 0.5}, "hsa": {"runtime": 0.9}}
-CASES = [("Wan", m) for m in ("fbcache", "teacache", "pab", "fastercache", "hsa", "adacache")] + [
+CASES = [("Wan", m) for m in ("fbcache", "teacache", "pab", "fastercache", "cfg-cache", "hsa", "adacache")] + [
     ("LTX-Video", m) for m in ("fbcache", "teacache", "pab", "fastercache", "hsa", "adacache")] + [
     ("HunyuanVideo", m) for m in ("fbcache", "teacache", "pab", "fastercache", "hsa", "adacache")] + [
     ("Mochi", m) for m in ("teacache", "pab", "fastercache", "hsa")] + [
     ("CogVideoX", m) for m in ("fbcache", "pab", "fastercache")] + [("Stable Diffusion U-Net", "deepcache")]
 XFAIL: dict = {}  #: (family, method) or method → the reason a case is expected to fail (none now)
 #: run by default (about a pipeline call each); every other case is slow-marked (``-m slow``)
-FAST = {("Wan", "fastercache"), ("Wan", "hsa"), ("LTX-Video", "teacache"), ("HunyuanVideo", "pab")}
+FAST = {("Wan", "fastercache"), ("Wan", "cfg-cache"), ("Wan", "hsa"), ("LTX-Video", "teacache"), ("HunyuanVideo", "pab")}
 _PIPES: dict = {}
 
 

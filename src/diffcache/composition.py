@@ -36,7 +36,8 @@ from .report import CallReport, Report, StepRecord
 LEVELS = ("cfg", "step", "token", "attention")
 #: why two methods on one level cannot be combined
 _SAME_LEVEL = {
-    "cfg": "both decide the uncond call (run, rebuild or skip it), and only one can",
+    "cfg": "both decide the uncond call (run, rebuild or skip it), and only one can (fastercache includes "
+           "CFG-Cache; fastercache with cfg_cache=False is its attention level alone)",
     "step": "both decide which steps the block stack computes, and one would cache the other's reused output",
     "token": "both decide which tokens each step computes",
     "attention": "both answer the same attention modules from their own caches",
@@ -290,7 +291,8 @@ class ComposedReport(Report):
         order = ", ".join(f"{name} ({'+'.join(sorted(self.levels.get(name, ()), key=LEVELS.index))})"
                           for name in self.parts)
         lines = super().summary().split("\n")
-        lines.insert(1, f"levels, outermost first: {order}")
+        label = "+".join(f"{name}:{report.config.get('preset') or 'custom'}" for name, report in self.parts.items())
+        lines[0] = f"{self.method} ({label}): {len(self.calls)} call(s); levels, outermost first: {order}"
         for call in self.calls:
             own = []
             for name, report in self.parts.items():

@@ -274,8 +274,9 @@ def _deepcache(shapes, config, cfg, batch, b, out):
 
 
 #: method -> ``(shapes, config, cfg, batch, element bytes, CacheBytes)`` adding what the method keeps
+#: (``cfg-cache`` is FasterCache's runtime with attention reuse off: the same formula)
 FORMULAS = {"fbcache": _fbcache, "teacache": _teacache, "easycache": _easycache, "pab": _pab, "fastercache": _fastercache, "hsa": _hsa,
-            "adacache": _adacache, "deepcache": _deepcache}
+            "adacache": _adacache, "deepcache": _deepcache, "cfg-cache": _fastercache}
 
 
 def unet_deep_feature(unet: dict, branch: int) -> int:
@@ -440,9 +441,21 @@ def cache_bytes(method: str | MethodConfig, model: str | dict | ModelSpec, heigh
     ``shapes`` overrides the ones computed from the model (tests pass a tiny pipeline's own).
 
     Raises :class:`~diffcache.errors.UnsupportedModelError` where the method does not support the family (naming
-    what the family's adapter lacks)."""
+    what the family's adapter lacks).
+
+    A composition (``"teacache+cfg-cache"``, a list of parts or a :class:`~diffcache.composition.ComposedConfig`)
+    keeps what each of its methods keeps: the sum, each part named ``"method: part"``."""
+    from .composition import compose, is_composition
     from .methods.framework import MethodConfig, method_info, missing_capabilities
 
+    if is_composition(method):
+        composed = compose(method)
+        out = CacheBytes(composed.name)
+        for config in composed.ordered():
+            one = cache_bytes(config, model, height, width, frames, dtype, cfg, batch, shapes)
+            out.parts.update({f"{one.method}: {name}": value for name, value in one.parts.items()})
+            out.notes.extend(note for note in one.notes if note not in out.notes)
+        return out
     spec = model_spec(model)
     if isinstance(method, MethodConfig):
         from .methods.framework import info_for_config

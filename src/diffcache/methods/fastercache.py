@@ -335,8 +335,7 @@ def _wrap_like(output, tensors):
 class FasterCacheRuntime(Runtime):
     """Both levels of FasterCache; each switched by its config (``attention_reuse``, ``cfg_cache``). In a
     composition (:mod:`diffcache.composition`) the CFG level is the outermost: a split-CFG uncond call it rebuilds
-    never reaches the levels inside (they are told, ``answered_outside``), and a batched call it cuts to the cond half
-    reaches them as a ``"cond"`` forward, so their per-branch state stays apart from the full batch's."""
+    never reaches the levels inside, and a batched call it cuts to the cond half reaches them as a ``"cond"`` forward, so their per-branch state stays apart from the full batch's."""
 
     HOOK = "diffcache_fastercache"
 
@@ -443,8 +442,6 @@ class FasterCacheRuntime(Runtime):
                               "rebuild it from cond and stays off for this pipeline (attention reuse still works).",
                               UserWarning, stacklevel=2)
             if skip and have_cond:
-                for inner in self.inner_runtimes():  # a composition's inner levels: this forward never reaches them
-                    inner.answered_outside = True
                 self._advance_factors()
                 rebuilt = self._rebuild(model, self.cond_output[1], args, kwargs)
                 return_dict = argument(type(model).forward, args, kwargs, "return_dict", True)

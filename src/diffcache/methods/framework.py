@@ -318,9 +318,11 @@ class Runtime:
         self.cache_device: torch.device | None = None  #: where cached tensors are kept (``None``: where computed)
         self.compute_device: torch.device | None = None  #: the device of the forward in progress (its first tensor)
         #: in a composition (:mod:`diffcache.composition`), weak references to the runtimes of the levels inside this
-        #: one; ``answered_outside`` is set on those while an outer level answers a forward without running the model
+        #: one; ``answered_outside`` is set on those when this one reused work in a forward (their hooks may then
+        #: have had nothing to run: no silent-method warning)
         self.inner: list = []
         self.answered_outside = False
+        self._reused_this_forward = False
 
     # cache placement (``diffcache.enable(..., cache_device=...)``)
     def use_cache_device(self, device) -> None:
@@ -426,7 +428,7 @@ class Runtime:
 
     def begin_forward(self, ctx: StepContext, args: tuple, kwargs: dict) -> None:
         self.ctx = ctx
-        self.answered_outside = False
+        self.answered_outside = self._reused_this_forward = False
         if self.cache_device is not None:
             self.compute_device = next((v.device for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor)),
                                        self.compute_device)
@@ -445,6 +447,9 @@ class Runtime:
         return num_steps > 2
 
     def end_forward(self, ctx: StepContext) -> None:
+        if self._reused_this_forward:  # (the tracker tells the outermost level first)
+            for inner in self.inner_runtimes():
+                inner.answered_outside = True
         call = self.report.calls[-1]
         call.peak_cache_bytes = max(call.peak_cache_bytes, measured_cache_bytes(self))
         self._log_call_end(ctx, call)
@@ -483,5 +488,6 @@ class Runtime:
             self.step_record.blocks_computed += 1
         else:
             self.step_record.blocks_reused += 1
+            self._reused_this_forward = True
 
 
