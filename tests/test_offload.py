@@ -34,8 +34,8 @@ from diffcache.report import CallReport, Report
 STEPS = 6
 #: options that make each method reuse something in a short call of a tiny random model
 OPTIONS = {"adacache": dict(codebook=((10.0, 2),)), "teacache": dict(coefficients=(0.0, 1.0, 0.0), threshold=0.5), "deepcache": dict(interval=2),
-           "hsa": dict(runtime=0.8)}
-CASES = ([("Wan", m) for m in ("adacache", "fastercache", "hsa", "teacache", "fbcache", "pab")]
+           "hsa": dict(runtime=0.8), "easycache": dict(warmup_steps=2, threshold=1.0)}
+CASES = ([("Wan", m) for m in ("adacache", "fastercache", "hsa", "teacache", "fbcache", "pab", "easycache")]
          + [("LTX-Video", m) for m in ("adacache", "fastercache", "hsa", "teacache", "fbcache", "pab")]
          + [("Stable Diffusion U-Net", "deepcache")])
 DEFAULT_FAMILIES = ("Wan", "Stable Diffusion U-Net")  #: LTX-Video runs in the slow matrix only
