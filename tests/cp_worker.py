@@ -32,6 +32,7 @@ METHODS = {
     "adacache": dict(preset="fast-moreg-paper", codebook=((0.5, 3), (1.0, 2), (2.0, 1))),
     "fastercache": dict(),
     "pab": dict(),
+    "easycache": dict(warmup_steps=2, threshold=1.0),
 }
 
 

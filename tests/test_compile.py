@@ -31,7 +31,7 @@ SD_CALL = video_call(dict(height=32, width=32), many="num_images_per_prompt")
 #: transformer blocks; AdaCache's split-point probe sits inside its metric block, which runs uncompiled), and an
 #: option set each that reuses something on the tiny models (AdaCache: rate 2 whatever the distance)
 BLOCK_METHODS = {"fbcache": {"threshold": 0.5}, "teacache": {"coefficients": (1.0, 0.0), "threshold": 0.3},
-                 "adacache": {"codebook": ((1e9, 2),)}}
+                 "adacache": {"codebook": ((1e9, 2),)}, "easycache": {"warmup_steps": 2, "threshold": 1.0}}
 #: the methods that hook modules inside every block (attention layers)
 INNER_METHODS = ("fastercache", "hsa", "pab")
 

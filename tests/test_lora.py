@@ -34,6 +34,7 @@ CASES = [
     ("wan", "hsa", dict(runtime=0.9)),
     ("wan", "pab", dict(preset="fast")),
     ("sd", "deepcache", {}),
+    ("wan", "easycache", dict(warmup_steps=2, threshold=1.0)),
 ]
 PARAMS = [pytest.param(*case, id=f"{case[0]}-{case[1]}", marks=() if i == 0 else pytest.mark.slow)
           for i, case in enumerate(CASES)]

@@ -24,15 +24,18 @@ SIZES = {"Wan": (32, 32, 5), "LTX-Video": (32, 32, 9), "HunyuanVideo": (32, 32, 
 TEXT_TOKENS = {"HunyuanVideo": 16, "Mochi": 16}  # the tiny calls' max_sequence_length
 #: options that let a method run at all on the tiny models (TeaCache has no published coefficients for them; HSA
 #: needs a reachable runtime at 10 steps)
-OPTIONS = {"teacache": {"coefficients": (1.0, 0.0), "threshold": 0.5}, "hsa": {"runtime": 0.9}}
+OPTIONS = {"teacache": {"coefficients": (1.0, 0.0), "threshold": 0.5}, "hsa": {"runtime": 0.9},
+           "easycache": {"warmup_steps": 2, "threshold": 0.3}}
 CASES = [("Wan", m) for m in ("fbcache", "teacache", "pab", "fastercache", "cfg-cache", "hsa", "adacache")] + [
     ("LTX-Video", m) for m in ("fbcache", "teacache", "pab", "fastercache", "hsa", "adacache")] + [
     ("HunyuanVideo", m) for m in ("fbcache", "teacache", "pab", "fastercache", "hsa", "adacache")] + [
     ("Mochi", m) for m in ("teacache", "pab", "fastercache", "hsa")] + [
-    ("CogVideoX", m) for m in ("fbcache", "pab", "fastercache")] + [("Stable Diffusion U-Net", "deepcache")]
+    ("CogVideoX", m) for m in ("fbcache", "pab", "fastercache")] + [("Stable Diffusion U-Net", "deepcache")] + [
+    (family, "easycache") for family in ("Wan", "LTX-Video", "HunyuanVideo", "CogVideoX")]
 XFAIL: dict = {}  #: (family, method) or method → the reason a case is expected to fail (none now)
 #: run by default (about a pipeline call each); every other case is slow-marked (``-m slow``)
-FAST = {("Wan", "fastercache"), ("Wan", "cfg-cache"), ("Wan", "hsa"), ("LTX-Video", "teacache"), ("HunyuanVideo", "pab")}
+FAST = {("Wan", "fastercache"), ("Wan", "cfg-cache"), ("Wan", "hsa"), ("LTX-Video", "teacache"), ("HunyuanVideo", "pab"),
+        ("Wan", "easycache")}
 _PIPES: dict = {}
 
 
@@ -77,6 +80,24 @@ def test_formula_equals_measured_peak(family, method):
             handle.disable()
     formula = cache_bytes(handle.config, _tiny_spec(family, pipe, split), *SIZES[family], dtype="fp32")
     assert measured > 0
+    assert formula.total == measured, formula.parts
+
+
+@pytest.mark.parametrize("method,options", [("teacache", OPTIONS["teacache"]), ("easycache", OPTIONS["easycache"]),
+                                            pytest.param("fbcache", {"threshold": 0.08}, marks=pytest.mark.slow)])
+def test_forecast_formula_equals_measured_peak(method, options):
+    """``forecast="linear"`` keeps one more stack residual per branch, and the formula says so."""
+    pipe, call, split = _pipe("Wan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        handle = diffcache.enable(pipe, method, forecast="linear", **options)
+        try:
+            call(pipe, STEPS)
+            measured = handle.report().calls[-1].peak_cache_bytes
+        finally:
+            handle.disable()
+    formula = cache_bytes(handle.config, _tiny_spec("Wan", pipe, split), *SIZES["Wan"], dtype="fp32")
+    assert "previous computed step's stack residual (forecast)" in formula.parts
     assert formula.total == measured, formula.parts
 
 

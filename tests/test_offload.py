@@ -34,10 +34,10 @@ from diffcache.report import CallReport, Report
 STEPS = 6
 #: options that make each method reuse something in a short call of a tiny random model
 OPTIONS = {"adacache": dict(codebook=((10.0, 2),)), "teacache": dict(coefficients=(0.0, 1.0, 0.0), threshold=0.5), "deepcache": dict(interval=2),
-           "hsa": dict(runtime=0.8)}
+           "hsa": dict(runtime=0.8), "easycache": dict(warmup_steps=2, threshold=1.0)}
 CASES = ([("Wan", m) for m in ("adacache", "fastercache", "hsa", "teacache", "fbcache", "pab")]
          + [("LTX-Video", m) for m in ("adacache", "fastercache", "hsa", "teacache", "fbcache", "pab")]
-         + [("Stable Diffusion U-Net", "deepcache")])
+         + [("Stable Diffusion U-Net", "deepcache"), ("Wan", "easycache")])
 DEFAULT_FAMILIES = ("Wan", "Stable Diffusion U-Net")  #: LTX-Video runs in the slow matrix only
 DEFAULT_CASES = [case for case in CASES if case[0] in DEFAULT_FAMILIES]
 MODES = ("model", "sequential", "group-block", "group-leaf", "apply-group")

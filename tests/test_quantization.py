@@ -40,6 +40,7 @@ CASES = [
     ("fastercache", {}),
     ("hsa", dict(runtime=0.9)),
     ("pab", dict(preset="fast")),
+    ("easycache", dict(warmup_steps=2, threshold=1.0)),
 ]
 PARAMS = [pytest.param(method, options, id=method, marks=() if i == 0 else pytest.mark.slow)
           for i, (method, options) in enumerate(CASES)]

@@ -9,6 +9,10 @@ runs).
 Where the model adds to the stream between blocks, outside them (``adds_between_blocks``: WanVACE's control hints),
 the cached residual is the blocks' own updates only (``output − input − what was added between the blocks``): on a
 reused step the model adds those afresh, so they are never counted twice.
+
+With a config's ``forecast="linear"`` a reused step adds, instead of the cached residual, its first-order
+extrapolation from the branch's last two computed steps (:meth:`ResidualCacheRuntime.reused_residual`;
+docs/methods/forecasting.md).
 """
 
 from __future__ import annotations
