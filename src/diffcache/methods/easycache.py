@@ -90,6 +90,7 @@ class EasyCacheConfig(MethodConfig):
     }
     DEFAULT_PRESET: ClassVar = "default"
     REQUIRES: ClassVar = (BlockStack,)
+    LEVELS: ClassVar = frozenset({"step"})
 
     threshold: float = 0.05
     warmup_steps: int = 10
