@@ -274,8 +274,8 @@ def _deepcache(shapes, config, cfg, batch, b, out):
 
 
 #: method -> ``(shapes, config, cfg, batch, element bytes, CacheBytes)`` adding what the method keeps
-FORMULAS = {"fbcache": _fbcache, "teacache": _teacache, "easycache": _easycache, "pab": _pab, "fastercache": _fastercache, "hsa": _hsa,
-            "adacache": _adacache, "deepcache": _deepcache}
+FORMULAS = {"fbcache": _fbcache, "teacache": _teacache, "pab": _pab, "fastercache": _fastercache, "hsa": _hsa,
+            "adacache": _adacache, "deepcache": _deepcache, "easycache": _easycache}
 
 
 def unet_deep_feature(unet: dict, branch: int) -> int:
