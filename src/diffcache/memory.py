@@ -275,8 +275,9 @@ def _deepcache(shapes, config, cfg, batch, b, out):
 
 #: method -> ``(shapes, config, cfg, batch, element bytes, CacheBytes)`` adding what the method keeps
 #: (``cfg-cache`` is FasterCache's runtime with attention reuse off: the same formula)
-FORMULAS = {"fbcache": _fbcache, "teacache": _teacache, "easycache": _easycache, "pab": _pab, "fastercache": _fastercache, "hsa": _hsa,
-            "adacache": _adacache, "deepcache": _deepcache, "cfg-cache": _fastercache}
+FORMULAS = {"fbcache": _fbcache, "teacache": _teacache, "pab": _pab, "fastercache": _fastercache, "hsa": _hsa,
+            "adacache": _adacache, "deepcache": _deepcache, "cfg-cache": _fastercache,
+            "easycache": _easycache}
 
 
 def unet_deep_feature(unet: dict, branch: int) -> int:

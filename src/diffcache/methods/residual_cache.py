@@ -139,8 +139,8 @@ class ResidualCacheRuntime(Runtime):
     def reused_residual(self, state: BranchState, like: torch.Tensor) -> tuple:
         """The residual a reused step adds, on ``like``'s device. ``forecast="none"``: the last computed step's
         residual as it is. ``"linear"``: extrapolated to first order from the branch's last two computed steps
-        ``s0 < s1`` (residuals ``r0``, ``r1``) to the current step ``k``, ``r1 + (r1 − r0)·(k − s1)/(s1 − s0)``, as
-        TaylorSeer (arXiv:2503.06923) and FasterCache (arXiv:2410.19355) extrapolate features; plain reuse when
+        ``s0 < s1`` (residuals ``r0``, ``r1``) to the current step ``k``:
+        ``r1 + (r1 − r0)·(k − s1)/(s1 − s0)``, as TaylorSeer (arXiv:2503.06923) and FasterCache (arXiv:2410.19355) extrapolate features; plain reuse when
         only one computed step is kept or the two residuals' shapes differ. The weight used is reported as the
         step's ``forecast`` value (the branch's ``uncond_forecast`` …)."""
         current = self.unstash(state.residual, like)
