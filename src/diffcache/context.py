@@ -246,7 +246,9 @@ class StepTracker(ModelHook):
         step = getattr(diffusers_context, "step_index", None)
         num_steps = getattr(diffusers_context, "num_inference_steps", None)
         call = self._call
-        timesteps = _in_dtype_of(self._scheduler_timesteps(), given)
+        # the scheduler's timesteps, only where the pipeline's cache_context does not say the step and the count
+        timesteps = (_in_dtype_of(self._scheduler_timesteps(), given) if step is None or num_steps is None
+                     else None)
 
         if step is None and timesteps is not None and timestep is not None:
             step = self._step_from_timesteps(timesteps, timestep, name)

@@ -24,11 +24,19 @@ if TYPE_CHECKING:
 # -- measured ------------------------------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=1)
 def _opaque_types() -> tuple[type, ...]:
-    """Objects whose tensors are not a method's cache: modules (weights), pipelines, schedulers."""
+    """Objects whose tensors are not a method's cache: modules (weights), pipelines, schedulers; and diffcache's
+    bookkeeping, which holds no tensors — the report (host numbers, growing with every step, so walking it at every
+    forward cost more than the rest of the walk), configs, adapters and step contexts."""
     from diffusers import DiffusionPipeline, SchedulerMixin
 
+    from .adapters.base import Adapter
+    from .context import StepContext
+    from .methods.framework import MethodConfig
+    from .report import CallReport, Report, StepRecord
+
     return (torch.nn.Module, DiffusionPipeline, SchedulerMixin, types.FunctionType, types.MethodType,
-            types.BuiltinFunctionType, types.ModuleType, type)
+            types.BuiltinFunctionType, types.ModuleType, type, Report, CallReport, StepRecord, MethodConfig, Adapter,
+            StepContext)
 
 
 def tensor_bytes(*roots) -> int:

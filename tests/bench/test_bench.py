@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import torch
 
 from diffcache.bench import metrics
 from diffcache.bench.benchmark import Distributed, benchmark
-from diffcache.bench.measure import measure_cost, tensor_bytes
+from diffcache.bench.measure import DenoiserTimer, measure_cost, tensor_bytes
 from diffcache.bench.peers import PEERS, ActivePeer, PeerInfo
 from diffcache.bench.report import markdown_table, pareto_front, summarize
 from diffcache.bench.specs import DEFAULT_METHODS, MethodSpec, parse_methods
@@ -142,6 +143,31 @@ def test_cache_bytes_walk_state_but_not_weights():
 
 
 # -- the sweep -----------------------------------------------------------------------------------------------------
+def test_denoiser_timer_counts_the_forwards_only():
+    class Slow(torch.nn.Module):
+        def forward(self, x):
+            time.sleep(0.02)
+            return x
+
+    model = Slow()
+    with DenoiserTimer([model]) as inside:
+        model(torch.zeros(1))
+        time.sleep(0.05)  # outside the forward: not counted
+        model(torch.zeros(1))
+    assert 0.04 <= inside.seconds < 0.09
+    assert not model._forward_pre_hooks and not model._forward_hooks  # removed on exit
+    model(torch.zeros(1))
+    assert inside.seconds < 0.09
+
+
+def test_records_without_denoiser_time_summarize_without_it():
+    row = {"seconds": [1.0], "flops": 10, "flops_per_forward": [10], "peak_memory_bytes": 0, "steps_run": 1,
+           "memory_measure": "x", "cache_bytes": None}
+    summary = summarize([{"item": "0000", "methods": {"none": row}, "skipped": {}}], ["none"])
+    assert summary[0]["denoiser_speedup"] is None and summary[0]["denoiser_efficiency"] is None
+    assert "| 1.000 | – | – |" in markdown_table(summary)
+
+
 def test_bench_prompts_cover_the_grammar():
     pairs = shapes.prompts(16, spread=True, seeded=True)
     assert [seed for _, seed in pairs] == list(range(16))
@@ -172,6 +198,15 @@ def test_bench_end_to_end_with_skipped_rows(shipped_pipe, tmp_path, monkeypatch)
     assert none["cpu_speedup"] == 1.0
     assert fast["cpu_speedup"] == pytest.approx(total("none", "cpu_seconds") / total("adacache:fast", "cpu_seconds"))
     assert fast["speedup"] == pytest.approx(total("none", "seconds") / total("adacache:fast", "seconds"))
+    # the time inside the denoiser's forwards, per timed run: part of the call, and its ratio in the summary
+    for r in records:
+        for row in r["methods"].values():
+            assert len(row["denoiser_seconds"]) == len(row["seconds"])
+            assert all(0 < inside < call for inside, call in zip(row["denoiser_seconds"], row["seconds"]))
+    assert none["denoiser_speedup"] == 1.0 and none["denoiser_efficiency"] == 1.0
+    assert fast["denoiser_speedup"] == pytest.approx(total("none", "denoiser_seconds")
+                                                     / total("adacache:fast", "denoiser_seconds"))
+    assert fast["denoiser_efficiency"] == pytest.approx(fast["denoiser_speedup"] / fast["flop_speedup"])
     assert fast["computed_mean"] <= slow["computed_mean"] <= 3 and fast["flop_speedup"] >= 1.0
     assert rows["steps:2"]["flop_speedup"] == pytest.approx(1.5) and rows["steps:2"]["computed_mean"] == 2
     # a method the model cannot take, and a peer that crashes mid-run: skipped rows with the reason, not a crash
@@ -186,6 +221,11 @@ def test_bench_end_to_end_with_skipped_rows(shipped_pipe, tmp_path, monkeypatch)
     with open(tmp_path / "summary.csv", newline="") as handle:
         assert [row["method"] for row in csv.DictReader(handle)] == list(rows)
     assert (tmp_path / "summary.md").read_text() == markdown_table(reports["summary"]) + "\n"
+    assert all("| denoiser speedup | denoiser eff. |" in text for text in (
+        markdown_table(reports["summary"]), (tmp_path / "summary.md").read_text()))
+    assert "denoiser eff." in reports["table"] and "<th>denoiser eff.</th>" in (tmp_path / "index.html").read_text()
+    with open(tmp_path / "summary.csv", newline="") as handle:
+        assert float(next(csv.DictReader(handle))["denoiser_efficiency"]) == 1.0
     lpips = metrics.lpips_unavailable_reason() is None
     plots = ["pareto-psnr.png", "pareto-ssim.png", "pareto-rel_l1.png", *(["pareto-lpips.png"] * lpips),
              "pareto-adherence.png", "timeline.png"]

@@ -26,6 +26,7 @@ and the same decorator works from outside the package, for a user's own model.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 from typing import Any, ClassVar
 
@@ -35,13 +36,22 @@ from diffusers.utils import scale_lora_layers, unscale_lora_layers
 from ..errors import UnsupportedModelError
 
 
+@functools.lru_cache(maxsize=256)
+def parameter_names(function) -> tuple[str, ...]:
+    """The names of ``function``'s parameters, ``self`` left out (read once per function: hooks ask at every block
+    call, and ``inspect.signature`` costs tens of microseconds)."""
+    parameters = tuple(inspect.signature(function).parameters)
+    return parameters[1:] if parameters and parameters[0] == "self" else parameters
+
+
 def argument(function, args: tuple, kwargs: dict, name: str, default: Any = None) -> Any:
     """The value of parameter ``name`` of ``function`` in a call with ``args`` / ``kwargs``."""
     if name in kwargs:
         return kwargs[name]
-    parameters = list(inspect.signature(function).parameters)
-    if parameters and parameters[0] == "self":
-        parameters = parameters[1:]
+    try:
+        parameters = parameter_names(function)
+    except TypeError:  # an unhashable callable: read its signature every time
+        parameters = parameter_names.__wrapped__(function)
     if name not in parameters:
         return default
     position = parameters.index(name)

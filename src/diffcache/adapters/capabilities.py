@@ -20,12 +20,11 @@ all its capabilities.
 
 from __future__ import annotations
 
-import inspect
 from typing import Callable, Protocol
 
 import torch
 
-from .base import argument
+from .base import argument, parameter_names
 
 
 def has_capability(adapter, capability: type) -> bool:
@@ -155,7 +154,7 @@ class BatchedArguments(Protocol):
                     ) -> tuple[tuple, dict]:
         """The forward's batched arguments cut to the ``keep`` part of a ``batch``-row batch (the others are
         passed unchanged)."""
-        names = [n for n in inspect.signature(type(model).forward).parameters if n != "self"]
+        names = parameter_names(type(model).forward)
         args = list(args)
         for name in self.batched_arguments:
             if name in kwargs and isinstance(kwargs[name], torch.Tensor) and kwargs[name].shape[:1] == (batch,):

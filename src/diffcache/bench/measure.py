@@ -3,7 +3,8 @@ bytes of tensors a method keeps in its cache.
 
 * Time (:func:`timed`): ``time.perf_counter`` and the process's CPU time (``time.process_time``, which other
   processes on a shared machine do not inflate) around one call, after a garbage collection as :mod:`timeit`
-  does, so that no collection of earlier garbage lands inside the timed call.
+  does, so that no collection of earlier garbage lands inside the timed call; and the wall-clock time inside the
+  denoiser's forwards (:class:`DenoiserTimer`), the part of the call that skipping can shrink.
 * FLOPs: the formulas of :mod:`torch.utils.flop_counter` (those ``FlopCounterMode`` uses) applied to every operator
   run inside a denoiser forward (torch module hooks on the denoiser, so forwards that a method answers from its
   cache count what they really ran). Scaled-dot-product
@@ -39,6 +40,43 @@ def timed(run) -> tuple[object, float, float]:
     result = run()
     seconds = time.perf_counter() - start
     return result, seconds, time.process_time() - cpu_start
+
+
+class DenoiserTimer:
+    """The wall-clock seconds spent inside the denoisers' forwards (``seconds``), summed over the forwards, measured
+    while inside ``with`` by a forward pre/post hook pair on each module of ``denoisers``: the time skipping can
+    shrink, with every hook inside the forward (the step tracker's and the method's) counted in it. Two clock reads
+    per forward."""
+
+    def __init__(self, denoisers):
+        self.denoisers = list(denoisers)
+        self.seconds = 0.0
+        self._start: float | None = None
+        self._owner = None
+        self._handles: list = []
+
+    def _before(self, module, args):
+        if self._start is None:  # (an outer forward already timing: a nested one is inside it)
+            self._start = time.perf_counter()
+            self._owner = module
+
+    def _after(self, module, args, output):
+        if self._start is not None and module is self._owner:
+            self.seconds += time.perf_counter() - self._start
+            self._start = None
+
+    def __enter__(self):
+        for module in self.denoisers:  # outermost of the torch hooks, so their time is inside the forward's
+            self._handles += [module.register_forward_pre_hook(self._before, prepend=True),
+                              module.register_forward_hook(self._after)]
+        return self
+
+    def __exit__(self, *exc):
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._start = None
+        return False
 
 
 def _cpu_sdpa_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:

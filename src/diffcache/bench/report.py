@@ -31,8 +31,9 @@ def _mean(values) -> float | None:
 
 def summarize(records: list[dict], labels: list[str]) -> list[dict]:
     """One row per method: speedup (Σ uncached time ÷ Σ method time over the items and repeats), FLOP speedup,
-    overhead efficiency (speedup ÷ FLOP speedup), mean quality, memory; a method that could not run has its
-    ``skipped`` reason instead."""
+    overhead efficiency (speedup ÷ FLOP speedup), the same two for the time inside the denoiser's forwards only
+    (denoiser speedup, denoiser efficiency: the part of the call the FLOP count covers), mean quality, memory; a
+    method that could not run has its ``skipped`` reason instead."""
     summary = []
     for label in labels:
         pairs = [(r["methods"][label], r["methods"][BASELINE]) for r in records if label in r["methods"]]
@@ -50,6 +51,11 @@ def summarize(records: list[dict], labels: list[str]) -> list[dict]:
             cpu_speedup = (sum(sum(b["cpu_seconds"]) for _, b in pairs)
                            / max(sum(sum(row["cpu_seconds"]) for row in rows), 1e-12))
         flop_speedup = flops_ref / max(sum(row["flops"] for row in rows), 1)
+        denoiser_speedup = None  # records written before the denoiser time was measured have none
+        timed_rows = (*rows, *(b for _, b in pairs))
+        if all(row.get("denoiser_seconds") and None not in row["denoiser_seconds"] for row in timed_rows):
+            denoiser_speedup = (sum(sum(b["denoiser_seconds"]) for _, b in pairs)
+                                / max(sum(sum(row["denoiser_seconds"]) for row in rows), 1e-12))
         counts = [row.get("computed_steps") for row in rows]
         if label == BASELINE or label.startswith("steps:"):
             counts = [row["steps_run"] for row in rows]
@@ -59,6 +65,8 @@ def summarize(records: list[dict], labels: list[str]) -> list[dict]:
             "method": label, "kind": label_kind(label), "videos": len(rows), "speedup": speedup, "cpu_speedup": cpu_speedup,
             "flop_speedup": flop_speedup,
             "overhead_efficiency": speedup / flop_speedup,
+            "denoiser_speedup": denoiser_speedup,
+            "denoiser_efficiency": None if denoiser_speedup is None else denoiser_speedup / flop_speedup,
             **{key: _mean(row.get(key) for row in rows) for key, _, _ in METRICS},
             "temporal_stability": _mean(row.get("temporal_stability") for row in rows),
             "peak_memory_mb": float(np.mean([row["peak_memory_bytes"] for row in rows])) / 2**20,
@@ -76,11 +84,11 @@ def _fmt(value, kind: str) -> str:
         return "–"
     if kind == "psnr":
         return "∞" if math.isinf(value) else f"{value:.2f}"
-    if kind in ("speedup", "flop_speedup", "cpu_speedup"):
+    if kind in ("speedup", "flop_speedup", "cpu_speedup", "denoiser_speedup"):
         return f"{value:.2f}×"
     if kind == "adherence":
         return f"{100 * value:.1f}%"
-    if kind in ("ssim", "overhead_efficiency", "temporal_stability", "lpips"):
+    if kind in ("ssim", "overhead_efficiency", "denoiser_efficiency", "temporal_stability", "lpips"):
         return f"{value:.3f}"
     if kind == "rel_l1":
         return f"{value:.4f}"
@@ -91,7 +99,8 @@ def _fmt(value, kind: str) -> str:
 
 COLUMNS = (("method", "method"), ("speedup", "speedup"), ("cpu_speedup", "CPU-time speedup"),
            ("flop_speedup", "FLOP speedup"),
-           ("overhead_efficiency", "overhead eff."), ("psnr", "PSNR (dB)"), ("ssim", "SSIM"), ("rel_l1", "rel. L1"),
+           ("overhead_efficiency", "overhead eff."), ("denoiser_speedup", "denoiser speedup"),
+           ("denoiser_efficiency", "denoiser eff."), ("psnr", "PSNR (dB)"), ("ssim", "SSIM"), ("rel_l1", "rel. L1"),
            ("lpips", "LPIPS"), ("adherence", "adherence"), ("temporal_stability", "temporal stab."),
            ("peak_memory_mb", "peak mem (MiB)"), ("cache_memory_mb", "cache (MiB)"), ("computed", "computed steps"))
 
@@ -124,7 +133,8 @@ def markdown_table(summary: list[dict]) -> str:
 
 
 def terminal_table(summary: list[dict]) -> str:
-    wanted = ("method", "speedup", "cpu_speedup", "flop_speedup", "overhead_efficiency", "psnr", "ssim", "adherence", "computed")
+    wanted = ("method", "speedup", "cpu_speedup", "flop_speedup", "overhead_efficiency", "denoiser_speedup",
+              "denoiser_efficiency", "psnr", "ssim", "adherence", "computed")
     index = [i for i, (key, _) in enumerate(COLUMNS) if key in wanted]
     rows = [[COLUMNS[i][1] for i in index]]
     skipped = []
@@ -141,7 +151,8 @@ def terminal_table(summary: list[dict]) -> str:
 
 
 def write_csv(path: Path, summary: list[dict]) -> None:
-    keys = ["method", "kind", "speedup", "cpu_speedup", "flop_speedup", "overhead_efficiency", "psnr", "ssim", "rel_l1", "lpips", "adherence",
+    keys = ["method", "kind", "speedup", "cpu_speedup", "flop_speedup", "overhead_efficiency", "denoiser_speedup",
+            "denoiser_efficiency", "psnr", "ssim", "rel_l1", "lpips", "adherence",
             "temporal_stability", "peak_memory_mb", "cache_memory_mb", "gflops_per_video", "computed_min",
             "computed_max", "computed_mean", "videos", "skipped"]
     buffer = io.StringIO()

@@ -8,7 +8,9 @@ Every method runs on an item in the same process:
 2. ``repeats`` timed runs, the methods interleaved and the order rotated each repeat, so that machine noise hits
    them alike. Speedup is the uncached run's wall-clock time over the method's, summed over items; the same
    ratio of the process's CPU time (``time.process_time``) is recorded too, since other processes on a shared
-   machine add noise to wall-clock time but not to this process's CPU time.
+   machine add noise to wall-clock time but not to this process's CPU time; and the wall-clock time inside the
+   denoiser's forwards (``denoiser_seconds``: :class:`.measure.DenoiserTimer`), which the FLOP count covers, while
+   the call's time also holds the text encoder, the scheduler and the VAE decode, which no method shortens.
 
 The uncached video of each item is generated once (``none``'s counted run) and is the reference of every method.
 Each method's video is written to the results folder (:func:`.store.clip_path`). A method that cannot run here
@@ -32,7 +34,7 @@ from ..errors import UnsupportedModelError
 from ..files import write_video
 from ..api import enable
 from ..errors import CallRefusedError
-from .measure import Cost, measure_cost, timed
+from .measure import Cost, DenoiserTimer, measure_cost, timed
 from .metrics import lpips_distance, lpips_unavailable_reason, psnr, relative_l1, ssim
 from .peers import PEERS, PeerUnavailable, Setup
 from .prompts import Item
@@ -84,14 +86,16 @@ def report_timeline(report) -> dict:
 
 @dataclass
 class Generation:
-    """One generation with a method enabled: the video, its wall-clock and CPU seconds (CPU seconds only for a
-    timed run), the cost (only for a counted run) and what the record keeps of the method's state."""
+    """One generation with a method enabled: the video, its wall-clock and CPU seconds (CPU seconds and the
+    wall-clock seconds inside the denoiser's forwards only for a timed run), the cost (only for a counted run) and
+    what the record keeps of the method's state."""
 
     video: np.ndarray
     seconds: float
     cpu_seconds: float | None
     cost: Cost | None
     info: dict
+    denoiser_seconds: float | None = None
 
 
 class Sweep:
@@ -155,13 +159,20 @@ class Sweep:
 
         return denoiser_of(self.pipe)[0]
 
+    def _denoisers(self) -> list:
+        """Every denoiser of the pipeline (both experts of Wan 2.2 A14B), for the denoiser time of a timed run."""
+        from ..experts import experts_of
+
+        experts = [module for _, module in experts_of(self.pipe)]
+        return experts or [self._denoiser()]
+
     def run(self, spec: MethodSpec, item: Item, counted: bool) -> Generation:
         """One generation with ``spec`` enabled: ``counted`` measures its cost (:func:`.measure.measure_cost`),
         otherwise it is timed (:func:`.measure.timed`). Raises :class:`PeerUnavailable` /
         :class:`UnsupportedModelError` when the method cannot run here."""
         steps = int(spec.preset) if spec.kind == "steps" else self.steps
         handle = active = None
-        roots = None
+        roots = denoiser_seconds = None
         if spec.kind == "method":
             try:
                 method, arguments = spec.enable_arguments()
@@ -180,7 +191,9 @@ class Sweep:
                     video, cost = measure_cost(self._denoiser(), go, roots)
                     seconds, cpu_seconds = time.perf_counter() - start, None
                 else:
-                    (video, seconds, cpu_seconds), cost = timed(go), None
+                    with DenoiserTimer(self._denoisers()) as inside:
+                        (video, seconds, cpu_seconds), cost = timed(go), None
+                    denoiser_seconds = inside.seconds
             except CallRefusedError as error:  # refused as the call began, before any work (e.g. too few steps)
                 raise UnsupportedModelError(str(error)) from error
             except Exception as error:  # noqa: BLE001
@@ -200,7 +213,7 @@ class Sweep:
             info["notes"] = active.notes
         if active is not None and active.hooked_modules is not None:
             info["hooked_modules"] = active.hooked_modules
-        return Generation(video, seconds, cpu_seconds, cost, info)
+        return Generation(video, seconds, cpu_seconds, cost, info, denoiser_seconds)
 
     def run_item(self, item: Item, progress: Callable[[str], None] | None = None) -> dict:
         """Every method on one item; returns the item's record (one line of results.jsonl). ``progress`` is told
@@ -220,7 +233,8 @@ class Sweep:
                 continue
             cost = run.cost
             videos[spec.label] = run.video
-            rows[spec.label] = {"seconds": [], "cpu_seconds": [], "counted_seconds": run.seconds,
+            rows[spec.label] = {"seconds": [], "cpu_seconds": [], "denoiser_seconds": [],
+                                "counted_seconds": run.seconds,
                                 "flops": cost.flops, "flops_per_forward": cost.flops_per_forward,
                                 "peak_memory_bytes": cost.peak_memory_bytes, "memory_measure": cost.memory_measure,
                                 "cache_bytes": cost.cache_bytes, **run.info}
@@ -233,6 +247,7 @@ class Sweep:
                 run = self.run(spec, item, counted=False)
                 rows[spec.label]["seconds"].append(run.seconds)
                 rows[spec.label]["cpu_seconds"].append(run.cpu_seconds)
+                rows[spec.label]["denoiser_seconds"].append(run.denoiser_seconds)
                 if progress:
                     progress(f"{spec.label} timed {repeat + 1}/{self.repeats}")
         reference = videos[BASELINE]
