@@ -58,6 +58,25 @@ def read_json(path: str | os.PathLike, what: str = "file"):
         raise ConfigError(f"{what} {path} is not valid JSON: {error}") from None
 
 
+def read_json_lines(path: str | os.PathLike, keep=lambda record: True) -> list[dict]:
+    """The JSON objects of a JSONL file for which ``keep(record)`` is true, in order (``[]`` when the file does not
+    exist); a line that is not JSON (a process killed while writing it: a torn last line) is left out."""
+    import json
+
+    path = Path(path)
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and keep(record):
+            records.append(record)
+    return records
+
+
 def to_uint8(frames: np.ndarray, upscale: int = 1) -> np.ndarray:
     """Floats in [0, 1] ``(..., H, W, 3)`` → uint8, enlarged ``upscale`` times with nearest neighbours."""
     arr = (np.clip(np.asarray(frames, dtype=np.float32), 0, 1) * 255).round().astype(np.uint8)

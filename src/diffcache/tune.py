@@ -540,17 +540,11 @@ class TuneResult:
 
 
 def _read_lines(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:  # a torn last line (a killed run): ignored, cut by the next append
-            continue
-        if isinstance(record, dict) and record.get("kind") in ("reference", "evaluation"):
-            records.append(record)
-    return records
+    """The references and evaluations stored in ``path`` (a torn last line, from a killed run, is left out and cut
+    by the next append)."""
+    from .files import read_json_lines
+
+    return read_json_lines(path, lambda record: record.get("kind") in ("reference", "evaluation"))
 
 
 def _decoded(record: dict) -> dict:

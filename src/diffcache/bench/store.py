@@ -22,7 +22,7 @@ import shutil
 from pathlib import Path
 
 from ..errors import BenchConfigError
-from ..files import write_text
+from ..files import read_json_lines, write_text
 
 RESULTS = "results.jsonl"
 CONFIG = "config.json"
@@ -52,17 +52,7 @@ def number(value) -> float | None:
 
 def read_records(path: Path) -> list[dict]:
     """The finished items in a JSONL file; a torn line (a process killed while writing it) is ignored."""
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict) and "item" in record and "methods" in record:
-            records.append(record)
-    return records
+    return read_json_lines(path, lambda record: "item" in record and "methods" in record)
 
 
 def append_record(path: Path, record: dict) -> None:
