@@ -36,7 +36,7 @@ def test_each_method_declares_its_levels():
     assert levels["fastercache"] == {"attention", "cfg"} and levels["cfg-cache"] == {"cfg"}
     assert FasterCacheConfig(cfg_cache=False).levels() == {"attention"}
     assert FasterCacheConfig(attention_reuse=False).levels() == {"cfg"}
-    assert all(levels[m] == {"step"} for m in ("teacache", "fbcache", "adacache", "deepcache"))
+    assert all(levels[m] == {"step"} for m in ("teacache", "fbcache", "adacache", "deepcache", "easycache"))
     assert levels["pab"] == {"attention"} and levels["hsa"] == {"token"}
 
 
@@ -61,6 +61,8 @@ def test_cfg_cache_has_the_cfg_options_and_fastercaches_schedules_only():
     ("fbcache+pab", "pab \\(attention level\\) cannot run inside fbcache \\(step level\\): its decision reads block "
                     "residuals"),
     ("adacache+pab", "cannot run inside adacache"),
+    ("easycache+pab", "cannot run inside easycache"),  # its rate k reads the denoiser's output
+    ("easycache+teacache", "both act on the step level"),
     ("teacache+teacache", "teacache is given twice"),
 ])
 def test_refusals_say_which_why_and_what_combines(methods, match):
@@ -74,7 +76,7 @@ def test_refusals_say_which_why_and_what_combines(methods, match):
 def test_compositions_that_combine():
     assert compose("teacache+cfg-cache").ordered()[0].__class__ is CFGCacheConfig  # CFG outermost
     for methods in ("fbcache+cfg-cache", "adacache+cfg-cache", "teacache+pab", "teacache+pab+cfg-cache",
-                    "teacache+fastercache", "pab+cfg-cache"):
+                    "teacache+fastercache", "pab+cfg-cache", "easycache+cfg-cache"):
         compose(methods)
     compose([FasterCacheConfig(cfg_cache=False), "cfg-cache:paper"])
 
