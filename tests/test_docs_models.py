@@ -11,7 +11,7 @@ from diffcache.adapters import registered_adapters
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILT_IN = [a.family for a in registered_adapters() if a.__module__.startswith("diffcache.")]
-COLUMN = {"AdaCache": "adacache", "DeepCache": "deepcache", "EasyCache": "easycache", "FasterCache": "fastercache", "FBCache": "fbcache",
+COLUMN = {"AdaCache": "adacache", "CFG-Cache": "cfg-cache", "DeepCache": "deepcache", "EasyCache": "easycache", "FasterCache": "fastercache", "FBCache": "fbcache",
           "HSA": "hsa", "PAB": "pab", "TeaCache": "teacache"}
 
 

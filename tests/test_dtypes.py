@@ -54,7 +54,7 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 TEACACHE_OPTIONS = {"coefficients": (1.0, 0.0), "threshold": 0.6}
 #: runtime attributes documented (docs/dtypes.md) to hold float32 / complex64 tensors whatever the model's dtype
 #: (FasterCache's deltas of a stream without 2-D maps, LTX-2's audio, are in the model's dtype)
-FLOAT32_STATE = {"fastercache": ("deltas",), "hsa": ("scores",)}
+FLOAT32_STATE = {"fastercache": ("deltas",), "cfg-cache": ("deltas",), "hsa": ("scores",)}
 #: a family whose tiny model cannot meet the default preset (HSA: Mochi's tiny grid has 2 tokens, and at 8 steps
 #: hsa-50's cheapest allocation costs 0.70 of the full run, a documented refusal) runs this preset instead
 PRESET_FOR = {("hsa", "Mochi"): ("hsa-75", {})}
