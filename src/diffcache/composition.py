@@ -4,8 +4,8 @@ Every method's config declares the **levels** it acts on (``MethodConfig.levels(
 
 * ``"cfg"`` — the guidance branches: CFG-Cache (``cfg-cache``, FasterCache's CFG level) rebuilds the uncond output
   from the cond one instead of running it;
-* ``"step"`` — whole steps of the block stack: TeaCache, First-Block-Cache, AdaCache (DeepCache's deep U-Net
-  features);
+* ``"step"`` — whole steps of the block stack: TeaCache, First-Block-Cache, EasyCache, AdaCache (DeepCache's deep
+  U-Net features);
 * ``"token"`` — tokens within a step: HSA;
 * ``"attention"`` — attention outputs inside the blocks: PAB, FasterCache's attention reuse.
 
@@ -19,8 +19,8 @@ method runs, and do not run on a step it reuses. The handle's :meth:`~diffcache.
 :class:`ComposedReport`: one step table over the levels, and each method's own report in ``parts``.
 
 Refused, with the reason (:class:`~diffcache.errors.CompositionError`): two methods on one level; HSA with any
-other level; an attention-level method inside a step-level one whose decision reads block residuals
-(First-Block-Cache, AdaCache: their metric would compare reused attention outputs).
+other level; an attention-level method inside a step-level one whose decision reads block residuals or the
+denoiser's output (First-Block-Cache, AdaCache, EasyCache: their metric would compare reused attention outputs).
 """
 
 from __future__ import annotations
@@ -261,9 +261,10 @@ def check_composition(configs) -> None:
         reads = step_config.DECISION_READS
         for attention_name, theirs in zip(names, levels):
             if "attention" in theirs and reads != "input":
-                why = ("its decision reads block residuals, which include the attention outputs "
-                       f"{attention_name} reuses: its metric would compare reused attention and reuse more steps "
-                       "than its threshold says" if reads == "blocks" else
+                read = {"blocks": "block residuals", "output": "the denoiser's output"}.get(reads)
+                why = (f"its decision reads {read}, which include the attention outputs {attention_name} reuses: "
+                       "its metric would compare reused attention and reuse more steps than its threshold says"
+                       if read else
                        "it does not declare what its decision reads (DECISION_READS), so an attention-level method "
                        "inside its blocks may bias it")
                 raise CompositionError(f"{attention_name} (attention level) cannot run inside {step_name} (step "

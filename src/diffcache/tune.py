@@ -662,13 +662,7 @@ def tune(method: str, target: Target, model: str = "tiny-shapes-t2v", out: str |
                         f"{', '.join(sorted(KNOBS))})")
     composition = len(parts) > 1
     bases = [part.base_config for part in parts]
-    try:
-        enable(pipe, bases if composition else bases[0]).disable()  # a method this model cannot run fails now, once
-    except TypeError as error:
-        if not composition or isinstance(error, UnsupportedModelError):
-            raise
-        raise TuneError(f"tuning the composition {label} needs diffcache.enable to accept a list of configs, which "
-                        f"this version's does not ({error})") from None
+    enable(pipe, bases if composition else bases[0]).disable()  # a method this model cannot run fails now, once
 
     size = {"height": height, "width": width, "num_frames": frames}
     config = {"model": model, "method": "+".join(f"{p.name}:{p.preset}" for p in parts),
@@ -738,10 +732,8 @@ def tune(method: str, target: Target, model: str = "tiny-shapes-t2v", out: str |
                 try:
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore", NothingSkippedWarning)  # a slow end of a range reuses nothing
-                        video, cost = measure_cost(denoiser, lambda: generate(index),
-                                                   getattr(handle, "state_roots", None))
-                    report = handle.report() if hasattr(handle, "report") else None
-                    timeline = report_timeline(report) if hasattr(report, "calls") else {}
+                        video, cost = measure_cost(denoiser, lambda: generate(index), handle.state_roots)
+                    timeline = report_timeline(handle.report())
                 finally:
                     handle.disable()
                 flops += cost.flops

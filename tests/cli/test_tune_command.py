@@ -155,14 +155,6 @@ def test_bench_warns_when_it_runs_a_preset_on_its_calibration_items(tuned):
 
 
 def test_a_composition_searches_each_part(pipe, tmp_path):
-    from diffcache.methods import list_methods
-
-    if "cfg-cache" not in {info.name for info in list_methods()}:  # no compositions in this tree yet
-        with pytest.raises(TuneError, match="needs diffcache.enable to accept a list of configs"):
-            tune("teacache+fbcache", Target.of(min_psnr=25), out=tmp_path, num_prompts=1, steps=STEPS, pipe=pipe,
-                 progress=False)
-        pytest.skip("diffcache.enable does not accept a list of configs in this tree (the composition work is "
-                    "merged separately); the coordinator runs this test after the merge")
     result = tune("teacache+cfg-cache", Target.of(min_psnr=20), out=tmp_path, num_prompts=1, steps=STEPS, pipe=pipe,
                   progress=False, max_evaluations=6)
     document = result.preset

@@ -61,7 +61,7 @@ def test_cfg_cache_has_the_cfg_options_and_fastercaches_schedules_only():
     ("fbcache+pab", "pab \\(attention level\\) cannot run inside fbcache \\(step level\\): its decision reads block "
                     "residuals"),
     ("adacache+pab", "cannot run inside adacache"),
-    ("easycache+pab", "cannot run inside easycache"),  # its rate k reads the denoiser's output
+    ("easycache+pab", "cannot run inside easycache \\(step level\\): its decision reads the denoiser's output"),
     ("easycache+teacache", "both act on the step level"),
     ("teacache+teacache", "teacache is given twice"),
 ])

@@ -72,7 +72,7 @@ class MethodSpec:
     @classmethod
     def parse(cls, text: str) -> "MethodSpec":
         text = text.strip()
-        if "+" in re.sub(r"\[[^\]]*\]", "", text):  # a composition ("+" inside [...] is a value)
+        if len(list(_top_level(text, "+"))) > 1:  # a composition ("+" inside [...] is a value)
             return _composed(text)
         match = re.fullmatch(r"([\w-]+)(?::([^\[\],]+))?(?:\[(.*)\])?", text)
         if not match:
@@ -111,7 +111,7 @@ def _composed(text: str) -> MethodSpec:
     """``a:preset+b:preset[...]`` as one spec whose ``parts`` are the methods' own specs, checked to combine."""
     from ..composition import check_composition
 
-    pieces = [piece for piece in re.split(r"\+(?![^\[]*\])", text)]
+    pieces = [text[start:end] for start, end in _top_level(text, "+")]
     parts = tuple(MethodSpec.parse(piece) for piece in pieces if piece.strip())
     if len(parts) != len(pieces) or any(part.kind != "method" for part in parts):
         raise UnknownMethodError(f"{text!r}: only diffcache methods combine with '+' (not none, steps:N or a peer), "
@@ -219,7 +219,7 @@ def parse_methods(text: str) -> list[MethodSpec]:
     method at its default preset, ``peers`` to every peer, ``peer-curves`` to every peer's curve
     (:data:`.peers.PEER_CURVES`); ``NAME[option=a|b]`` to one entry per value (:func:`expand_sweep`); ``none`` is
     added first when missing (it is the reference)."""
-    parts = [p.strip() for p in re.split(r",(?![^\[]*\])", text) if p.strip()]  # commas in [...] are values
+    parts = [text[a:b].strip() for a, b in _top_level(text, ",") if text[a:b].strip()]  # commas in [...] are values
     specs = []
     for part in parts:
         if part == OURS:

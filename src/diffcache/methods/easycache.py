@@ -91,7 +91,7 @@ class EasyCacheConfig(MethodConfig):
     DEFAULT_PRESET: ClassVar = "default"
     REQUIRES: ClassVar = (BlockStack,)
     LEVELS: ClassVar = frozenset({"step"})
-    DECISION_READS: ClassVar = "blocks"  #: the rate k reads the denoiser's output, attention outputs included
+    DECISION_READS: ClassVar = "output"  #: the rate k reads the denoiser's output, attention outputs included
 
     threshold: float = 0.05
     warmup_steps: int = 10

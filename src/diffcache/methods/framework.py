@@ -56,8 +56,9 @@ class MethodConfig:
     #: the levels the method acts on (:mod:`diffcache.composition`): ``"cfg"`` (the guidance branches), ``"step"``
     #: (whole steps of the block stack), ``"token"`` (tokens within a step), ``"attention"`` (attention outputs)
     LEVELS: ClassVar[frozenset[str]] = frozenset()
-    #: what a step-level decision reads: ``"input"`` (the blocks' input, before any attention runs) or ``"blocks"``
-    #: (a block's residual, attention output included); ``""`` for a method that is not step-level
+    #: what a step-level decision reads: ``"input"`` (the blocks' input, before any attention runs), ``"blocks"``
+    #: (a block's residual, attention output included) or ``"output"`` (the denoiser's output); ``""`` for a method
+    #: that is not step-level
     DECISION_READS: ClassVar[str] = ""
     preset: str = ""
 
