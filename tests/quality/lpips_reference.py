@@ -110,12 +110,13 @@ def official_distances(net: str) -> list[float]:
 
 
 if __name__ == "__main__":
-    import lpips  # noqa: F401
+    import importlib.metadata
+
     import torch
     import torchvision
 
     record = {"made_with": {"torch": torch.__version__, "torchvision": torchvision.__version__,
-                            "lpips": __import__("importlib.metadata").metadata.version("lpips")},
+                            "lpips": importlib.metadata.version("lpips")},
               "pairs": PAIRS, "height": HEIGHT, "width": WIDTH,
               "distances": {net: official_distances(net) for net in NETS}}
     RECORD.write_text(json.dumps(record, indent=1) + "\n")
