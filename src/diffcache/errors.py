@@ -101,6 +101,22 @@ class TuneError(DiffcacheError, ValueError):
     configuration) or found no setting that meets its target; the message says what to change."""
 
 
+class WeightsError(DiffcacheError, ValueError):
+    """A weight file diffcache was pointed to (or found installed) cannot be used: it is not a plain tensor file,
+    its keys or shapes are another network's, or its hash does not match its name; the message names the file and
+    what is accepted."""
+
+
+class WeightsNotFoundError(DiffcacheError, FileNotFoundError):
+    """The weights a metric needs are not on this machine (nothing is downloaded); the message says which package
+    to install or which file or environment variable provides them."""
+
+
+class VideoShapeError(DiffcacheError, ValueError):
+    """Videos given to a quality metric are not ``(frames, H, W, 3)`` arrays of one shape, or are too small for
+    the metric's network; the message gives the shapes and what is accepted."""
+
+
 # -- warnings --------------------------------------------------------------------------------------------------
 class MethodSilentWarning(DiffcacheWarning):
     """A method's hooks did not run — it is doing nothing."""
