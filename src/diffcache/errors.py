@@ -91,6 +91,12 @@ class PeerUnavailable(DiffcacheError, RuntimeError):
     """A peer implementation cannot run here (its package is missing, or it does not support this model)."""
 
 
+class MetricInputError(DiffcacheError, ValueError):
+    """A quality metric cannot score what it was given (values outside [0, 1], an empty prompt, too few videos for a
+    distribution, feature sets of different widths, a file or dimension it does not read); the message says what is
+    accepted."""
+
+
 class CalibrationError(DiffcacheError, ValueError):
     """A calibration cannot fit its constants from these runs (too few prompts or steps, a method that cannot be
     calibrated); the message says what to change."""
@@ -99,6 +105,22 @@ class CalibrationError(DiffcacheError, ValueError):
 class TuneError(DiffcacheError, ValueError):
     """``diffcache tune`` cannot run as asked (a bad target, a method with nothing to search, a folder of another
     configuration) or found no setting that meets its target; the message says what to change."""
+
+
+class WeightsError(DiffcacheError, ValueError):
+    """A weight file diffcache was pointed to (or found installed) cannot be used: it is not a plain tensor file,
+    its keys or shapes are another network's, or its hash does not match its name; the message names the file and
+    what is accepted."""
+
+
+class WeightsNotFoundError(DiffcacheError, FileNotFoundError):
+    """The weights a metric needs are not on this machine (nothing is downloaded); the message says which package
+    to install or which file or environment variable provides them."""
+
+
+class VideoShapeError(DiffcacheError, ValueError):
+    """Videos given to a quality metric are not ``(frames, H, W, 3)`` arrays of one shape, or are too small for
+    the metric's network; the message gives the shapes and what is accepted."""
 
 
 # -- warnings --------------------------------------------------------------------------------------------------
