@@ -342,6 +342,24 @@ def test_frechet_distance_matches_a_direct_eigendecomposition():
     assert frechet_distance(b, a) == pytest.approx(expected, rel=1e-8)
 
 
+def test_frechet_distance_retries_a_non_finite_square_root_with_pytorch_fids_offset(monkeypatch):
+    rng = np.random.default_rng(3)
+    a, b = rng.standard_normal((20, 4)), rng.standard_normal((20, 4)) + 0.5
+    exact = frechet_distance(a, b)
+    products, real_sqrtm = [], learned._sqrtm
+
+    def first_fails(matrix):
+        products.append(matrix)
+        return np.full_like(matrix, np.inf) if len(products) == 1 else real_sqrtm(matrix)
+
+    monkeypatch.setattr(learned, "_sqrtm", first_fails)
+    retried = frechet_distance(a, b)
+    (_, sa), (_, sb) = feature_statistics(a), feature_statistics(b)
+    offset = np.eye(4) * 1e-6
+    np.testing.assert_allclose(products[1], (sa + offset) @ (sb + offset), rtol=1e-12)
+    assert retried == pytest.approx(exact, abs=1e-4) and retried != exact
+
+
 def test_frechet_distance_refuses_unusable_feature_sets():
     rng = np.random.default_rng(2)
     with pytest.raises(MetricInputError, match="columns"):
@@ -443,6 +461,15 @@ def test_vbench_scores_runs_custom_input_offline_and_maps_results_back(stand_in_
         per_video = scores[dimension]["per_video"]
         assert per_video == {str(v): pytest.approx(i + 1 + len(dimension)) for i, v in enumerate(videos)}
         assert scores[dimension]["score"] == pytest.approx(np.mean(list(per_video.values())))
+
+
+def test_vbench_scores_says_when_an_installed_vbench_cannot_be_imported(stand_in_vbench, tmp_path):
+    _place([stand_in_vbench / "clip_model" / "ViT-B-32.pt"])
+    (tmp_path / "site" / "vbench" / "__init__.py").write_text("import a_requirement_vbench_lacks\n")
+    video = tmp_path / "v.mp4"
+    video.write_bytes(b"x")
+    with pytest.raises(WeightsNotFoundError, match="a_requirement_vbench_lacks"):
+        vbench_scores([video], ["background_consistency"])
 
 
 def test_vbench_scores_refuses_before_vbench_starts(stand_in_vbench, tmp_path):

@@ -11,7 +11,7 @@ as they would see a video read back from a file: that is how the reference imple
   form text-to-video papers report: 100 × the cosine similarity between the CLIP embedding of each frame and the
   embedding of the prompt, averaged over the frames and floored at 0 — the formula of torchmetrics' ``clip_score``
   (https://github.com/Lightning-AI/torchmetrics, ``functional/multimodal/clip_score.py``). Hessel et al.'s own
-  CLIP-S is ``2.5 × max(cos, 0)`` per image; on real CLIP models the cosine is positive and the two differ only by the
+  CLIP-S is ``2.5 × max(cos, 0)`` per image; real CLIP models give positive cosines, and then the two differ only by the
   scale (×40). :func:`clip_frame_similarity` is the reference-based form: image-to-image similarity of each frame of
   a video with the same frame of its reference, on the same scale.
   Weights: a Hugging Face ``transformers`` CLIP folder (``CLIPModel`` saved with ``save_pretrained``, in safetensors)
@@ -53,8 +53,10 @@ CLIP_ENV = "DIFFCACHE_CLIP_MODEL"
 FVD_ENV = "DIFFCACHE_FVD_DETECTOR"
 
 #: The keyword arguments StyleGAN-V passes to its I3D detector for FVD (``compute_fvd`` in
-#: ``src/metrics/frechet_video_distance.py``): the detector rescales 8-bit input itself, resizes to 224 × 224, and
-#: returns the 400 pre-softmax features.
+#: ``src/metrics/frechet_video_distance.py``), with 8-bit videos: the detector scales them to I3D's input range and
+#: resizes the frames to 224 × 224 itself, and returns the 400 pre-softmax features. (The check that the TorchScript
+#: port equals TensorFlow's I3D, https://github.com/universome/fvd-comparison, passes ``rescale=False,
+#: resize=False`` on inputs already at 224 × 224; for real videos it points to StyleGAN-V's metric code, followed here.)
 FVD_DETECTOR_KWARGS = {"rescale": True, "resize": True, "return_features": True}
 
 _CLIP_BATCH = 32
@@ -315,6 +317,8 @@ def video_features(videos: Sequence, path=None, *, device=None, batch_size: int 
             try:
                 with torch.no_grad():
                     features = detector(batch.to(device), **FVD_DETECTOR_KWARGS)
+            except torch.cuda.OutOfMemoryError:
+                raise
             except (RuntimeError, torch.jit.Error) as error:   # a TorchScript raise is a torch.jit.Error
                 raise VideoShapeError(f"the FVD detector refused videos of shape {shape} (frames, H, W, 3): "
                                        f"{str(error).strip().splitlines()[-1] if str(error).strip() else error}; FVD is "
@@ -515,7 +519,11 @@ def vbench_scores(video_paths: Sequence, dimensions: Sequence[str], *, device=No
         if file.suffix.lower() not in _VBENCH_VIDEO_SUFFIXES:
             raise MetricInputError(f"{file} is not an .mp4 or .gif file; VBench reads only those for custom videos")
 
-    import vbench
+    try:
+        import vbench
+    except ImportError as error:
+        raise WeightsNotFoundError(f"the vbench package is installed but cannot be imported ({error}); VBench needs "
+                                   "its own requirements (its requirements.txt) installed") from error
 
     with tempfile.TemporaryDirectory(prefix="diffcache-vbench-") as work:
         folder, output = Path(work) / "videos", Path(work) / "results"
