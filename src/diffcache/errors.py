@@ -91,6 +91,12 @@ class PeerUnavailable(DiffcacheError, RuntimeError):
     """A peer implementation cannot run here (its package is missing, or it does not support this model)."""
 
 
+class MetricInputError(DiffcacheError, ValueError):
+    """A quality metric cannot score what it was given (values outside [0, 1], an empty prompt, too few videos for a
+    distribution, feature sets of different widths, a file or dimension it does not read); the message says what is
+    accepted."""
+
+
 class CalibrationError(DiffcacheError, ValueError):
     """A calibration cannot fit its constants from these runs (too few prompts or steps, a method that cannot be
     calibrated); the message says what to change."""
