@@ -18,8 +18,8 @@ import sys
 from ..errors import DiffcacheError
 
 #: the commands in ``--help`` order; each is the module ``diffcache.cli.NAME``
-COMMANDS = ("generate", "train", "evaluate", "bench", "demo", "clips", "calibrate", "tune", "methods", "memory",
-            "distill")
+COMMANDS = ("generate", "train", "evaluate", "bench", "metrics", "demo", "clips", "calibrate", "tune", "methods",
+            "memory", "distill")
 
 #: errors shown as one line (exit code 2). ``ValueError``: some configs and checks still raise the built-in one
 #: (every ``DiffcacheError`` that is a ``ValueError`` is caught already); drop it once they all raise

@@ -287,8 +287,8 @@ def _same_shape(a: np.ndarray, b: np.ndarray) -> None:
 
 def score(video, reference, protocol: "str | Protocol" = DEFAULT_PROTOCOL, lpips: bool = False,
           prepared: bool = False) -> dict:
-    """PSNR, SSIM, relative L1 and (with ``lpips=True``, when it can run) LPIPS of ``video`` against ``reference``
-    under ``protocol``. ``prepared``: the frames are already what the protocol reads (decoded files), so
+    """PSNR, SSIM, relative L1 and (with ``lpips=True``, when its weights are installed and the frames are large
+    enough for its network) LPIPS of ``video`` against ``reference`` under ``protocol``. ``prepared``: the frames are already what the protocol reads (decoded files), so
     ``frames`` is not applied again."""
     protocol = get_protocol(protocol)
     a, b = as_video(video), as_video(reference)
@@ -298,10 +298,14 @@ def score(video, reference, protocol: "str | Protocol" = DEFAULT_PROTOCOL, lpips
     result = {"psnr": psnr(a, b, protocol.psnr), "ssim": ssim(a, b, protocol.ssim), "rel_l1": relative_l1(a, b),
               "lpips": None}
     if lpips:
+        from ..errors import VideoShapeError
         from .lpips import lpips_distance, lpips_unavailable_reason
 
         if lpips_unavailable_reason() is None:
-            result["lpips"] = lpips_distance(a, b, spatial=protocol.lpips == "spatial")
+            try:
+                result["lpips"] = lpips_distance(a, b, spatial=protocol.lpips == "spatial")
+            except VideoShapeError:  # frames smaller than the network takes (AlexNet: 31 pixels): n/a
+                pass
     return result
 
 
