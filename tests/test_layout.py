@@ -68,6 +68,8 @@ def test_no_import_cycles_at_module_level():
 
 @pytest.mark.parametrize("room,forbidden", [
     ("diffcache.embedded", ("diffcache.bench", "diffcache.distill")),
+    ("diffcache.quality", ("diffcache.bench", "diffcache.distill", "diffcache.methods", "diffcache.embedded",
+                           "diffcache.cli")),
     ("diffcache.loading", ("diffcache.bench", "diffcache.distill")),
     ("diffcache.methods", ("diffcache.bench", "diffcache.embedded", "diffcache.files", "diffcache.calibrate",
                            "diffcache.cli")),

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 import diffcache
-from diffcache.bench.metrics import psnr
+from diffcache.quality.protocols import psnr
 from diffcache.bench.specs import MethodSpec
 from diffcache.embedded.shapes import prompts as grammar_prompts
 

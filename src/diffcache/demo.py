@@ -55,7 +55,7 @@ def write_clip_page(method: str = "adacache:fast", out: str | Path = CLIPS_OUT, 
     existing file (without ``force``) are refused before any work."""
     import numpy as np
 
-    from .bench.metrics import psnr, ssim
+    from .quality.protocols import psnr, ssim
     from .bench.specs import BASELINE, MethodSpec
     from .embedded.checker import check
     from .files import check_writable, write_text, write_video

@@ -3,7 +3,7 @@ target, or the most accurate one that reaches a speed target, and save it as a p
 
 * **Objective.** Speed is the *FLOP speedup* (the denoiser FLOPs of the uncached runs over the method's,
   :func:`diffcache.bench.measure.measure_cost`) and quality the mean PSNR against the uncached video of the same
-  prompt and seed (:func:`diffcache.bench.metrics.psnr`; an identical video counts :data:`PSNR_CAP` dB so one
+  prompt and seed (:func:`diffcache.quality.protocols.psnr`; an identical video counts :data:`PSNR_CAP` dB so one
   identical item cannot make the mean infinite). Both are deterministic, unlike wall-clock time on a shared
   machine, so a rerun retraces the same search and reuses every evaluation.
 * **Targets** (:class:`Target`): ``min_psnr`` (the fastest setting with mean PSNR >= the value) or ``speedup`` (the
@@ -600,7 +600,7 @@ def tune(method: str, target: Target, model: str = "tiny-shapes-t2v", out: str |
     from .adapters import find_adapter
     from .api import denoiser_of, enable
     from .bench.measure import measure_cost
-    from .bench.metrics import psnr
+    from .quality.protocols import psnr
     from .bench.specs import MethodSpec
     from .bench.store import append_record
     from .bench.sweep import Sweep, report_timeline

@@ -18,14 +18,14 @@ import numpy as np
 import pytest
 import torch
 
-from diffcache.bench import metrics
+from diffcache.quality import protocols as metrics
 from diffcache.bench.benchmark import Distributed, benchmark
 from diffcache.bench.measure import DenoiserTimer, measure_cost, tensor_bytes
 from diffcache.bench.peers import PEERS, ActivePeer, PeerInfo
 from diffcache.bench.report import markdown_table, pareto_front, summarize
 from diffcache.bench.specs import DEFAULT_METHODS, MethodSpec, parse_methods
 from diffcache.bench.store import RESULTS, append_record, merge_parts, read_records
-from diffcache.errors import BenchConfigError
+from diffcache.errors import BenchConfigError, ConfigError
 from diffcache.cli import main
 from diffcache import UnknownMethodError, list_methods
 from diffcache.embedded import shapes
@@ -82,20 +82,6 @@ def test_metrics_on_known_tensors():
     flat = np.full((1, 16, 16, 3), 0.2)  # a constant offset: luminance term only
     assert metrics.ssim(flat + 0.2, flat) == pytest.approx((2 * 0.4 * 0.2 + 1e-4) / (0.16 + 0.04 + 1e-4))
     assert metrics.ssim(rng.random((1, 16, 16, 3)), video[:1]) < 0.2
-
-
-def test_lpips_unavailable_reason_names_what_is_missing(monkeypatch, tmp_path):
-    """LPIPS needs the lpips package and its AlexNet weights already on disk; the reason says which is missing."""
-    monkeypatch.setitem(sys.modules, "lpips", None)  # `import lpips` raises ImportError
-    assert metrics.lpips_unavailable_reason() == "LPIPS skipped: the lpips package is not installed"
-    monkeypatch.setitem(sys.modules, "lpips", types.ModuleType("lpips"))
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    checkpoints = tmp_path / "checkpoints"
-    assert metrics.lpips_unavailable_reason() == (f"LPIPS skipped: its AlexNet weights are not on disk ({checkpoints}"
-                                                  "/alexnet-*.pth); nothing is downloaded")
-    checkpoints.mkdir()
-    (checkpoints / "alexnet-owt-7be5be79.pth").write_bytes(b"")
-    assert metrics.lpips_unavailable_reason() is None
 
 
 def test_infinite_psnr_survives_json_and_tables(tmp_path):
@@ -226,7 +212,9 @@ def test_bench_end_to_end_with_skipped_rows(shipped_pipe, tmp_path, monkeypatch)
     assert "denoiser eff." in reports["table"] and "<th>denoiser eff.</th>" in (tmp_path / "index.html").read_text()
     with open(tmp_path / "summary.csv", newline="") as handle:
         assert float(next(csv.DictReader(handle))["denoiser_efficiency"]) == 1.0
-    lpips = metrics.lpips_unavailable_reason() is None
+    from diffcache.quality.lpips import lpips_unavailable_reason
+
+    lpips = lpips_unavailable_reason() is None
     plots = ["pareto-psnr.png", "pareto-ssim.png", "pareto-rel_l1.png", *(["pareto-lpips.png"] * lpips),
              "pareto-adherence.png", "timeline.png"]
     assert [p.name for p in reports["plots"]] == plots
@@ -280,6 +268,65 @@ def test_a_different_configuration_is_refused(shipped_pipe, tmp_path, capsys):
     assert "presets: fast" in capsys.readouterr().err
     assert main(["bench", "--prompts", "0", "--out", str(tmp_path)]) == 2
     assert "--prompts must be at least 1" in capsys.readouterr().err
+
+
+def test_every_number_names_its_protocol_and_flicker_is_in_the_table(shipped_pipe, tmp_path):
+    """--protocol: the first protocol gives the main columns, each other one its own; the records, notes, tables
+    and CSV say which protocol each number is; VBench's flicker is a column. A different protocol list is another
+    configuration of the folder."""
+    from diffcache.quality.protocols import score
+    from diffcache.quality.temporal import temporal_flickering
+
+    reports = benchmark(methods="teacache", out=tmp_path, pipe=shipped_pipe, protocols="skimage;videosys",
+                        **{**FAST, "num_prompts": 1, "steps": 6})
+    row = reports["records"][0]["methods"]["teacache:auto"]
+    assert row["protocol"] == "skimage" and set(row["by_protocol"]) == {"skimage", "videosys"}
+    assert row["psnr"] == row["by_protocol"]["skimage"]["psnr"] != row["by_protocol"]["videosys"]["psnr"]
+    summary = {r["method"]: r for r in reports["summary"]}
+    assert summary["teacache:auto"]["psnr@videosys"] == pytest.approx(row["by_protocol"]["videosys"]["psnr"])
+    assert "psnr@skimage" not in summary["teacache:auto"]  # the first protocol is the main columns
+    assert summary["none"]["flicker"] == pytest.approx(row["flicker"] + row["flicker_added"])
+    markdown = (tmp_path / "summary.md").read_text()
+    assert "| PSNR (dB) [videosys] |" in markdown and "| flicker |" in markdown and "flicker" in reports["table"]
+    with open(tmp_path / "summary.csv", newline="") as handle:
+        first = next(csv.DictReader(handle))
+    assert first["protocol"] == "skimage" and "psnr@videosys" in first and first["flicker"]
+    page = (tmp_path / "index.html").read_text()
+    assert "quality protocol skimage (the PSNR, SSIM and LPIPS columns): frames=uint8" in page
+    assert "quality protocol videosys: frames=mp4" in page
+    with pytest.raises(BenchConfigError, match="different configuration.*protocols"):
+        benchmark(methods="teacache", out=tmp_path, pipe=shipped_pipe, **{**FAST, "num_prompts": 1, "steps": 6})
+    with pytest.raises(ConfigError, match="unknown protocol 'vbench'"):
+        benchmark(methods="teacache", out=tmp_path / "x", pipe=shipped_pipe, protocols="vbench", **FAST)
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.filterwarnings("ignore:Matrix is singular")  # 2 items of 6 features: a rank-1 covariance
+def test_learned_metrics_named_by_the_environment_are_benchmark_columns(shipped_pipe, tmp_path, monkeypatch):
+    """DIFFCACHE_CLIP_MODEL / DIFFCACHE_FVD_DETECTOR (stand-in weights built here): CLIP text and frame scores per
+    video, I3D features per video and each method's FVD against the uncached videos; without them no such column."""
+    from learned_standins import make_clip_folder, make_detector_file
+
+    from diffcache.quality.learned import frechet_distance
+
+    (tmp_path / "clip").mkdir()
+    monkeypatch.setenv("DIFFCACHE_CLIP_MODEL", str(make_clip_folder(tmp_path / "clip")))
+    monkeypatch.setenv("DIFFCACHE_FVD_DETECTOR", str(make_detector_file(tmp_path / "i3d.pt")))
+    reports = benchmark(methods="steps:2", out=tmp_path / "run", pipe=shipped_pipe, **FAST)
+    summary = {r["method"]: r for r in reports["summary"]}
+    rows = [r["methods"]["steps:2"] for r in reports["records"]]
+    none = [r["methods"]["none"] for r in reports["records"]]
+    assert all(row["clip_text"] is not None and row["clip_frame"] is not None for row in rows)
+    assert summary["none"]["clip_frame"] == pytest.approx(100.0)  # every frame against itself
+    assert summary["steps:2"]["fvd"] == pytest.approx(frechet_distance(
+        np.array([row["fvd_features"] for row in rows]), np.array([row["fvd_features"] for row in none])))
+    assert abs(summary["none"]["fvd"]) < 1e-6 < summary["steps:2"]["fvd"]
+    assert "| CLIP text | CLIP frame | FVD |" in (tmp_path / "run" / "summary.md").read_text()
+    assert "learned metrics (weights named by the environment)" in (tmp_path / "run" / "index.html").read_text()
+    monkeypatch.delenv("DIFFCACHE_CLIP_MODEL")
+    monkeypatch.delenv("DIFFCACHE_FVD_DETECTOR")
+    plain = benchmark(methods="steps:2", out=tmp_path / "plain", pipe=shipped_pipe, **FAST)
+    assert "FVD" not in (tmp_path / "plain" / "summary.md").read_text() and plain["summary"][0]["fvd"] is None
 
 
 def test_merge_across_processes(shipped_pipe, tmp_path):

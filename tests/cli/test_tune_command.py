@@ -11,7 +11,7 @@ import torch
 
 import diffcache
 from diffcache.bench.benchmark import warn_calibration_overlap
-from diffcache.bench.metrics import psnr
+from diffcache.quality.protocols import psnr
 from diffcache.bench.prompts import Item, plan_items
 from diffcache.bench.specs import parse_methods
 from diffcache.cli import main

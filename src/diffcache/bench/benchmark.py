@@ -116,7 +116,7 @@ def benchmark(model: str = "tiny-shapes-t2v", methods: str = DEFAULT_METHODS, ou
               guidance: float = 5.0, repeats: int = 2, cfg_mode: str | None = None, force: bool = False,
               progress: bool = True, pipe=None, dist: Distributed | None = None, after_item=None,
               height: int | None = None, width: int | None = None, frames: int | None = None,
-              images: list[str | os.PathLike] | None = None) -> dict | None:
+              images: list[str | os.PathLike] | None = None, protocols: "str | list | None" = None) -> dict | None:
     """Run (or resume) a benchmark into ``out``; returns the reports on rank 0 (``None`` on other ranks).
 
     ``methods`` as for ``--methods`` (default :data:`~diffcache.bench.defaults.DEFAULT_METHODS`); ``prompts`` default to ``num_prompts`` grammar prompts of the embedded
@@ -124,7 +124,9 @@ def benchmark(model: str = "tiny-shapes-t2v", methods: str = DEFAULT_METHODS, ou
     default size (a pipeline folder of a real model defaults to its full size). ``images``: the first frames of an
     image-to-video model (files or folders, :func:`~diffcache.bench.prompts.image_files`), paired with the prompts
     by :func:`~diffcache.bench.prompts.pair_images`; recorded in the folder's configuration (path and content
-    hash), so a resume with other images is refused.
+    hash), so a resume with other images is refused. ``protocols``: how quality is scored, names or field specs
+    (:func:`~diffcache.quality.protocols.parse_protocols`; default ``diffcache``); the first gives the PSNR, SSIM
+    and LPIPS columns, each other one its own columns; recorded in the folder's configuration.
     """
     from ..generation import check_dependencies, check_inputs
     from ..loading import EMBEDDED_MODELS, load_pipeline, stored_class_name
@@ -133,6 +135,9 @@ def benchmark(model: str = "tiny-shapes-t2v", methods: str = DEFAULT_METHODS, ou
         if value < 1:
             raise ValueError(f"{name} must be at least 1, got {value}.")
     specs = parse_methods(methods)
+    from ..quality.protocols import DEFAULT_PROTOCOL, parse_protocols
+
+    chosen = parse_protocols(protocols)
     image_list = image_files(images) if images else None  # every file read now: a bad one fails before loading
     has_prompt = bool(prompts) or model in EMBEDDED_MODELS
     check_inputs(type(pipe).__name__ if pipe is not None else stored_class_name(model), image_list is not None,
@@ -168,21 +173,47 @@ def benchmark(model: str = "tiny-shapes-t2v", methods: str = DEFAULT_METHODS, ou
               "steps": steps, "guidance": guidance, "repeats": repeats, "cfg_mode": cfg_mode}
     if image_paths is not None:  # absent for a text-to-video model: its folders' configs stay as they were
         config["images"] = image_fingerprints(image_paths)
+    if [p.name for p in chosen] != [DEFAULT_PROTOCOL]:  # absent by default: older folders' configs stay as they were
+        config["protocols"] = [p.name for p in chosen]
     size = {"height": height, "width": width, "num_frames": frames}
     config.update({key: value for key, value in size.items() if value is not None})
     scored = model in EMBEDDED_MODELS  # the analytic checker scores the embedded models (colour and shape of a still)
     out = Path(out)
     sweep = Sweep(pipe, specs, steps=steps, guidance=guidance, repeats=repeats, cfg_mode=cfg_mode, scored=scored,
                   calibration=(items[0].prompt, items[0].seed), clips=out, size=size,
-                  calibration_image=items[0].image)
+                  calibration_image=items[0].image, protocols=chosen)
     records = run_sweep(sweep, items, out, config, force=force, dist=dist, progress=progress, after_item=after_item)
     if records is None:
         return None
     notes = [f"processes: {dist.world}; torch threads per process: {torch.get_num_threads()}"]
+    for index, protocol in enumerate(chosen):
+        notes.append(f"quality protocol {protocol.name}{' (the PSNR, SSIM and LPIPS columns)' if index == 0 else ''}: "
+                     f"frames={protocol.frames}, psnr={protocol.psnr}, ssim={protocol.ssim}, "
+                     f"lpips={protocol.lpips}; follows {protocol.follows}")
+    notes.append("flicker: VBench's temporal flickering (arXiv 2311.17982) of each video on the first protocol's "
+                 "frames, (255 − mean |frame difference|) / 255, higher is steadier; on moving clips it mixes motion "
+                 "with flicker, so compare with the uncached row ('flicker added': the uncached video's minus the "
+                 "method's, per item)")
     if sweep.lpips_note:
         notes.append(sweep.lpips_note)
+    else:
+        from ..quality.lpips import lpips_source
+
+        source = lpips_source()
+        notes.append(f"LPIPS: AlexNet, version {source['version']}; backbone from {source['backbone']['origin']} "
+                     f"(sha256 {source['backbone']['sha256'][:12]}…), linear layers from "
+                     f"{source['linear']['origin']}")
+        if any(row.get("lpips") is None for r in records for row in r["methods"].values()):
+            notes.append("LPIPS n/a where the frames are smaller than AlexNet takes (31 pixels)")
     if sweep.guidance_note:
         notes.append(sweep.guidance_note)
+    notes += sweep.learned_notes
+    if sweep.learned:
+        notes.append("learned metrics (weights named by the environment): " + "; ".join(
+            f"{key} from {path}" for key, path in sweep.learned.items())
+            + ". CLIP text: 100 × mean cosine of frame and prompt embeddings; CLIP frame: the same between each frame "
+              "and the uncached one; FVD: Fréchet distance of I3D features against the uncached videos over the items "
+              "(very noisy over few items)")
     if image_paths is not None:
         notes.append("first frames: centre-cropped to the clip's aspect ratio, then resized to its size")
     notes += overlap_notes

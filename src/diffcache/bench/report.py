@@ -69,6 +69,13 @@ def summarize(records: list[dict], labels: list[str]) -> list[dict]:
             "denoiser_efficiency": None if denoiser_speedup is None else denoiser_speedup / flop_speedup,
             **{key: _mean(row.get(key) for row in rows) for key, _, _ in METRICS},
             "temporal_stability": _mean(row.get("temporal_stability") for row in rows),
+            "flicker": _mean(row.get("flicker") for row in rows),
+            "flicker_added": _mean(row.get("flicker_added") for row in rows),
+            "protocol": rows[0].get("protocol", "diffcache"),
+            "clip_text": _mean(row.get("clip_text") for row in rows),
+            "clip_frame": _mean(row.get("clip_frame") for row in rows),
+            "fvd": _fvd(rows, [b for _, b in pairs]),
+            **_by_protocol(rows),
             "peak_memory_mb": float(np.mean([row["peak_memory_bytes"] for row in rows])) / 2**20,
             "cache_memory_mb": None if None in cache else max(cache) / 2**20,
             "computed_min": min(known) if len(known) == len(counts) else None,
@@ -79,9 +86,33 @@ def summarize(records: list[dict], labels: list[str]) -> list[dict]:
     return summary
 
 
+#: the per-protocol quality columns of a benchmark run with several ``--protocol`` (``psnr@videosys`` …)
+PROTOCOL_METRICS = (("psnr", "PSNR (dB)"), ("ssim", "SSIM"), ("lpips", "LPIPS"))
+
+
+def _by_protocol(rows: list[dict]) -> dict:
+    """Mean PSNR / SSIM / LPIPS of each extra protocol (records with ``by_protocol``), as ``KEY@PROTOCOL``."""
+    names = [n for n in (rows[0].get("by_protocol") or {}) if n != rows[0].get("protocol")]
+    return {f"{key}@{name}": _mean((row.get("by_protocol") or {}).get(name, {}).get(key) for row in rows)
+            for name in names for key, _ in PROTOCOL_METRICS}
+
+
+def _fvd(rows: list[dict], references: list[dict]) -> float | None:
+    """FVD of a method's videos against the uncached ones over the items, from the I3D features the records hold
+    (``fvd_features``: an FVD detector was named); ``None`` without them or with fewer than 2 items."""
+    features = [row.get("fvd_features") for row in rows]
+    reference = [row.get("fvd_features") for row in references]
+    if len(features) < 2 or None in features or None in reference:
+        return None
+    from ..quality.learned import frechet_distance
+
+    return frechet_distance(np.array(features), np.array(reference))
+
+
 def _fmt(value, kind: str) -> str:
     if value is None:
         return "–"
+    kind = kind.split("@")[0]
     if kind == "psnr":
         return "∞" if math.isinf(value) else f"{value:.2f}"
     if kind in ("speedup", "flop_speedup", "cpu_speedup", "denoiser_speedup"):
@@ -89,6 +120,12 @@ def _fmt(value, kind: str) -> str:
     if kind == "adherence":
         return f"{100 * value:.1f}%"
     if kind in ("ssim", "overhead_efficiency", "denoiser_efficiency", "temporal_stability", "lpips"):
+        return f"{value:.3f}"
+    if kind in ("flicker", "flicker_added"):
+        return f"{value:.4f}"
+    if kind in ("clip_text", "fvd"):
+        return f"{value:.2f}"
+    if kind == "clip_frame":
         return f"{value:.3f}"
     if kind == "rel_l1":
         return f"{value:.4f}"
@@ -102,14 +139,39 @@ COLUMNS = (("method", "method"), ("speedup", "speedup"), ("cpu_speedup", "CPU-ti
            ("overhead_efficiency", "overhead eff."), ("denoiser_speedup", "denoiser speedup"),
            ("denoiser_efficiency", "denoiser eff."), ("psnr", "PSNR (dB)"), ("ssim", "SSIM"), ("rel_l1", "rel. L1"),
            ("lpips", "LPIPS"), ("adherence", "adherence"), ("temporal_stability", "temporal stab."),
+           ("flicker", "flicker"), ("flicker_added", "flicker added"),
+           ("clip_text", "CLIP text"), ("clip_frame", "CLIP frame"), ("fvd", "FVD"),
            ("peak_memory_mb", "peak mem (MiB)"), ("cache_memory_mb", "cache (MiB)"), ("computed", "computed steps"))
 
 
-def _cells(row: dict) -> list[str]:
+def protocol_columns(summary: list[dict]) -> list[tuple[str, str]]:
+    """The columns of every extra protocol the rows hold: ``("psnr@videosys", "PSNR (dB) [videosys]")`` …"""
+    extra = []
+    for row in summary:
+        for key in row:
+            if "@" in key and key not in [k for k, _ in extra]:
+                metric, name = key.split("@", 1)
+                extra.append((key, f"{dict(PROTOCOL_METRICS)[metric]} [{name}]"))
+    return extra
+
+
+def columns(summary: list[dict]) -> tuple:
+    """:data:`COLUMNS` with the extra protocols' columns (:func:`protocol_columns`) after the LPIPS column."""
+    at = [key for key, _ in COLUMNS].index("lpips") + 1
+    shown = (*COLUMNS[:at], *protocol_columns(summary), *COLUMNS[at:])
+    unused = {key for key in OPTIONAL_COLUMNS if all(row.get(key) is None for row in summary)}
+    return tuple(column for column in shown if column[0] not in unused)
+
+
+#: columns shown only when some row has a value: the learned metrics, which need weights named by the environment
+OPTIONAL_COLUMNS = ("clip_text", "clip_frame", "fvd")
+
+
+def _cells(row: dict, shown: tuple = COLUMNS) -> list[str]:
     if "skipped" in row:
-        return [row["method"], f"skipped: {row['skipped']}"] + [""] * (len(COLUMNS) - 2)
+        return [row["method"], f"skipped: {row['skipped']}"] + [""] * (len(shown) - 2)
     cells = []
-    for key, _ in COLUMNS:
+    for key, _ in shown:
         if key == "method":
             cells.append(row["method"])
         elif key == "computed":
@@ -122,19 +184,20 @@ def _cells(row: dict) -> list[str]:
 
 
 def markdown_table(summary: list[dict]) -> str:
-    lines = ["| " + " | ".join(title for _, title in COLUMNS) + " |",
-             "|---|" + "---:|" * (len(COLUMNS) - 2) + "---|"]
+    shown = columns(summary)
+    lines = ["| " + " | ".join(title for _, title in shown) + " |",
+             "|---|" + "---:|" * (len(shown) - 2) + "---|"]
     for row in summary:
-        cells = _cells(row)
+        cells = _cells(row, shown)
         if "skipped" in row:
-            cells = cells[:2] + [""] * (len(COLUMNS) - 2)
+            cells = cells[:2] + [""] * (len(shown) - 2)
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines)
 
 
 def terminal_table(summary: list[dict]) -> str:
     wanted = ("method", "speedup", "cpu_speedup", "flop_speedup", "overhead_efficiency", "denoiser_speedup",
-              "denoiser_efficiency", "psnr", "ssim", "adherence", "computed")
+              "denoiser_efficiency", "psnr", "ssim", "adherence", "flicker", "computed")
     index = [i for i, (key, _) in enumerate(COLUMNS) if key in wanted]
     rows = [[COLUMNS[i][1] for i in index]]
     skipped = []
@@ -153,7 +216,9 @@ def terminal_table(summary: list[dict]) -> str:
 def write_csv(path: Path, summary: list[dict]) -> None:
     keys = ["method", "kind", "speedup", "cpu_speedup", "flop_speedup", "overhead_efficiency", "denoiser_speedup",
             "denoiser_efficiency", "psnr", "ssim", "rel_l1", "lpips", "adherence",
-            "temporal_stability", "peak_memory_mb", "cache_memory_mb", "gflops_per_video", "computed_min",
+            "temporal_stability", "flicker", "flicker_added", "clip_text", "clip_frame", "fvd", "protocol",
+            *[key for key, _ in protocol_columns(summary)],
+            "peak_memory_mb", "cache_memory_mb", "gflops_per_video", "computed_min",
             "computed_max", "computed_mean", "videos", "skipped"]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=keys, extrasaction="ignore")
@@ -434,10 +499,11 @@ def write_html(path: Path, config: dict, summary: list[dict], records: list[dict
         image = f"<br><small>image {e(Path(record['image']).name)}</small>" if record.get("image") else ""
         body.append(f"<tr><th class=prompt>{e(record['prompt'])}<br><small>seed {record['seed']}</small>{image}</th>"
                     + "".join(cells) + "</tr>")
+    shown = columns(summary)
     table = "\n".join(
-        "<tr>" + "".join(f"<td>{e(c)}</td>" for c in _cells(row)[: 2 if "skipped" in row else None]) + "</tr>"
+        "<tr>" + "".join(f"<td>{e(c)}</td>" for c in _cells(row, shown)[: 2 if "skipped" in row else None]) + "</tr>"
         for row in summary)
-    columns = "".join(f"<th>{e(t)}</th>" for _, t in COLUMNS)
+    header = "".join(f"<th>{e(t)}</th>" for _, t in shown)
     images = "\n".join(f"<figure><img src='{e(p)}' alt='{e(p)}'><figcaption>{e(p)}</figcaption></figure>"
                        for p in plots)
     ratio_section = ""
@@ -462,7 +528,7 @@ FLOPs (torch.utils.flop_counter) of the uncached run ÷ the method's. Overhead e
 Quality against the uncached video of the same prompt and seed.</p>
 <ul>{''.join(f'<li>{e(n)}</li>' for n in notes)}</ul>
 <h2>Summary</h2>
-<table><tr>{columns}</tr>
+<table><tr>{header}</tr>
 {table}
 </table>
 {ratio_section}

@@ -35,7 +35,8 @@ from ..files import write_video
 from ..api import enable
 from ..errors import CallRefusedError
 from .measure import Cost, DenoiserTimer, measure_cost, timed
-from .metrics import lpips_distance, lpips_unavailable_reason, psnr, relative_l1, ssim
+from ..quality.protocols import DEFAULT_PROTOCOL, Protocol, parse_protocols, score, to_frames
+from ..quality.temporal import temporal_flickering
 from .peers import PEERS, PeerUnavailable, Setup
 from .prompts import Item
 from .specs import BASELINE, MethodSpec
@@ -53,11 +54,24 @@ def output_frames(output) -> np.ndarray:
     return image[None]
 
 
-def quality(video: np.ndarray, reference: np.ndarray, prompt: str | None = None, lpips: bool = False) -> dict:
-    """Metrics of ``video`` against ``reference`` (and the checker's, given the prompt of an embedded model)."""
-    result = {"psnr": psnr(video, reference), "ssim": ssim(video, reference), "rel_l1": relative_l1(video, reference),
-              "lpips": lpips_distance(video, reference) if lpips else None, "adherence": None,
+def quality(video: np.ndarray, reference: np.ndarray, prompt: str | None = None, lpips: bool = False,
+            protocols: list[Protocol] | None = None) -> dict:
+    """Metrics of ``video`` against ``reference`` (and the checker's, given the prompt of an embedded model).
+
+    PSNR, SSIM, relative L1 and LPIPS are those of the first protocol (its name under ``"protocol"``); with several
+    protocols, ``"by_protocol"`` holds each one's. ``flicker`` is VBench's temporal flickering of the video on the
+    first protocol's frames, ``flicker_added`` the reference's minus the video's (:mod:`diffcache.quality.temporal`).
+    """
+    protocols = protocols or parse_protocols(DEFAULT_PROTOCOL)
+    first = protocols[0]
+    result = {"protocol": first.name, **score(video, reference, first, lpips=lpips), "adherence": None,
               "temporal_stability": None}
+    if len(protocols) > 1:
+        result["by_protocol"] = {p.name: score(video, reference, p, lpips=lpips) for p in protocols}
+    flicker = temporal_flickering(to_frames(video, first.frames))
+    reference_flicker = temporal_flickering(to_frames(reference, first.frames))
+    result["flicker"] = flicker
+    result["flicker_added"] = None if flicker is None else reference_flicker - flicker
     if prompt is not None:
         from ..embedded.checker import check
 
@@ -65,6 +79,44 @@ def quality(video: np.ndarray, reference: np.ndarray, prompt: str | None = None,
         result["adherence"] = checked.adherence
         result["temporal_stability"] = checked.temporal_stability if video.shape[0] > 1 else None
     return result
+
+
+def learned_metrics() -> tuple[dict, list[str]]:
+    """The learned metrics whose weights the environment names (``DIFFCACHE_CLIP_MODEL``,
+    ``DIFFCACHE_FVD_DETECTOR``; :mod:`diffcache.quality.learned`): ``({"clip": path, "fvd": path}, notes)``, a
+    path only where it can be used, a note for each one named that cannot."""
+    import os
+
+    chosen, notes = {}, []
+    for key, env in (("clip", "DIFFCACHE_CLIP_MODEL"), ("fvd", "DIFFCACHE_FVD_DETECTOR")):
+        path = os.environ.get(env)
+        if not path:
+            continue
+        from ..quality import learned
+
+        reason = (learned.clip_unavailable_reason if key == "clip" else learned.fvd_unavailable_reason)(path)
+        if reason:
+            notes.append(f"{env}: {reason}")
+        else:
+            chosen[key] = path
+    return chosen, notes
+
+
+def learned_scores(chosen: dict, video: np.ndarray, reference: np.ndarray, prompt: str | None) -> dict:
+    """With CLIP weights: the CLIP text score (given the prompt) and the CLIP frame similarity to the reference;
+    with an FVD detector: the video's I3D features (``fvd_features``), from which the report computes each
+    method's FVD against the uncached videos over the items."""
+    out = {}
+    if "clip" in chosen:
+        from ..quality.learned import clip_frame_similarity, clip_text_score
+
+        out["clip_text"] = clip_text_score(video, prompt, chosen["clip"]) if prompt else None
+        out["clip_frame"] = clip_frame_similarity(video, reference, chosen["clip"])
+    if "fvd" in chosen:
+        from ..quality.learned import video_features
+
+        out["fvd_features"] = [float(x) for x in video_features([video], chosen["fvd"])[0]]
+    return out
 
 
 def report_timeline(report) -> dict:
@@ -100,11 +152,13 @@ class Generation:
 
 class Sweep:
     """Runs items on one pipeline; see the module docs. ``clips``: the results folder the videos go to (``None``:
-    none written); ``size``: height / width / num_frames given to the pipeline (``None`` values left out)."""
+    none written); ``size``: height / width / num_frames given to the pipeline (``None`` values left out);
+    ``protocols``: how quality is scored (:mod:`diffcache.quality.protocols`; default ``diffcache``)."""
 
     def __init__(self, pipe, specs: list[MethodSpec], steps: int = 30, guidance: float = 5.0, repeats: int = 2,
                  cfg_mode: str | None = None, scored: bool = False, calibration: tuple[str, int] = ("", 0),
-                 clips: Path | None = None, size: dict | None = None, calibration_image: str | None = None):
+                 clips: Path | None = None, size: dict | None = None, calibration_image: str | None = None,
+                 protocols: list[Protocol] | None = None):
         if specs[0].name != BASELINE:
             raise ValueError("the first method must be 'none', the uncached reference")
         self.pipe, self.specs, self.steps, self.guidance, self.repeats = pipe, specs, steps, guidance, repeats
@@ -134,7 +188,11 @@ class Sweep:
         self.setup = Setup(steps, cfg_mode, lambda prompt, seed: self.generate(prompt, seed, steps, calibration_image),
                            calibration)
         self.unavailable: dict[str, str] = {}  #: label → why it cannot run (found once, kept for every item)
+        from ..quality.lpips import lpips_unavailable_reason
+
+        self.protocols = protocols or parse_protocols(DEFAULT_PROTOCOL)
         self.lpips_note = lpips_unavailable_reason()
+        self.learned, self.learned_notes = learned_metrics()
 
     def first_frame(self, path: str):
         """The image at ``path`` fitted to the clip (:func:`diffcache.generation.prepare_image`), read once."""
@@ -254,7 +312,8 @@ class Sweep:
         for spec in runnable:
             video, row = videos[spec.label], rows[spec.label]
             row.update(quality(video, reference, item.prompt if self.scored else None,
-                               lpips=self.lpips_note is None))
+                               lpips=self.lpips_note is None, protocols=self.protocols))
+            row.update(learned_scores(self.learned, video, reference, item.prompt if self.takes_prompt else None))
             row["frames"] = int(video.shape[0])
             if self.clips is not None:
                 name = clip_path(item.key, spec.label)

@@ -18,6 +18,7 @@ EXAMPLES = """examples:
   diffcache bench --model ./my-wan-pipeline --prompt "a cat surfing" --prompt "a dog running" --steps 50 --out out/wan
   diffcache bench --model ./my-wan-i2v-pipeline --images frames/ --prompt "the cat jumps" --steps 40 --out out/i2v
   diffcache bench --model ./my-svd-pipeline --images a.png b.png --methods none,deepcache --out out/svd   # no prompts
+  diffcache bench --methods ours --protocol "diffcache;videosys" --out out/proto   # scored two ways
   accelerate launch --multi_gpu --num_processes 2 -m diffcache.cli bench --out out/bench   # 2 processes (CPU too)
 
 --methods names: none (the uncached reference, always added), steps:N (the plain pipeline at N steps),
@@ -34,8 +35,8 @@ Each first frame is centre-cropped to the clip's aspect ratio and resized to its
 content hash) are part of the folder's configuration: resuming with other images is refused.
 
 Per video: speedup (interleaved timed runs in one process), denoiser FLOPs, peak and cache memory, PSNR / SSIM /
-relative L1 against the uncached video of the same prompt and seed, the checker's adherence and temporal
-stability (embedded model). Re-running the same command resumes (finished items are kept); --force starts over.
+relative L1 / LPIPS against the uncached video of the same prompt and seed under each --protocol, VBench's
+temporal flickering, the checker's adherence and temporal stability (embedded model). Re-running the same command resumes (finished items are kept); --force starts over.
 Below the table: for each peer point, our best speedup at its PSNR or better, and the worst such ratio (the
 figure of merit), by CPU time and by FLOPs. Writes results.jsonl, summary.csv / summary.md, peer-ratios.json /
 .csv, pareto-*.png (one curve per method or peer), timeline.png, clips/ and index.html."""
@@ -66,6 +67,10 @@ def add_parser(subparsers) -> None:
     b.add_argument("--height", type=int, default=None, help="frame height in pixels (default: the model's)")
     b.add_argument("--width", type=int, default=None, help="frame width in pixels (default: the model's)")
     b.add_argument("--frames", type=int, default=None, help="number of frames (default: the model's)")
+    b.add_argument("--protocol", default="diffcache",
+                   help="how PSNR / SSIM / LPIPS are scored: protocol names separated by ';' (diffcache, videosys, "
+                        "skimage, torchmetrics) or FIELD=VALUE,…; the first gives the main columns (default: "
+                        "diffcache; see 'diffcache metrics --list-protocols')")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -83,7 +88,7 @@ def _run(args) -> int:
         model=args.model, methods=args.methods, out=args.out, prompts=args.prompt, num_prompts=args.prompts,
         seeds=args.seeds, steps=args.steps, guidance=args.guidance, repeats=args.repeats, cfg_mode=args.cfg_mode,
         force=args.force, progress=not args.no_progress, height=args.height, width=args.width, frames=args.frames,
-        images=args.images),
+        images=args.images, protocols=args.protocol),
         args.out, args.model, args.steps, args.guidance, args.repeats)
 
 

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from ..bench.metrics import psnr
+from ..quality.protocols import psnr
 from ..embedded.evaluate import score_clips
 from ..embedded.t2v.pipeline import TinyShapesT2VPipeline, unpack
 from ..embedded.shapes import prompts as grammar_prompts

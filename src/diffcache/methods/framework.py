@@ -240,7 +240,7 @@ def missing_capabilities(config: MethodConfig, adapter: Adapter) -> list[str]:
 def relative_change(previous: torch.Tensor, current: torch.Tensor, group=None) -> float:
     """How much a tensor changed between two steps: ``||previous − current||_1 / ||previous||_1`` over the whole
     tensor (the same as the ratio of means), computed in float32. The quality metric of a video against its
-    reference is another function, :func:`diffcache.bench.metrics.relative_l1` (test first, then reference).
+    reference is another function, :func:`diffcache.quality.protocols.relative_l1` (test first, then reference).
 
     ``group``: the context-parallel group whose ranks each hold a shard of the tokens (``Runtime.cp_group``); the
     two sums are then added over the ranks (:func:`diffcache.distributed.global_sums`), so every rank gets the
