@@ -81,27 +81,6 @@ def quality(video: np.ndarray, reference: np.ndarray, prompt: str | None = None,
     return result
 
 
-def learned_metrics() -> tuple[dict, list[str]]:
-    """The learned metrics whose weights the environment names (``DIFFCACHE_CLIP_MODEL``,
-    ``DIFFCACHE_FVD_DETECTOR``; :mod:`diffcache.quality.learned`): ``({"clip": path, "fvd": path}, notes)``, a
-    path only where it can be used, a note for each one named that cannot."""
-    import os
-
-    chosen, notes = {}, []
-    for key, env in (("clip", "DIFFCACHE_CLIP_MODEL"), ("fvd", "DIFFCACHE_FVD_DETECTOR")):
-        path = os.environ.get(env)
-        if not path:
-            continue
-        from ..quality import learned
-
-        reason = (learned.clip_unavailable_reason if key == "clip" else learned.fvd_unavailable_reason)(path)
-        if reason:
-            notes.append(f"{env}: {reason}")
-        else:
-            chosen[key] = path
-    return chosen, notes
-
-
 def learned_scores(chosen: dict, video: np.ndarray, reference: np.ndarray, prompt: str | None) -> dict:
     """With CLIP weights: the CLIP text score (given the prompt) and the CLIP frame similarity to the reference;
     with an FVD detector: the video's I3D features (``fvd_features``), from which the report computes each
@@ -192,7 +171,9 @@ class Sweep:
 
         self.protocols = protocols or parse_protocols(DEFAULT_PROTOCOL)
         self.lpips_note = lpips_unavailable_reason()
-        self.learned, self.learned_notes = learned_metrics()
+        from ..quality.compare import learned_weights
+
+        self.learned, self.learned_notes = learned_weights()  # CLIP / FVD weights named by the environment
 
     def first_frame(self, path: str):
         """The image at ``path`` fitted to the clip (:func:`diffcache.generation.prepare_image`), read once."""

@@ -133,31 +133,39 @@ def _shape(video: np.ndarray) -> str:
     return f"{video.shape[0]} frame(s) of {video.shape[1]}×{video.shape[2]}"
 
 
+#: the learned metrics' weights: key, environment variable, and the function saying why a path cannot be used
+LEARNED_WEIGHTS = (("clip", "DIFFCACHE_CLIP_MODEL", "clip_unavailable_reason"),
+                   ("fvd", "DIFFCACHE_FVD_DETECTOR", "fvd_unavailable_reason"))
+
+
+def learned_weights(clip_model: str | None = None, fvd_detector: str | None = None) -> tuple[dict, list[str]]:
+    """The CLIP model and FVD detector to use (given, else named by ``DIFFCACHE_CLIP_MODEL`` /
+    ``DIFFCACHE_FVD_DETECTOR``): ``({"clip": path, "fvd": path}, notes)``, a path only where it can be used and a
+    note (why not) for each one named that cannot; nothing for a metric no one asked for."""
+    chosen, notes = {}, []
+    for (key, env, reason_of), given in zip(LEARNED_WEIGHTS, (clip_model, fvd_detector)):
+        path = given or os.environ.get(env)
+        if not path:
+            continue
+        from . import learned
+
+        reason = getattr(learned, reason_of)(path)
+        if reason:
+            notes.append(f"{env if not given else key}: {reason}")
+        else:
+            chosen[key] = path
+    return chosen, notes
+
+
 class _learned_hooks:
     """The learned metrics that can run with the given weights; each missing one adds its reason to ``notes``
     once (only when the user asked for it, by option or environment variable)."""
 
     def __init__(self, clip_model, fvd_detector, prompts, notes):
-        clip_model = clip_model or os.environ.get("DIFFCACHE_CLIP_MODEL")
-        fvd_detector = fvd_detector or os.environ.get("DIFFCACHE_FVD_DETECTOR")
-        self.clip = self.fvd = None
+        usable, reasons = learned_weights(clip_model, fvd_detector)
+        notes += reasons
+        self.clip, self.fvd = usable.get("clip"), usable.get("fvd")
         self.prompts = prompts
-        if clip_model:
-            from .learned import clip_unavailable_reason
-
-            reason = clip_unavailable_reason(clip_model)
-            if reason:
-                notes.append(reason)
-            else:
-                self.clip = clip_model
-        if fvd_detector:
-            from .learned import fvd_unavailable_reason
-
-            reason = fvd_unavailable_reason(fvd_detector)
-            if reason:
-                notes.append(reason)
-            else:
-                self.fvd = fvd_detector
 
     def prompt_of(self, pair) -> str | None:
         if isinstance(self.prompts, str):
