@@ -74,13 +74,29 @@ class PromptError(DiffcacheError, ValueError):
     """A prompt outside the embedded models' grammar; the message lists the accepted words."""
 
 
+class OptionError(DiffcacheError, ValueError):
+    """An option outside what is accepted (a seed beyond 64 bits, NaN guidance, a size beyond the model's positional
+    range, a device this machine lacks), refused before any work; the message names the option, the value and the
+    accepted range."""
+
+
 # -- files and runs --------------------------------------------------------------------------------------------
+class OutputPathError(DiffcacheError, OSError):
+    """An output cannot be written where it was asked for (a folder of that name, a parent that is a file, a folder
+    without write permission), refused before the work that produces it; the message names the path and why."""
+
+
 class OutputExistsError(DiffcacheError, FileExistsError):
     """The output exists; pass ``force=True`` (``--force``) to replace it."""
 
 
 class RunNotFoundError(DiffcacheError, ValueError):
     """A distillation run folder has no finished round to read."""
+
+
+class FolderInUseError(DiffcacheError, RuntimeError):
+    """Another run is writing this results folder (``diffcache bench``, ``tune``, ``distill``, ``train``): one writer
+    per folder; the message names the running process (its pid, host, start time and command)."""
 
 
 class BenchConfigError(DiffcacheError, ValueError):
@@ -139,6 +155,15 @@ class GuidanceDistilledWarning(DiffcacheWarning):
 class CalibrationOverlapWarning(DiffcacheWarning):
     """A benchmark runs a tuned preset on the very items (prompt and seed) it was tuned on: its quality there is
     not a fair measure."""
+
+
+class CorruptRecordWarning(DiffcacheWarning):
+    """A results file (``results.jsonl``, ``evaluations.jsonl``) held a line that is not a readable record (a torn
+    write, a disk error, an edit): it was moved to ``FILE.corrupt`` by line number and its item is computed again."""
+
+
+class StaleLockWarning(DiffcacheWarning):
+    """A results folder's lock was left by a run that is no longer running (killed); this run took it over."""
 
 
 __all__ = [name for name, value in dict(globals()).items()

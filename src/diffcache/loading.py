@@ -104,9 +104,37 @@ def stored_class_name(name_or_path: str | os.PathLike) -> str | None:
     name = str(name_or_path)
     try:
         path = embedded_model_path(name) if name in EMBEDDED_MODELS else Path(name).expanduser()
-        return json.loads((path / "model_index.json").read_text()).get("_class_name")
+        return _model_index(path).get("_class_name")
     except (ModelLoadError, OSError, ValueError):
         return None
+
+
+def _model_index(path: Path) -> dict:
+    """The ``model_index.json`` of a pipeline folder as a dict; :class:`ModelLoadError` when it is not a JSON object."""
+    try:
+        data = json.loads((path / "model_index.json").read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelLoadError(f"{path / 'model_index.json'} is not JSON ({error}); it should be the file "
+                             "save_pretrained writes.") from None
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{path / 'model_index.json'} holds a {type(data).__name__}, not the JSON object "
+                             "save_pretrained writes (with '_class_name' and the components).")
+    return data
+
+
+def _check_materialised(pipe, path) -> None:
+    """Refuse a pipeline some of whose parameters have no weights (left on the meta device by diffusers when a
+    component's config describes more layers than its weight file holds)."""
+    import torch
+
+    for component, module in getattr(pipe, "components", {}).items():
+        if not isinstance(module, torch.nn.Module):
+            continue
+        missing = [n for n, p in module.named_parameters() if p.is_meta]
+        if missing:
+            raise ModelLoadError(f"the weights in {path} do not cover the {component} its config describes: "
+                                 f"{len(missing)} parameter(s) have no weights (e.g. {missing[0]}); the config and "
+                                 "the weight files must come from the same save_pretrained.")
 
 
 def embedded_model_path(name: str) -> Path:
@@ -157,12 +185,12 @@ def load_pipeline(name_or_path: str | os.PathLike = "tiny-shapes-t2v", **kwargs)
         )
     loader = DiffusionPipeline
     if isinstance(path, Path):
-        class_name = json.loads((path / "model_index.json").read_text()).get("_class_name")
+        class_name = _model_index(path).get("_class_name")
         loader = pipeline_class(class_name) or DiffusionPipeline
     verbosity = diffusers_logging.get_verbosity()
     diffusers_logging.set_verbosity_error()  # hub connection warnings would bury the one-line reason
     try:
-        return loader.from_pretrained(str(path), **kwargs)
+        pipe = loader.from_pretrained(str(path), **kwargs)
     except Exception as error:  # noqa: BLE001 - translated into one line for the user
         detail = " ".join(str(error).split())
         detail = detail if len(detail) <= 240 else detail[:237] + "..."
@@ -177,3 +205,5 @@ def load_pipeline(name_or_path: str | os.PathLike = "tiny-shapes-t2v", **kwargs)
         raise ModelLoadError(f"could not load the pipeline in {path}: {type(error).__name__}: {detail}") from error
     finally:
         diffusers_logging.set_verbosity(verbosity)
+    _check_materialised(pipe, path)
+    return pipe

@@ -393,7 +393,10 @@ def model_spec(model: str | dict | ModelSpec) -> ModelSpec:
         if not path.is_file():
             raise ConfigError(f"{model!r} is neither a known model ({', '.join(sorted(MODELS))}) nor a "
                                     "diffusers transformer config.json (or a folder holding one).")
-        config = read_json(path, "the transformer config")
+        config = read_json(path, f"--model {model}: the transformer config")
+        if not isinstance(config, dict):
+            raise ConfigError(f"--model {model}: the transformer config {path} holds a {type(config).__name__}, not "
+                              "the JSON object a diffusers config.json is.")
         name = str(path)
     else:
         config, name = dict(model), model.get("_class_name", "config")

@@ -540,8 +540,8 @@ class TuneResult:
 
 
 def _read_lines(path: Path) -> list[dict]:
-    """The references and evaluations stored in ``path`` (a torn last line, from a killed run, is left out and cut
-    by the next append)."""
+    """The references and evaluations stored in ``path``; a line that is not one (a torn last line from a killed run,
+    a damaged line) is moved to ``evaluations.jsonl.corrupt`` with a warning naming its line, and computed again."""
     from .files import read_json_lines
 
     return read_json_lines(path, lambda record: record.get("kind") in ("reference", "evaluation"))
@@ -593,6 +593,16 @@ def tune(method: str, target: Target, model: str = "tiny-shapes-t2v", out: str |
     ``OUT/NAME-TARGET.json``), never overwritten with other content unless ``force``. Returns a
     :class:`TuneResult`; raises :class:`TuneError` (after saving the evaluations) when no setting meets the
     target."""
+    from .files import folder_lock
+
+    with folder_lock(out):  # one writer per folder: a second tune into it is refused at once, naming the first
+        return _tune(method, target, model, out, prompts, num_prompts, steps, guidance, cfg_mode, save, force,
+                     progress, max_evaluations, refine, pipe, height, width, frames)
+
+
+def _tune(method, target, model, out, prompts, num_prompts, steps, guidance, cfg_mode, save, force, progress,
+          max_evaluations, refine, pipe, height, width, frames) -> TuneResult:
+    """:func:`tune` once ``out`` is locked."""
     import numpy as np
     import torch
     from tqdm.auto import tqdm

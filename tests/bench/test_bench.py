@@ -25,7 +25,7 @@ from diffcache.bench.peers import PEERS, ActivePeer, PeerInfo
 from diffcache.bench.report import markdown_table, pareto_front, summarize
 from diffcache.bench.specs import DEFAULT_METHODS, MethodSpec, parse_methods
 from diffcache.bench.store import RESULTS, append_record, merge_parts, read_records
-from diffcache.errors import BenchConfigError, ConfigError
+from diffcache.errors import BenchConfigError, ConfigError, CorruptRecordWarning
 from diffcache.cli import main
 from diffcache import UnknownMethodError, list_methods
 from diffcache.embedded import shapes
@@ -239,9 +239,11 @@ def test_resume_after_an_interruption(shipped_pipe, tmp_path):
     with open(tmp_path / RESULTS, "a") as handle:  # a kill in the middle of writing the next line
         handle.write('{"item": "0001", "methods": {"no')
     done = []
-    reports = benchmark(methods="steps:1", out=tmp_path, pipe=shipped_pipe, after_item=lambda i: done.append(i.key),
-                        **FAST)
-    assert done == ["0001"]  # the finished item was not redone; the torn line was ignored and cut
+    with pytest.warns(CorruptRecordWarning, match=r"line 2 is not a readable record \(cut short"):
+        reports = benchmark(methods="steps:1", out=tmp_path, pipe=shipped_pipe,
+                            after_item=lambda i: done.append(i.key), **FAST)
+    assert done == ["0001"]  # the finished item was not redone; the torn line was moved aside and recomputed
+    assert (tmp_path / (RESULTS + ".corrupt")).read_text() == '{"item": "0001", "methods": {"no\n'
     assert [r["item"] for r in read_records(tmp_path / RESULTS)] == ["0000", "0001"]
     assert all(json.loads(line) for line in (tmp_path / RESULTS).read_text().splitlines())
     assert len(reports["records"]) == 2

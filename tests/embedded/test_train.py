@@ -57,3 +57,34 @@ def test_export_writes_the_ema_weights(tmp_path):
     ema = trainer.ema["transformer.proj_out.weight"]
     torch.testing.assert_close(loaded.transformer.proj_out.weight, ema)
     assert not torch.equal(trainer.params["transformer.proj_out.weight"], ema)
+
+
+def test_sigterm_during_training_saves_the_checkpoint_and_the_next_run_resumes(tmp_path, monkeypatch, capsys):
+    """SIGTERM mid-training (`diffcache train`): one line, exit code 143, the checkpoint of the steps done is saved
+    (the trainer's interrupt path runs for SIGTERM as for Ctrl-C), the lock released; the next run resumes there."""
+    import os
+    import signal
+
+    from diffcache.cli import main
+    from diffcache.files import LOCK
+
+    step = Trainer.train_step
+
+    def stopped_at_two(self):
+        if self.step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # as `kill PID` would, while the third step's work runs
+        return step(self)
+
+    monkeypatch.setattr(Trainer, "train_step", stopped_at_two)
+    args = ["train", "tiny-shapes-t2v", "--out", str(tmp_path), "--steps", "4", "--batch-size", "2",
+            "--checkpoint-every", "100"]
+    previous = signal.getsignal(signal.SIGTERM)
+    assert main(args) == 143
+    assert signal.getsignal(signal.SIGTERM) == previous  # main put the handler back
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "diffcache train: terminated"
+    meta = json.loads((tmp_path / "checkpoint" / "meta.json").read_text())
+    assert meta["step"] in (2, 3) and not (tmp_path / "model").exists() and not (tmp_path / LOCK).exists()
+    monkeypatch.setattr(Trainer, "train_step", step)
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert f"at step {meta['step']}/4" in out and (tmp_path / "model" / "model_index.json").exists()

@@ -9,6 +9,7 @@ part of the store; rank 0 merges them and writes the reports.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
+from ..files import folder_lock
 from . import store
 from .defaults import DEFAULT_METHODS
 from .prompts import Item, default_prompts, image_files, image_fingerprints, pair_images, plan_items
@@ -55,7 +57,7 @@ def run_sweep(sweep: Sweep, items: list[Item], out: Path, config: dict, force: b
     out = Path(out)
     store.prepare_output(out, config, force, write=dist.rank == 0)
     dist.barrier()
-    done = store.finished(out)
+    done = store.finished(out, heal=dist.rank == 0)
     mine = [it for it in items if it.index % dist.world == dist.rank and it.key not in done]
     target = store.results_path(out, dist.rank, dist.world)
     bar = tqdm(total=len(mine), desc=f"bench{f' [rank {dist.rank}]' if dist.world > 1 else ''}", unit="item",
@@ -143,87 +145,90 @@ def benchmark(model: str = "tiny-shapes-t2v", methods: str = DEFAULT_METHODS, ou
     check_inputs(type(pipe).__name__ if pipe is not None else stored_class_name(model), image_list is not None,
                  has_prompt, model, option="--images", pipe=pipe, require_prompt=False)
     dist = dist or Distributed.from_environment()
-    if pipe is None:
-        pipe = load_pipeline(model)
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        if device == "cuda" and dist.world > 1:
-            device = f"cuda:{dist.rank % torch.cuda.device_count()}"
-        pipe.to(device)
-    pipe.set_progress_bar_config(disable=True)
-    check_inputs(type(pipe).__name__, image_list is not None, has_prompt, model, option="--images", pipe=pipe,
-                 require_prompt=False)
-    check_dependencies(pipe)
-    from ..generation import takes_prompt
+    # one writer per folder: rank 0 holds OUT/.lock (the other ranks write their own parts), taken before the
+    # model loads, so a second run into a folder in use is refused at once
+    with folder_lock(out) if dist.rank == 0 else contextlib.nullcontext():
+        if pipe is None:
+            pipe = load_pipeline(model)
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+            if device == "cuda" and dist.world > 1:
+                device = f"cuda:{dist.rank % torch.cuda.device_count()}"
+            pipe.to(device)
+        pipe.set_progress_bar_config(disable=True)
+        check_inputs(type(pipe).__name__, image_list is not None, has_prompt, model, option="--images", pipe=pipe,
+                     require_prompt=False)
+        check_dependencies(pipe)
+        from ..generation import takes_prompt
 
-    if image_list is not None and not takes_prompt(pipe):
-        prompt_list = []  # Stable Video Diffusion: one item per image
-    else:
-        prompt_list = list(prompts) if prompts else default_prompts(model, pipe, num_prompts)
-    image_paths = None
-    if image_list is not None:
-        prompt_list, image_paths = pair_images(prompt_list, image_list)
-    if type(pipe).__name__ == "TinyShapesT2VPipeline":
-        from ..embedded.shapes import parse_prompt
+        if image_list is not None and not takes_prompt(pipe):
+            prompt_list = []  # Stable Video Diffusion: one item per image
+        else:
+            prompt_list = list(prompts) if prompts else default_prompts(model, pipe, num_prompts)
+        image_paths = None
+        if image_list is not None:
+            prompt_list, image_paths = pair_images(prompt_list, image_list)
+        if type(pipe).__name__ == "TinyShapesT2VPipeline":
+            from ..embedded.shapes import parse_prompt
 
-        for prompt in prompt_list:
-            parse_prompt(prompt)
-    items = plan_items(prompt_list, seeds, image_paths)
-    overlap_notes = warn_calibration_overlap(specs, items)
-    config = {"model": model, "methods": [s.label for s in specs], "prompts": prompt_list, "seeds": seeds,
-              "steps": steps, "guidance": guidance, "repeats": repeats, "cfg_mode": cfg_mode}
-    if image_paths is not None:  # absent for a text-to-video model: its folders' configs stay as they were
-        config["images"] = image_fingerprints(image_paths)
-    if [p.name for p in chosen] != [DEFAULT_PROTOCOL]:  # absent by default: older folders' configs stay as they were
-        config["protocols"] = [p.name for p in chosen]
-    size = {"height": height, "width": width, "num_frames": frames}
-    config.update({key: value for key, value in size.items() if value is not None})
-    scored = model in EMBEDDED_MODELS  # the analytic checker scores the embedded models (colour and shape of a still)
-    out = Path(out)
-    sweep = Sweep(pipe, specs, steps=steps, guidance=guidance, repeats=repeats, cfg_mode=cfg_mode, scored=scored,
-                  calibration=(items[0].prompt, items[0].seed), clips=out, size=size,
-                  calibration_image=items[0].image, protocols=chosen)
-    records = run_sweep(sweep, items, out, config, force=force, dist=dist, progress=progress, after_item=after_item)
-    if records is None:
-        return None
-    notes = [f"processes: {dist.world}; torch threads per process: {torch.get_num_threads()}"]
-    for index, protocol in enumerate(chosen):
-        notes.append(f"quality protocol {protocol.name}{' (the PSNR, SSIM and LPIPS columns)' if index == 0 else ''}: "
-                     f"frames={protocol.frames}, psnr={protocol.psnr}, ssim={protocol.ssim}, "
-                     f"lpips={protocol.lpips}; follows {protocol.follows}")
-    notes.append("flicker: VBench's temporal flickering (arXiv 2311.17982) of each video on the first protocol's "
-                 "frames, (255 − mean |frame difference|) / 255, higher is steadier; on moving clips it mixes motion "
-                 "with flicker, so compare with the uncached row ('flicker added': the uncached video's minus the "
-                 "method's, per item)")
-    if sweep.lpips_note:
-        notes.append(sweep.lpips_note)
-    else:
-        from ..quality.lpips import lpips_source
+            for prompt in prompt_list:
+                parse_prompt(prompt)
+        items = plan_items(prompt_list, seeds, image_paths)
+        overlap_notes = warn_calibration_overlap(specs, items)
+        config = {"model": model, "methods": [s.label for s in specs], "prompts": prompt_list, "seeds": seeds,
+                  "steps": steps, "guidance": guidance, "repeats": repeats, "cfg_mode": cfg_mode}
+        if image_paths is not None:  # absent for a text-to-video model: its folders' configs stay as they were
+            config["images"] = image_fingerprints(image_paths)
+        if [p.name for p in chosen] != [DEFAULT_PROTOCOL]:  # absent by default: older folders' configs stay as they were
+            config["protocols"] = [p.name for p in chosen]
+        size = {"height": height, "width": width, "num_frames": frames}
+        config.update({key: value for key, value in size.items() if value is not None})
+        scored = model in EMBEDDED_MODELS  # the analytic checker scores the embedded models (colour and shape of a still)
+        out = Path(out)
+        sweep = Sweep(pipe, specs, steps=steps, guidance=guidance, repeats=repeats, cfg_mode=cfg_mode, scored=scored,
+                      calibration=(items[0].prompt, items[0].seed), clips=out, size=size,
+                      calibration_image=items[0].image, protocols=chosen)
+        records = run_sweep(sweep, items, out, config, force=force, dist=dist, progress=progress, after_item=after_item)
+        if records is None:
+            return None
+        notes = [f"processes: {dist.world}; torch threads per process: {torch.get_num_threads()}"]
+        for index, protocol in enumerate(chosen):
+            notes.append(f"quality protocol {protocol.name}{' (the PSNR, SSIM and LPIPS columns)' if index == 0 else ''}: "
+                         f"frames={protocol.frames}, psnr={protocol.psnr}, ssim={protocol.ssim}, "
+                         f"lpips={protocol.lpips}; follows {protocol.follows}")
+        notes.append("flicker: VBench's temporal flickering (arXiv 2311.17982) of each video on the first protocol's "
+                     "frames, (255 − mean |frame difference|) / 255, higher is steadier; on moving clips it mixes motion "
+                     "with flicker, so compare with the uncached row ('flicker added': the uncached video's minus the "
+                     "method's, per item)")
+        if sweep.lpips_note:
+            notes.append(sweep.lpips_note)
+        else:
+            from ..quality.lpips import lpips_source
 
-        source = lpips_source()
-        notes.append(f"LPIPS: AlexNet, version {source['version']}; backbone from {source['backbone']['origin']} "
-                     f"(sha256 {source['backbone']['sha256'][:12]}…), linear layers from "
-                     f"{source['linear']['origin']}")
-        if any(row.get("lpips") is None for r in records for row in r["methods"].values()):
-            notes.append("LPIPS n/a where the frames are smaller than AlexNet takes (31 pixels)")
-    if sweep.guidance_note:
-        notes.append(sweep.guidance_note)
-    notes += sweep.learned_notes
-    if sweep.learned:
-        notes.append("learned metrics (weights named by the environment): " + "; ".join(
-            f"{key} from {path}" for key, path in sweep.learned.items())
-            + ". CLIP text: 100 × mean cosine of frame and prompt embeddings; CLIP frame: the same between each frame "
-              "and the uncached one; FVD: Fréchet distance of I3D features against the uncached videos over the items "
-              "(very noisy over few items)")
-    if image_paths is not None:
-        notes.append("first frames: centre-cropped to the clip's aspect ratio, then resized to its size")
-    notes += overlap_notes
-    if not scored:
-        notes.append("adherence and temporal stability: n/a (the analytic checker covers the embedded models)")
-    measures = {row["memory_measure"] for r in records for row in r["methods"].values()}
-    notes += [f"peak memory: {m}" for m in sorted(measures)]
-    notes.append("cache memory: bytes of the tensors held by the method's state (diffcache runtime or diffusers hook "
-                 "registries), maximum over the denoiser forwards; '–' where not measurable (cache-dit)")
-    reports = write_reports(out, config, records, [s.label for s in specs], notes)
-    reports["records"] = records
-    reports["items"] = len(items)
-    return reports
+            source = lpips_source()
+            notes.append(f"LPIPS: AlexNet, version {source['version']}; backbone from {source['backbone']['origin']} "
+                         f"(sha256 {source['backbone']['sha256'][:12]}…), linear layers from "
+                         f"{source['linear']['origin']}")
+            if any(row.get("lpips") is None for r in records for row in r["methods"].values()):
+                notes.append("LPIPS n/a where the frames are smaller than AlexNet takes (31 pixels)")
+        if sweep.guidance_note:
+            notes.append(sweep.guidance_note)
+        notes += sweep.learned_notes
+        if sweep.learned:
+            notes.append("learned metrics (weights named by the environment): " + "; ".join(
+                f"{key} from {path}" for key, path in sweep.learned.items())
+                + ". CLIP text: 100 × mean cosine of frame and prompt embeddings; CLIP frame: the same between each frame "
+                  "and the uncached one; FVD: Fréchet distance of I3D features against the uncached videos over the items "
+                  "(very noisy over few items)")
+        if image_paths is not None:
+            notes.append("first frames: centre-cropped to the clip's aspect ratio, then resized to its size")
+        notes += overlap_notes
+        if not scored:
+            notes.append("adherence and temporal stability: n/a (the analytic checker covers the embedded models)")
+        measures = {row["memory_measure"] for r in records for row in r["methods"].values()}
+        notes += [f"peak memory: {m}" for m in sorted(measures)]
+        notes.append("cache memory: bytes of the tensors held by the method's state (diffcache runtime or diffusers hook "
+                     "registries), maximum over the denoiser forwards; '–' where not measurable (cache-dit)")
+        reports = write_reports(out, config, records, [s.label for s in specs], notes)
+        reports["records"] = records
+        reports["items"] = len(items)
+        return reports

@@ -3,8 +3,11 @@
 Layout of ``--out``::
 
     config.json            the configuration the folder belongs to (a different one is refused)
-    results.jsonl          one line per finished item (appended, flushed and fsynced: a killed run leaves a
-                           consistent file, at worst a torn last line that is ignored and cut)
+    .lock                  the process writing the folder (pid, host, start time, command): one writer at a time
+    results.jsonl          one line per finished item (each appended whole and fsynced: a killed run leaves a
+                           consistent file, at worst a torn last line)
+    results.jsonl.corrupt  the lines that were not readable records (a torn last line, a damaged one), moved here
+                           by line number with a warning; their items are computed again
     parts/rank-R.jsonl     the lines of process R under ``accelerate launch`` / ``torchrun``, merged by rank 0
     clips/ITEM/LABEL.gif   each method's video of each item (the HTML gallery)
     summary.csv, summary.md, pareto-*.png, timeline.png, index.html   the reports (:mod:`.report`)
@@ -17,12 +20,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 from pathlib import Path
 
 from ..errors import BenchConfigError
-from ..files import read_json_lines, write_text
+from ..files import CORRUPT_SUFFIX, append_line, read_json_lines, write_text
 
 RESULTS = "results.jsonl"
 CONFIG = "config.json"
@@ -50,28 +52,18 @@ def number(value) -> float | None:
     return value
 
 
-def read_records(path: Path) -> list[dict]:
-    """The finished items in a JSONL file; a torn line (a process killed while writing it) is ignored."""
-    return read_json_lines(path, lambda record: "item" in record and "methods" in record)
+def read_records(path: Path, heal: bool = True, aside: Path | None = None) -> list[dict]:
+    """The finished items in a JSONL file. With ``heal`` (the process that writes it) a line that is not a readable
+    record — a torn last line from a killed run, a damaged line anywhere — is moved to ``aside`` (default
+    ``FILE.corrupt``) with a :class:`~diffcache.errors.CorruptRecordWarning` naming its line, so its item is computed
+    again (:func:`diffcache.files.read_json_lines`); without, it is only left out."""
+    return read_json_lines(path, lambda record: "item" in record and "methods" in record, heal=heal, aside=aside)
 
 
 def append_record(path: Path, record: dict) -> None:
-    """Append one line atomically enough for a crash: a torn tail is cut first, the line is written in one call,
-    then flushed and fsynced."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    line = (json.dumps(_encode(record), allow_nan=False) + "\n").encode("utf-8")
-    with open(path, "a+b") as handle:
-        size = handle.seek(0, os.SEEK_END)
-        if size:
-            handle.seek(size - 1)
-            if handle.read(1) != b"\n":  # a torn last line: drop it
-                handle.seek(0)
-                data = handle.read()
-                handle.truncate(data.rfind(b"\n") + 1)
-                handle.seek(0, os.SEEK_END)
-        handle.write(line)
-        handle.flush()
-        os.fsync(handle.fileno())
+    """Append one record as one whole line, fsynced; a write that fails part-way (a full disk, a signal) is cut
+    back, so the file never ends in a torn line (:func:`diffcache.files.append_line`)."""
+    append_line(path, (json.dumps(_encode(record), allow_nan=False) + "\n").encode("utf-8"))
 
 
 # -- where records go, and which are there ---------------------------------------------------------------------
@@ -85,21 +77,24 @@ def _parts(out: Path) -> list[Path]:
     return sorted((out / PARTS).glob("rank-*.jsonl")) if (out / PARTS).exists() else []
 
 
-def finished(out: Path) -> dict[str, dict]:
-    """Item key → record, from ``results.jsonl`` and any per-process parts not merged yet."""
-    records = read_records(out / RESULTS)
+def finished(out: Path, heal: bool = True) -> dict[str, dict]:
+    """Item key → record, from ``results.jsonl`` and any per-process parts not merged yet. ``heal``: this process
+    writes ``results.jsonl`` (rank 0) and moves its unreadable lines aside; the parts, which other processes may be
+    appending to, are only read (rank 0 heals them when it merges them)."""
+    records = read_records(out / RESULTS, heal=heal)
     for part in _parts(out):
-        records += read_records(part)
+        records += read_records(part, heal=False)
     return {r["item"]: r for r in records}
 
 
 def merge_parts(out: Path) -> int:
-    """Rank 0: move the per-process lines into ``results.jsonl`` (items not already there); returns how many."""
+    """Rank 0, once every process is done: move the per-process lines into ``results.jsonl`` (items not already
+    there; the unreadable lines of a part go to ``results.jsonl.corrupt``); returns how many."""
     have = {r["item"] for r in read_records(out / RESULTS)}
     moved = 0
     parts = _parts(out)
     for part in parts:
-        for record in read_records(part):
+        for record in read_records(part, aside=out / (RESULTS + CORRUPT_SUFFIX)):
             if record["item"] not in have:
                 append_record(out / RESULTS, record)
                 have.add(record["item"])
@@ -129,7 +124,7 @@ def prepare_output(out: Path, config: dict, force: bool, write: bool = True) -> 
     path = out / CONFIG
     if force:
         if write:
-            for name in (RESULTS, CONFIG, *REPORT_FILES):
+            for name in (RESULTS, RESULTS + CORRUPT_SUFFIX, CONFIG, *REPORT_FILES):
                 (out / name).unlink(missing_ok=True)
             for old in out.glob("pareto-*.png") if out.exists() else []:
                 old.unlink()

@@ -44,7 +44,7 @@ def calibrate_moreg_norm(pipe, prompts: list[str], num_inference_steps: int = 30
         warnings.simplefilter("ignore", NothingSkippedWarning)  # computing every step is the point here
         for i, prompt in enumerate(prompts):
             pipe(prompt, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                 generator=torch.Generator().manual_seed(seed + i), output_type="latent")
+                 generator=torch.Generator().manual_seed((seed + i) % 2**64), output_type="latent")
             start, end = config.moreg_window or moreg_window_for(num_inference_steps)
             scores += [s.values["motion_raw"] for s in handle.report().calls[-1].steps
                        if "motion_raw" in s.values and start <= s.step + 1 <= end]

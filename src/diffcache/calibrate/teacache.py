@@ -137,7 +137,7 @@ def calibrate_teacache(pipe, prompts: list[str], num_inference_steps: int = 30, 
             for i, prompt in enumerate(tqdm(prompts, desc="calibrate teacache", disable=not progress)):
                 records.clear()
                 pipe(prompt, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                     generator=torch.Generator().manual_seed(seed + i), output_type="latent", **call_kwargs)
+                     generator=torch.Generator().manual_seed((seed + i) % 2**64), output_type="latent", **call_kwargs)
                 sequences += [entry["sequence"] for entry in records.values()]
         finally:
             for hook in hooks:

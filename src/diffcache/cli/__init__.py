@@ -2,30 +2,72 @@
 examples) and ``run(args)`` (parse, call the library once, print; heavy packages are imported there only, so
 ``diffcache --help`` answers without loading torch).
 
-:func:`main` turns the library's errors (:class:`~diffcache.errors.DiffcacheError`, path errors, ``ValueError``)
-into one line ``diffcache COMMAND: error: MESSAGE`` and exit code 2; an interrupt is one line and 130. Set
+:func:`main` turns the library's errors (:class:`~diffcache.errors.DiffcacheError`, the system's file errors —
+a missing or unwritable path, a file where a folder should be, a full disk — and ``ValueError``) into one line
+``diffcache COMMAND: error: MESSAGE`` and exit code 2. An interrupt is one line too: Ctrl-C (SIGINT) exits with 130,
+SIGTERM with 143 — it is raised as :class:`~diffcache.cli._common.Terminated`, a ``KeyboardInterrupt``, so every
+command cleans up the same way for both (results and checkpoints are written whole, the next run resumes). Set
 ``DIFFCACHE_DEBUG=1`` for the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
+import signal
 import sys
 
 from ..errors import DiffcacheError
+from ._common import Terminated, interruption, one_line_warnings
 
 #: the commands in ``--help`` order; each is the module ``diffcache.cli.NAME``
 COMMANDS = ("generate", "train", "evaluate", "bench", "metrics", "demo", "clips", "calibrate", "tune", "methods",
             "memory", "distill")
 
-#: errors shown as one line (exit code 2). ``ValueError``: some configs and checks still raise the built-in one
-#: (every ``DiffcacheError`` that is a ``ValueError`` is caught already); drop it once they all raise
-#: ``DiffcacheError``.
-HANDLED_ERRORS = (DiffcacheError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError,
-                  FileExistsError, ValueError)
+#: errors shown as one line (exit code 2). ``OSError``: what the system says about a path or a device — missing,
+#: unwritable, a file where a folder should be and the reverse, a full disk (``ENOSPC``), a read-only file system.
+#: ``ValueError``: some configs and checks still raise the built-in one (every ``DiffcacheError`` that is a
+#: ``ValueError`` is caught already); drop it once they all raise ``DiffcacheError``.
+HANDLED_ERRORS = (DiffcacheError, OSError, ValueError)
+
+
+def error_message(error: BaseException) -> str:
+    """One line for ``error``: an ``OSError`` from the system as ``PATH: what happened`` (``out/bench/results.jsonl:
+    No space left on device``), anything else its message."""
+    if isinstance(error, OSError) and not isinstance(error, DiffcacheError) and error.strerror:
+        where = "" if error.filename is None else f"{error.filename}"
+        if error.filename2 is not None:
+            where += f" -> {error.filename2}"
+        text = f"{where}: {error.strerror}" if where else error.strerror
+    else:
+        text = str(error) or type(error).__name__
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())  # one line
+
+
+@contextlib.contextmanager
+def sigterm_raises_terminated():
+    """While a command runs, SIGTERM raises :class:`~diffcache.cli._common.Terminated` where the program is (once: a
+    second SIGTERM while it cleans up is ignored, so the clean-up is not torn; SIGKILL still stops it). The previous
+    handler is restored afterwards. Outside the main thread (no signals there) nothing changes."""
+    raised = []
+
+    def handler(signum, frame):
+        if not raised:
+            raised.append(signum)
+            raise Terminated()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _module(command: str):
@@ -56,16 +98,25 @@ def main(argv: list[str] | None = None) -> int:
     if not os.environ.get("DIFFCACHE_DEBUG"):
         for name in IMPORT_NOISE:
             logging.getLogger(name).setLevel(logging.ERROR)
-    try:
-        return _module(args.command).run(args)
-    except HANDLED_ERRORS as error:
-        if os.environ.get("DIFFCACHE_DEBUG"):
-            raise
-        print(f"diffcache {args.command}: error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"diffcache {args.command}: interrupted", file=sys.stderr)
-        return 130
+    with sigterm_raises_terminated(), one_line_warnings(args.command):  # e.g. a stale lock taken over
+        try:
+            return _module(args.command).run(args)
+        except HANDLED_ERRORS as error:
+            if os.environ.get("DIFFCACHE_DEBUG"):
+                raise
+            print(f"diffcache {args.command}: error: {error_message(error)}", file=sys.stderr)
+            return 2
+        except (MemoryError, RuntimeError) as error:  # out of memory: the host's, or torch's on an accelerator
+            if type(error).__name__ not in ("MemoryError", "OutOfMemoryError") or os.environ.get("DIFFCACHE_DEBUG"):
+                raise
+            detail = " ".join(str(error).split())[:200]
+            print(f"diffcache {args.command}: error: out of memory ({detail or 'MemoryError'}); use a smaller size, "
+                  "frame count or batch size", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt as error:  # Ctrl-C, or SIGTERM (Terminated)
+            word, code = interruption(error)
+            print(f"diffcache {args.command}: {word}", file=sys.stderr)
+            return code
 
 
-__all__ = ["COMMANDS", "HANDLED_ERRORS", "build_parser", "main"]
+__all__ = ["COMMANDS", "HANDLED_ERRORS", "Terminated", "build_parser", "error_message", "main"]

@@ -9,12 +9,64 @@ import contextlib
 FORMATTER = argparse.RawDescriptionHelpFormatter  #: keeps the examples epilog as written
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill PID``, a job scheduler or container stopping the run, ``accelerate launch`` stopping its
+    processes), raised where the program is, as Ctrl-C raises :class:`KeyboardInterrupt`: the same clean-up runs
+    (a trainer saves its checkpoint, progress bars close, a results folder's lock is released) and the command
+    exits with 143 (128 + 15) instead of 130."""
+
+
+def interruption(error: BaseException) -> tuple[str, int]:
+    """What an interrupt is called and its exit code: ``("terminated", 143)`` for SIGTERM, ``("interrupted", 130)``
+    for Ctrl-C (SIGINT)."""
+    return ("terminated", 143) if isinstance(error, Terminated) else ("interrupted", 130)
+
+
+#: the largest value a count option takes: far above any real use, low enough that a typo (10**12 steps, 2**63
+#: prompts) is refused at once instead of exhausting memory or running for ever
+MAXIMA = {"steps": 10_000, "fps": 240, "upscale": 64, "prompts": 100_000, "seeds": 10_000, "repeats": 1_000,
+          "max_evaluations": 10_000, "rounds": 10_000, "slice_clips": 100_000, "train_steps": 10_000_000,
+          "eval_prompts": 100_000, "batch_size": 65_536, "checkpoint_every": 10_000_000}
+
+
 def positive(**values) -> None:
-    """Validate integer options: each must be at least 1 (``seed``: at least 0); ``None`` means unset."""
+    """Validate integer options: each must be at least 1 (``seed``: at least 0) and at most its :data:`MAXIMA`
+    entry; ``None`` means unset."""
+    from ..errors import OptionError
+
     for name, value in values.items():
         low = 0 if name == "seed" else 1
+        high = MAXIMA.get(name)
+        option = f"--{name.replace('_', '-')}"
         if value is not None and value < low:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least {low}, got {value}.")
+            raise OptionError(f"{option} must be at least {low}, got {value}.")
+        if value is not None and high is not None and value > high:
+            raise OptionError(f"{option} must be at most {high:,}, got {value:,}.")
+
+
+#: count options checked by :func:`check_options` (each at least 1) where a command has them
+COUNTS = ("steps", "fps", "upscale", "height", "width", "frames", "prompts", "seeds", "repeats", "max_evaluations")
+
+
+def check_options(args, counts: tuple[str, ...] = COUNTS, prompts: bool = True) -> None:
+    """The options commands share, checked before any work (:mod:`diffcache.validation`), where ``args`` has them:
+    counts at least 1, ``--seed`` in 0 … 2**64 − 1, ``--guidance`` finite and ≥ 0, ``--prompt`` (one or a list)
+    in the grammar of an embedded model, and ``--height`` / ``--width`` / ``--frames`` within the model's
+    positional range and patch multiples (read from its folder, without loading it). ``prompts`` false: the
+    caller checks the prompt itself (``generate``: after what the pipeline takes, an image or not)."""
+    from ..loading import stored_class_name
+    from ..validation import check_guidance, check_prompts, check_seed, check_size, model_limits
+
+    positive(**{name: getattr(args, name) for name in counts if getattr(args, name, None) is not None})
+    if getattr(args, "seed", None) is not None:
+        check_seed(args.seed)
+    check_guidance(getattr(args, "guidance", None))
+    model = getattr(args, "model", None)
+    if model is not None:
+        if prompts:
+            check_prompts(stored_class_name(model), getattr(args, "prompt", None))
+        check_size(model_limits(model), getattr(args, "height", None), getattr(args, "width", None),
+                   getattr(args, "frames", None))
 
 
 def method_spec(text: str | None, command: str):

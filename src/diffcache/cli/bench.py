@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from ..bench.defaults import DEFAULT_METHODS
-from ._common import FORMATTER, one_line_warnings, positive
+from ._common import FORMATTER, check_options, interruption, one_line_warnings
 
 EXAMPLES = """examples:
   diffcache bench --out out/bench        # uncached, every diffcache method at its default, two diffusers peers
@@ -63,7 +63,9 @@ def add_parser(subparsers) -> None:
     b.add_argument("--cfg-mode", choices=("split", "batched"), default=None,
                    help="embedded models: guidance as two calls per step (split, default) or one batched call")
     b.add_argument("--out", default="out/bench", help="output folder (default: out/bench)")
-    b.add_argument("--force", action="store_true", help="discard the results in --out and start over")
+    b.add_argument("--force", action="store_true",
+                   help="discard the benchmark's results, reports and clips in --out and start over (other files "
+                   "there are kept)")
     b.add_argument("--height", type=int, default=None, help="frame height in pixels (default: the model's)")
     b.add_argument("--width", type=int, default=None, help="frame width in pixels (default: the model's)")
     b.add_argument("--frames", type=int, default=None, help="number of frames (default: the model's)")
@@ -75,8 +77,26 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    positive(prompts=args.prompts, steps=args.steps, repeats=args.repeats, seeds=args.seeds, height=args.height,
-             width=args.width, frames=args.frames)
+    from ..generation import check_inputs
+    from ..loading import EMBEDDED_MODELS, SUPPORTED_IMAGE_TO_VIDEO_PIPELINES, stored_class_name
+    from ..validation import check_output_folder
+
+    # what the pipeline takes first (an image or not: no import needed), then the values, then whether it takes a
+    # prompt (which imports diffusers to look at the pipeline's call); benchmark() checks the images further
+    class_name = stored_class_name(args.model)
+    if args.images and class_name is not None and class_name not in SUPPORTED_IMAGE_TO_VIDEO_PIPELINES:
+        check_inputs(class_name, True, True, args.model, option="--images", require_prompt=False)
+    check_options(args)  # counts, guidance, --prompt in an embedded model's grammar, the size: before loading
+    check_inputs(class_name, bool(args.images), bool(args.prompt) or args.model in EMBEDDED_MODELS,
+                 args.model, option="--images", require_prompt=False)
+    check_output_folder(args.out)
+    from ..bench.specs import parse_methods
+    from ..errors import DiffcacheError, OptionError
+
+    try:
+        parse_methods(args.methods)  # a bad name fails here, naming the option, before the pipeline loads
+    except (DiffcacheError, ValueError) as error:
+        raise OptionError(f"--methods: {error}") from None
     with one_line_warnings("bench"):  # e.g. a tuned preset benchmarked on its own calibration items
         return _run(args)
 
@@ -93,14 +113,15 @@ def _run(args) -> int:
 
 
 def run_and_print(command: str, run_benchmark, out, model: str, steps: int, guidance: float, repeats: int) -> int:
-    """Run a benchmark (``bench`` or ``demo``); an interrupt says where the finished videos are and how to
-    resume; rank 0 prints the summary."""
+    """Run a benchmark (``bench`` or ``demo``); an interrupt (Ctrl-C: exit code 130; SIGTERM: 143) says where the
+    finished videos are and how to resume; rank 0 prints the summary."""
     try:
         reports = run_benchmark()
-    except KeyboardInterrupt:
-        print(f"diffcache {command}: interrupted; the finished videos are in {Path(out) / 'results.jsonl'}. Run "
+    except KeyboardInterrupt as error:  # Ctrl-C, or SIGTERM (Terminated)
+        word, code = interruption(error)
+        print(f"diffcache {command}: {word}; the finished videos are in {Path(out) / 'results.jsonl'}. Run "
               "the same command again to resume.", file=sys.stderr)
-        return 130
+        return code
     if reports is None:  # not rank 0 of a multi-process run: rank 0 prints
         return 0
     print_reports(reports, model, steps, guidance, repeats, out)

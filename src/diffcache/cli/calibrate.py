@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from ..calibrate import CALIBRATORS
-from ._common import FORMATTER
+from ._common import FORMATTER, check_options
 
 EXAMPLES = """examples:
   diffcache calibrate teacache --prompts 16 --out tiny-teacache.json         # the embedded model
@@ -37,7 +37,10 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     from ..calibrate import calibrate
+    from ..validation import check_output
 
+    check_options(args)  # counts, guidance, --prompt in an embedded model's grammar: before the model loads
+    check_output(args.out, args.force)
     result = calibrate(args.method, args.out, model=args.model, prompts=args.prompt, num_prompts=args.prompts,
                        steps=args.steps, guidance=args.guidance, force=args.force)
     for line in result.lines:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..demo import CLIPS_OUT
-from ._common import FORMATTER
+from ._common import FORMATTER, check_options
 
 EXAMPLES = f"""examples:
   diffcache clips                                   # uncached vs adacache:fast -> {CLIPS_OUT}/index.html
@@ -23,7 +23,10 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     from ..demo import write_clip_page
+    from ..validation import check_output_folder
 
+    check_options(args)
+    check_output_folder(args.out)
     result = write_clip_page(args.method, args.out, steps=args.steps, force=args.force, on_clip=print)
     print(result["summary"])
     return 0

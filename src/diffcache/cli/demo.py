@@ -8,7 +8,7 @@ from ._common import FORMATTER, positive
 EXAMPLES = f"""examples:
   diffcache demo                      # the main job (= make demo) -> {DEMO["out"]}/index.html
   diffcache demo                      # again: resumes, the finished videos are kept
-  diffcache demo --force              # start over
+  diffcache demo --force              # start over: its results, reports and clips are discarded
   diffcache demo --prompts 1 --steps 4 --out out/demo-smoke   # a quick look
 
 The same as: diffcache bench --methods {DEMO["methods"]} --prompts {DEMO["num_prompts"]} --steps {DEMO["steps"]} \\
@@ -25,7 +25,9 @@ def add_parser(subparsers) -> None:
     d.add_argument("--steps", type=int, default=DEMO["steps"], help="denoising steps (default: %(default)s)")
     d.add_argument("--repeats", type=int, default=DEMO["repeats"],
                    help="timed runs per method and video (default: %(default)s)")
-    d.add_argument("--force", action="store_true", help="discard the results in --out and start over")
+    d.add_argument("--force", action="store_true",
+                   help="discard the benchmark's results, reports and clips in --out and start over (other files "
+                   "there are kept)")
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

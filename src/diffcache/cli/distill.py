@@ -38,9 +38,9 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     if args.distill_command == "gallery":
+        positive(prompts=args.prompts)
         from ..distill.gallery import write_gallery
 
-        positive(prompts=args.prompts)
         result = write_gallery(args.run, args.out, prompts=args.prompts, force=args.force)
         print(f"gallery: {result['page']} ({len(result['clips'])} clips; columns {', '.join(result['columns'])}); "
               f"plot: {result['plot']}")
@@ -48,24 +48,26 @@ def run(args) -> int:
     import shutil
     from dataclasses import replace
 
-    from ..distill.rounds import CONFIG_FILE, DistillConfig, Distiller, finished_rounds
-    from ..files import OutputExistsError
-
     overrides = {k: v for k, v in {"slice_clips": args.slice_clips, "train_steps": args.train_steps,
                                    "batch_size": args.batch_size, "eval_prompts": args.eval_prompts,
                                    "seed": args.seed}.items() if v is not None}
-    positive(rounds=args.rounds, **overrides)  # before anything in --out is touched
+    positive(rounds=args.rounds, **overrides)  # before anything in --out is touched, and before torch loads
+    from ..distill.rounds import CONFIG_FILE, DistillConfig, Distiller, finished_rounds
+    from ..files import LOCK, OutputExistsError, folder_lock
+
     config = replace(DistillConfig(teacher=args.distill_command, rounds=args.rounds), **overrides)
     out = Path(args.out)
-    if out.exists() and not (out / CONFIG_FILE).exists() and any(out.iterdir()) and not args.force:
+    if out.exists() and not (out / CONFIG_FILE).exists() and any(p.name != LOCK for p in out.iterdir()) \
+            and not args.force:
         raise OutputExistsError(f"{out} exists and is not a distillation run; choose another --out or pass --force.")
-    if args.force and out.exists():
-        for name in (CONFIG_FILE, "cache", "eval", *(p.name for p in out.glob("round-*")),
-                     *(p.name for p in out.glob(".round-*.partial"))):
-            path = out / name
-            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-    distiller = Distiller(config, out)
-    distiller.run()
+    with folder_lock(out):  # one writer per run folder: a second distill into it is refused, naming the first
+        if args.force and out.exists():
+            for name in (CONFIG_FILE, "cache", "eval", *(p.name for p in out.glob("round-*")),
+                         *(p.name for p in out.glob(".round-*.partial"))):
+                path = out / name
+                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        distiller = Distiller(config, out)
+        distiller.run()
     last = finished_rounds(out)[-1]
     print(f"student after round {last}: {out / f'round-{last:02d}'}\n"
           f"try it: diffcache generate --model {out / f'round-{last:02d}'} --steps 4 "

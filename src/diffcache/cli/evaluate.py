@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 
-from ._common import FORMATTER, effect, enable_spec, method_spec, positive
+from ._common import FORMATTER, check_options, effect, enable_spec, method_spec
 
 EXAMPLES = """examples:
   diffcache evaluate                                # the shipped model: 64 prompts, 30 steps, CFG 5
@@ -32,13 +32,14 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..files import check_writable, write_text
+    from ..files import write_text
     from ..embedded.evaluate import evaluate_adherence
     from ..loading import load_pipeline
+    from ..validation import check_output
 
     if args.json:
-        check_writable(args.json, args.force)
-    positive(prompts=args.prompts, steps=args.steps, height=args.height, width=args.width)
+        check_output(args.json, args.force, option="--json")
+    check_options(args)  # counts, guidance and the size against the model's range: before it loads
     spec = method_spec(args.method, "evaluate")
     pipe = load_pipeline(args.model)
     if args.steps is None:

@@ -7,7 +7,7 @@ import inspect
 import time
 from pathlib import Path
 
-from ._common import FORMATTER, effect, enable_spec, method_spec, positive
+from ._common import FORMATTER, check_options, effect, enable_spec, method_spec
 
 EXAMPLES = """examples:
   diffcache generate --prompt "a red circle moving left" --out clip.gif
@@ -62,44 +62,52 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    import numpy as np
-    import torch
-
-    from ..embedded.t2v.pipeline import TinyShapesT2VPipeline
-    from ..files import IMAGE_SUFFIXES, VIDEO_SUFFIXES, check_writable, write_video
-    from ..generation import check_dependencies, check_inputs, generate_clip, prepare_image, read_image
-    from ..loading import SUPPORTED_VIDEO_PIPELINES, ModelLoadError, load_pipeline, stored_class_name
-    from ..embedded.shapes import parse_prompt
+    from ..files import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+    from ..validation import (check_device, check_negative_prompt, check_output, check_prompts, check_size,
+                              model_limits, pipeline_limits)
 
     out = Path(args.out)
     if out.suffix.lower() not in VIDEO_SUFFIXES + IMAGE_SUFFIXES:
         raise ValueError(f"--out {out.name!r}: use a file name ending in .gif or .mp4 (a video), or .png (an image).")
-    positive(steps=args.steps, fps=args.fps, upscale=args.upscale, height=args.height, width=args.width,
-             frames=args.frames, seed=args.seed)
-    check_writable(out, args.force)
+    check_options(args, prompts=False)  # counts, seed, guidance and the size: before the pipeline loads
+    check_output(out, args.force)
     spec = method_spec(args.method, "generate")
     if args.budget_map is not None:
         if spec is None or spec.name != "hsa":
             raise ValueError("--budget-map shows HSA's per-token step budgets; use it with --method hsa[:PRESET].")
         if Path(args.budget_map).suffix.lower() not in VIDEO_SUFFIXES:
             raise ValueError(f"--budget-map {Path(args.budget_map).name!r}: use a file name ending in .gif or .mp4.")
-        check_writable(Path(args.budget_map), args.force)
+        check_output(args.budget_map, args.force, option="--budget-map")
+
+    import numpy as np
+
+    from ..files import write_video
+    from ..generation import check_dependencies, check_inputs, generate_clip, prepare_image, read_image
+    from ..loading import SUPPORTED_VIDEO_PIPELINES, ModelLoadError, load_pipeline, stored_class_name
+
+    device = check_device(args.device)  # a device this torch lacks is refused before the pipeline loads
     image = read_image(args.image) if args.image is not None else None  # a bad file fails before any loading
     has_prompt = args.prompt is not None
-    check_inputs(stored_class_name(args.model), image is not None, has_prompt, args.model)  # known before loading
+    class_name = stored_class_name(args.model)
+    check_inputs(class_name, image is not None, has_prompt, args.model)  # known before loading
+    check_prompts(class_name, args.prompt)  # an embedded model's grammar: before it loads
+    check_negative_prompt(class_name, args.negative_prompt)
     if args.model == "tiny-shapes-t2i" or out.suffix.lower() in IMAGE_SUFFIXES:
-        return _generate_image(args, spec)
+        return _generate_image(args, spec, device)
+    limits = model_limits(args.model)
     pipe = load_pipeline(args.model)
     if type(pipe).__name__ not in SUPPORTED_VIDEO_PIPELINES:
         raise ModelLoadError(f"{args.model!r} is a {type(pipe).__name__}; `generate` supports the video "
                              f"pipelines: {', '.join(SUPPORTED_VIDEO_PIPELINES)}.")
     check_inputs(type(pipe).__name__, image is not None, has_prompt, args.model, pipe=pipe)
     check_dependencies(pipe)
+    if limits is None:  # a hub id: its configs are known now, still before the first denoiser call
+        check_size(pipeline_limits(pipe, args.model), args.height, args.width, args.frames)
+    check_prompts(type(pipe).__name__, args.prompt)
+    check_negative_prompt(type(pipe).__name__, args.negative_prompt)
     if image is not None:
         image = prepare_image(pipe, image, args.height, args.width)
-    if isinstance(pipe, TinyShapesT2VPipeline):
-        parse_prompt(args.prompt)  # the embedded model knows its grammar: reject a bad prompt before any work
-    pipe.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    pipe.to(device)
     handle = enable_spec(pipe, spec)
     start = time.perf_counter()
     steps = args.steps
@@ -126,13 +134,12 @@ def run(args) -> int:
     return 0
 
 
-def _generate_image(args, spec) -> int:
+def _generate_image(args, spec, device: str) -> int:
     """`generate` for a text-to-image pipeline (tiny-shapes-t2i, Stable Diffusion, SDXL): one PNG."""
     import torch
 
     from ..files import IMAGE_SUFFIXES, write_image
     from ..loading import SUPPORTED_IMAGE_PIPELINES, ModelLoadError, load_pipeline
-    from ..embedded.shapes import parse_prompt
 
     out = Path(args.out)
     if out.suffix.lower() not in IMAGE_SUFFIXES:
@@ -145,13 +152,11 @@ def _generate_image(args, spec) -> int:
                          f"({out.name!r} is a still image, for text-to-image models).")
     if args.prompt is None:
         raise ValueError("a text-to-image pipeline needs a text prompt: give --prompt.")
-    if args.model == "tiny-shapes-t2i":
-        parse_prompt(args.prompt, require_direction=False)  # reject a bad prompt before any work
-    pipe = load_pipeline(args.model)
+    pipe = load_pipeline(args.model)  # its prompt and size were checked before (check_options)
     if type(pipe).__name__ not in SUPPORTED_IMAGE_PIPELINES:
         raise ModelLoadError(f"{args.model!r} is a {type(pipe).__name__}; `generate --out *.png` supports text-to-image "
                              f"pipelines: {', '.join(SUPPORTED_IMAGE_PIPELINES)}.")
-    pipe.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    pipe.to(device)
     handle = enable_spec(pipe, spec)
     args.steps = args.steps or 50
     kwargs = dict(num_inference_steps=args.steps, guidance_scale=5.0 if args.guidance is None else args.guidance,

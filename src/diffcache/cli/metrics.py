@@ -110,6 +110,10 @@ def csv_text(result) -> str:
 
 
 def run(args) -> int:
+    if not args.list_protocols and (not args.reference or not args.test):  # before any import: answers at once
+        raise ValueError("give REF and TEST (two videos, two images or two folders), or --list-protocols.")
+    if args.prompt and args.prompts:
+        raise ValueError("give --prompt (one prompt for every video) or --prompts FILE, not both.")
     from ..quality.protocols import PROTOCOLS, parse_protocols
 
     if args.list_protocols:
@@ -117,10 +121,6 @@ def run(args) -> int:
             print(f"{protocol.name}: frames={protocol.frames} psnr={protocol.psnr} ssim={protocol.ssim} "
                   f"lpips={protocol.lpips}\n    {protocol.follows}")
         return 0
-    if not args.reference or not args.test:
-        raise ValueError("give REF and TEST (two videos, two images or two folders), or --list-protocols.")
-    if args.prompt and args.prompts:
-        raise ValueError("give --prompt (one prompt for every video) or --prompts FILE, not both.")
     protocols = parse_protocols(args.protocol)  # a bad name fails before any file is read
     from ..files import check_writable, write_text
 
@@ -129,7 +129,15 @@ def run(args) -> int:
             check_writable(path, args.force)
     from ..quality.compare import compare, read_prompts
 
-    prompts = read_prompts(args.prompts) if args.prompts else args.prompt
+    prompts = args.prompt
+    if args.prompts:
+        try:
+            prompts = read_prompts(args.prompts)
+        except (OSError, UnicodeDecodeError, ValueError) as error:
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else (
+                "not a text file" if isinstance(error, UnicodeDecodeError) else str(error))
+            raise ValueError(f"--prompts {args.prompts}: {reason}; give a JSON object of video name → prompt, or "
+                             "a text file of lines NAME<TAB>PROMPT.") from None
     result = compare(args.reference, args.test, protocols, lpips=not args.no_lpips, prompts=prompts,
                      clip_model=args.clip_model, fvd_detector=args.fvd_detector,
                      vbench=[d.strip() for d in args.vbench.split(",") if d.strip()] if args.vbench else None)

@@ -31,32 +31,37 @@ def run(args) -> int:
     import shutil
     from dataclasses import replace
 
-    from ..files import OutputExistsError
-    from ..embedded.t2v.train import Trainer, TrainConfig
-
     overrides = {k: v for k, v in {"steps": args.steps, "batch_size": args.batch_size, "seed": args.seed,
                                    "checkpoint_every": args.checkpoint_every}.items() if v is not None}
-    positive(**overrides)  # before anything in --out is touched
+    positive(**overrides)  # before anything in --out is touched, and before torch loads
+    if args.seed is not None:
+        from ..validation import check_seed
+
+        check_seed(args.seed)
+    from ..files import OutputExistsError, folder_lock
+    from ..embedded.t2v.train import Trainer, TrainConfig
+
     out = Path(args.out)
-    model_dir = out / "model"
-    if args.force and out.exists():
-        shutil.rmtree(out / "checkpoint", ignore_errors=True)
-        shutil.rmtree(model_dir, ignore_errors=True)
-    elif model_dir.exists():
-        raise OutputExistsError(f"{model_dir} already holds a trained model; pass --force to train again.")
-    if args.model == "tiny-shapes-t2i":
-        from ..embedded.t2i.train import T2ITrainConfig as TrainConfig, T2ITrainer as Trainer  # noqa: N814
-    config = replace(TrainConfig(), **overrides)
-    trainer = Trainer(config, out)
-    if trainer.load_checkpoint():
-        print(f"resuming from {trainer.checkpoint_dir} at step {trainer.step}/{config.steps}")
-    if args.stop_at is not None and not 1 <= args.stop_at <= config.steps:
-        raise ValueError(f"--stop-at must be between 1 and the recipe's {config.steps} steps, got {args.stop_at}.")
-    if args.stop_at is not None and trainer.step > args.stop_at:
-        raise ValueError(f"the checkpoint in {trainer.checkpoint_dir} is already at step {trainer.step}, past "
-                         f"--stop-at {args.stop_at}; use another --out.")
-    trainer.run(progress=True, until=args.stop_at)
-    trainer.export(model_dir)
+    with folder_lock(out):  # one trainer per run folder: a second one into it is refused, naming the first
+        model_dir = out / "model"
+        if args.force and out.exists():
+            shutil.rmtree(out / "checkpoint", ignore_errors=True)
+            shutil.rmtree(model_dir, ignore_errors=True)
+        elif model_dir.exists():
+            raise OutputExistsError(f"{model_dir} already holds a trained model; pass --force to train again.")
+        if args.model == "tiny-shapes-t2i":
+            from ..embedded.t2i.train import T2ITrainConfig as TrainConfig, T2ITrainer as Trainer  # noqa: N814
+        config = replace(TrainConfig(), **overrides)
+        trainer = Trainer(config, out)
+        if trainer.load_checkpoint():
+            print(f"resuming from {trainer.checkpoint_dir} at step {trainer.step}/{config.steps}")
+        if args.stop_at is not None and not 1 <= args.stop_at <= config.steps:
+            raise ValueError(f"--stop-at must be between 1 and the recipe's {config.steps} steps, got {args.stop_at}.")
+        if args.stop_at is not None and trainer.step > args.stop_at:
+            raise ValueError(f"the checkpoint in {trainer.checkpoint_dir} is already at step {trainer.step}, past "
+                             f"--stop-at {args.stop_at}; use another --out.")
+        trainer.run(progress=True, until=args.stop_at)
+        trainer.export(model_dir)
     last = trainer.history[-1]["loss"] if trainer.history else float("nan")
     done = f"{trainer.step} of {config.steps}" if trainer.step < config.steps else f"{config.steps}"
     print(f"trained {done} steps (final loss {last:.4f}); pipeline saved to {model_dir}")

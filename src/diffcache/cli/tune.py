@@ -3,7 +3,7 @@ preset file (:mod:`diffcache.tune`)."""
 
 from __future__ import annotations
 
-from ._common import FORMATTER, one_line_warnings, positive
+from ._common import FORMATTER, check_options, one_line_warnings
 
 EXAMPLES = """examples:
   diffcache tune fbcache --min-psnr 35 --out out/tune-fb        # the fastest threshold keeping 35 dB
@@ -67,8 +67,10 @@ def run(args) -> int:
     from ..tune import Target, tune
 
     target = Target.of(min_psnr=args.min_psnr, speedup=args.speedup)  # a bad target fails before the model loads
-    positive(prompts=args.prompts, steps=args.steps, max_evaluations=args.max_evaluations, height=args.height,
-             width=args.width, frames=args.frames)
+    from ..validation import check_output_folder
+
+    check_options(args)  # counts, guidance, --prompt in an embedded model's grammar, the size: before loading
+    check_output_folder(args.out)
     try:
         with one_line_warnings("tune"):
             result = tune(args.method, target, model=args.model, out=args.out, prompts=args.prompt,

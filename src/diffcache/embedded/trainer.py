@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
@@ -45,7 +46,7 @@ class BaseTrainConfig:
 
 def step_generator(seed: int, step: int) -> torch.Generator:
     """The generator training step ``step`` draws its batch from."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) % 2**64)  # any seed in 0 … 2**64 − 1
 
 
 def lr_at(config: BaseTrainConfig, step: int) -> float:
@@ -150,14 +151,23 @@ class ShapesTrainer(ABC):
         return True
 
     def export(self, path: str | os.PathLike):
-        """Save the EMA weights as a loadable pipeline (``save_pretrained`` layout, safetensors)."""
+        """Save the EMA weights as a loadable pipeline (``save_pretrained`` layout, safetensors), atomically: written
+        into ``.NAME.partial`` beside ``path`` and renamed onto it, so a stopped export never leaves half a model."""
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.partial")
+        shutil.rmtree(tmp, ignore_errors=True)
         with torch.no_grad():
             backup = {k: p.detach().clone() for k, p in self.params.items()}
             for k, p in self.params.items():
                 p.copy_(self.ema[k])
-            self.pipe.save_pretrained(path)
-            for k, p in self.params.items():
-                p.copy_(backup[k])
+            try:
+                self.pipe.save_pretrained(tmp)
+            finally:
+                for k, p in self.params.items():
+                    p.copy_(backup[k])
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
         return self.pipe
 
     # -- training -----------------------------------------------------------------------------------------

@@ -63,7 +63,48 @@ class MethodConfig:
     preset: str = ""
 
     def __post_init__(self) -> None:
-        self.validate()
+        try:
+            self.validate()  # the method's own checks first: their messages name the field's range
+        except TypeError:  # a value of the wrong kind that the method's checks compared: say so instead
+            self.check_types()
+            raise
+        self.check_types()
+
+    def check_types(self) -> None:
+        """Refuse, naming the field, a value of the wrong kind for its declared type (``bool`` fields take
+        ``True``/``False``; ``int`` fields whole numbers; ``float`` fields numbers; ``str`` fields text), a NaN or
+        infinite number field, and NaN inside a tuple, list or dict (a threshold of NaN would silently never fire;
+        infinity stays allowed there, as the open bound of a codebook's last row)."""
+        import math
+        import typing
+
+        hints = typing.get_type_hints(type(self))
+        for field in dataclasses.fields(self):
+            value, declared = getattr(self, field.name), hints.get(field.name)
+            name = f"{type(self).__name__}.{field.name}"
+            kinds = {bool: "True or False", int: "a whole number", float: "a number", str: "text"}
+            if declared in kinds:
+                ok = (isinstance(value, bool) if declared is bool else
+                      isinstance(value, str) if declared is str else
+                      isinstance(value, int) and not isinstance(value, bool) if declared is int else
+                      isinstance(value, (int, float)) and not isinstance(value, bool))
+                if not ok:
+                    raise ConfigError(f"{name} must be {kinds[declared]}, got {value!r} "
+                                      f"({type(value).__name__}).")
+
+            def no_nan(item) -> bool:  # inside a tuple, list or dict: infinity is a bound (a codebook's last row)
+                if isinstance(item, float):
+                    return not math.isnan(item)
+                if isinstance(item, (tuple, list)):
+                    return all(no_nan(x) for x in item)
+                if isinstance(item, dict):
+                    return all(no_nan(x) for x in item.values())
+                return True
+
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{name} must be a finite number, got {value!r}.")
+            if not no_nan(value):
+                raise ConfigError(f"{name} holds NaN ({value!r}); NaN compares false with everything.")
 
     @classmethod
     def from_preset(cls, preset: str | None = None, **overrides):
