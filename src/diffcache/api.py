@@ -370,9 +370,34 @@ def _check_fits(info: MethodInfo, config: MethodConfig, adapter, model, pipeline
             f"{info.name} does not support {adapter.family} models; it supports: {', '.join(info.families)} "
             f"(it needs {' and '.join(missing)}, which the {adapter.family} adapter does not provide)."
         )
+    _check_sampler(info, pipeline)
     config = config.for_model(adapter.family, model, pipeline)
     config.check_model(adapter.family, pipeline)
     return config
+
+
+#: methods that reuse a step's outputs or features in later steps on a fixed schedule, without measuring whether the
+#: input changed: PAB's broadcast ranges, FasterCache's feature reuse, DeepCache's cache interval
+FIXED_SCHEDULE_METHODS = ("pab", "fastercache", "deepcache")
+#: multistep consistency samplers: each step predicts the clean sample and re-noises it with fresh noise
+CONSISTENCY_SAMPLERS = ("LCMScheduler", "FlowMatchLCMScheduler", "TCDScheduler")
+
+
+def _check_sampler(info: MethodInfo, pipeline) -> None:
+    """Refuse a fixed-schedule method on a consistency sampler (a few-step student of ``diffcache distill``, an LCM):
+    there consecutive steps see different fresh noise, so the near-identical features those methods reuse are not
+    there, and a 1–8 step run has no redundant steps to skip. Methods that measure the change (fbcache, easycache,
+    teacache, adacache) still run: they compute every step their measure asks for."""
+    scheduler = getattr(pipeline, "scheduler", None)
+    names = [c.__name__ for c in type(scheduler).__mro__] if scheduler is not None else []
+    sampler = next((n for n in names if n in CONSISTENCY_SAMPLERS), None)
+    if info.name in FIXED_SCHEDULE_METHODS and sampler is not None:
+        raise UnsupportedModelError(
+            f"{info.name} reuses work across steps on a fixed schedule, and this pipeline samples with "
+            f"{type(scheduler).__name__}" + (f" (a {sampler})" if sampler != type(scheduler).__name__ else "")
+            + ", a consistency sampler: every step re-noises its clean estimate with fresh noise, so "
+            "consecutive steps do not share the features it would reuse. Use a method that measures the change "
+            "(fbcache, easycache, adacache), or cache the teacher instead.")
 
 
 def _existing_handle(models: list, replace: bool):

@@ -17,6 +17,7 @@ BASELINE = "none"  #: the uncached run, the reference of every quality metric an
 FEWER_STEPS = "steps"  #: "steps:N": the plain pipeline at N steps, the baseline every cache must beat
 OURS = "ours"  #: every registered diffcache method at its default preset
 ALL_PEERS = "peers"  #: every peer with its defaults
+STUDENT = "student"  #: "student:FOLDER[steps=N;method=NAME]": a few-step student of `diffcache distill`, optionally cached
 ALL_PEER_CURVES = "peer-curves"  #: every peer's main knob swept over its preset curve points (peers.PEER_CURVES)
 
 
@@ -24,8 +25,8 @@ def accepted_names() -> str:
     ours = ", ".join(info.name for info in list_methods())
     return (f"{BASELINE}; {FEWER_STEPS}:N; diffcache methods: {ours}; peers: {', '.join(PEERS)}; "
             f"'{OURS}' (every diffcache method at its default preset), '{ALL_PEERS}' (every peer), "
-            f"'{ALL_PEER_CURVES}' (every peer's main knob at its curve points); sweep an option with "
-            "NAME[option=a|b|c]")
+            f"'{ALL_PEER_CURVES}' (every peer's main knob at its curve points); {STUDENT}:FOLDER[steps=N;method=NAME] "
+            "(a distilled student, against the same uncached reference); sweep an option with NAME[option=a|b|c]")
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,8 @@ class MethodSpec:
             return "baseline"
         if self.name == FEWER_STEPS:
             return "steps"
+        if self.name == STUDENT:
+            return "student"
         return "peer" if self.name in PEERS else "method"
 
     @property
@@ -89,6 +92,8 @@ class MethodSpec:
             if options or not (preset or "").isdigit() or int(preset) < 1:
                 raise UnknownMethodError(f"{text!r}: write steps:N with N a positive number of steps, e.g. steps:15")
             return cls(FEWER_STEPS, preset)
+        if name == STUDENT:
+            return _student(text, preset, overrides)
         if name == BASELINE:
             if preset or options:
                 raise UnknownMethodError(f"'{BASELINE}' (the uncached run) takes no preset or options, got {text!r}")
@@ -105,6 +110,30 @@ class MethodSpec:
         except TypeError as error:
             raise UnknownMethodError(str(error)) from error
         return spec
+
+
+def _student(text: str, folder: str | None, overrides: tuple) -> MethodSpec:
+    """``student:FOLDER[steps=N;method=NAME]``: the folder must be a student of ``diffcache distill`` (it has a
+    ``distillation.json``); ``steps`` a positive count (default: the student's own), ``method`` a diffcache
+    method spec run on the student."""
+    from pathlib import Path
+
+    if not folder or not (Path(folder).expanduser() / "distillation.json").is_file():
+        raise UnknownMethodError(f"{text!r}: write student:FOLDER with FOLDER a round folder of `diffcache distill` "
+                                 f"(one with a distillation.json){'' if not folder else f'; {folder} has none'}")
+    options = dict(overrides)
+    unknown = sorted(set(options) - {"steps", "method"})
+    if unknown:
+        raise UnknownMethodError(f"{text!r}: a student takes the options steps=N and method=NAME, not "
+                                 f"{', '.join(unknown)}")
+    if "steps" in options and not (isinstance(options["steps"], int) and 1 <= options["steps"] <= 10_000):
+        raise UnknownMethodError(f"{text!r}: steps must be a positive whole number, e.g. steps=4")
+    if "method" in options:
+        inner = MethodSpec.parse(str(options["method"]))
+        if inner.kind != "method":
+            raise UnknownMethodError(f"{text!r}: method= names a diffcache method (e.g. fbcache), not "
+                                     f"{options['method']!r}")
+    return MethodSpec(STUDENT, folder, overrides)
 
 
 def _composed(text: str) -> MethodSpec:

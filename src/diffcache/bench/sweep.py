@@ -167,6 +167,7 @@ class Sweep:
         self.setup = Setup(steps, cfg_mode, lambda prompt, seed: self.generate(prompt, seed, steps, calibration_image),
                            calibration)
         self.unavailable: dict[str, str] = {}  #: label → why it cannot run (found once, kept for every item)
+        self.students: dict[str, tuple] = {}  #: folder → (student pipeline, its distillation.json)
         from ..quality.lpips import lpips_unavailable_reason
 
         self.protocols = protocols or parse_protocols(DEFAULT_PROTOCOL)
@@ -184,14 +185,35 @@ class Sweep:
                                                     self.extra.get("width"))
         return self.first_frames[path]
 
-    def generate(self, prompt: str, seed: int, steps: int, image: str | None = None) -> np.ndarray:
-        """One uncached-or-not generation; ``image``: the first frame's path (an image-to-video model)."""
+    def generate(self, prompt: str, seed: int, steps: int, image: str | None = None, pipe=None,
+                 guidance_arguments: dict | None = None) -> np.ndarray:
+        """One uncached-or-not generation; ``image``: the first frame's path (an image-to-video model); ``pipe``:
+        another pipeline than the benchmarked one (a student), with its ``guidance_arguments``."""
         inputs = {"prompt": prompt} if self.takes_prompt else {}
         if image is not None:
             inputs["image"] = self.first_frame(image)
-        return output_frames(self.pipe(**inputs, num_inference_steps=steps, **self.guidance_arguments,
-                                       generator=torch.Generator().manual_seed(seed), output_type="np",
-                                       **self.extra))
+        pipe = self.pipe if pipe is None else pipe
+        guidance = self.guidance_arguments if guidance_arguments is None else guidance_arguments
+        return output_frames(pipe(**inputs, num_inference_steps=steps, **guidance,
+                                  generator=torch.Generator().manual_seed(seed), output_type="np", **self.extra))
+
+    def student(self, folder: str):
+        """The student pipeline in ``folder`` (loaded once, on the benchmarked pipeline's device and dtype) and
+        what its ``distillation.json`` says."""
+        if folder not in self.students:
+            import json
+
+            from ..api import denoiser_of
+            from ..loading import load_pipeline
+
+            denoiser = denoiser_of(self.pipe)[0]
+            parameter = next(denoiser.parameters())
+            pipe = load_pipeline(folder, torch_dtype=parameter.dtype)
+            pipe.to(parameter.device)
+            pipe.set_progress_bar_config(disable=True)
+            info = json.loads((Path(folder).expanduser() / "distillation.json").read_text())
+            self.students[folder] = (pipe, info)
+        return self.students[folder]
 
     def _denoiser(self):
         from ..api import denoiser_of
@@ -212,7 +234,20 @@ class Sweep:
         steps = int(spec.preset) if spec.kind == "steps" else self.steps
         handle = active = None
         roots = denoiser_seconds = None
-        if spec.kind == "method":
+        pipe, guidance = self.pipe, None
+        if spec.kind == "student":  # its own pipeline: no CFG (distilled), its few steps, a method if asked
+            pipe, info = self.student(spec.preset)
+            options = dict(spec.overrides)
+            steps = int(options.get("steps", info.get("default_steps", 4)))
+            guidance = {"guidance_scale": 1.0}
+            if "method" in options:
+                try:
+                    method, arguments = MethodSpec.parse(str(options["method"])).enable_arguments()
+                    handle = enable(pipe, method, **arguments)
+                except (UnsupportedModelError, ValueError) as error:
+                    raise UnsupportedModelError(str(error)) from error
+                roots = handle.state_roots
+        elif spec.kind == "method":
             try:
                 method, arguments = spec.enable_arguments()
                 handle = enable(self.pipe, method, **arguments)
@@ -223,14 +258,17 @@ class Sweep:
             active = PEERS[spec.name].enable(self.pipe, self.setup, dict(spec.overrides))
             roots = (lambda: active.state_roots) if active.hooked_modules is not None else None
         try:
-            go = lambda: self.generate(item.prompt, item.seed, steps, item.image)  # noqa: E731
+            go = lambda: self.generate(item.prompt, item.seed, steps, item.image, pipe, guidance)  # noqa: E731
+            from ..api import denoiser_of
+
+            denoiser = self._denoiser() if pipe is self.pipe else denoiser_of(pipe)[0]
             try:
                 if counted:
                     start = time.perf_counter()
-                    video, cost = measure_cost(self._denoiser(), go, roots)
+                    video, cost = measure_cost(denoiser, go, roots)
                     seconds, cpu_seconds = time.perf_counter() - start, None
                 else:
-                    with DenoiserTimer(self._denoisers()) as inside:
+                    with DenoiserTimer(self._denoisers() if pipe is self.pipe else [denoiser]) as inside:
                         (video, seconds, cpu_seconds), cost = timed(go), None
                     denoiser_seconds = inside.seconds
             except CallRefusedError as error:  # refused as the call began, before any work (e.g. too few steps)

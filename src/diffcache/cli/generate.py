@@ -109,12 +109,16 @@ def run(args) -> int:
         image = prepare_image(pipe, image, args.height, args.width)
     pipe.to(device)
     handle = enable_spec(pipe, spec)
+    steps, guidance = args.steps, args.guidance
+    student = _student_defaults(args)
+    if student is not None:  # a student of `diffcache distill --model`: no CFG, its few steps, its trained size
+        steps = student["default_steps"] if steps is None else steps
+        guidance = student["guidance_scale"] if guidance is None else guidance
     start = time.perf_counter()
-    steps = args.steps
     if steps is None:  # the pipeline's own default (30 for the embedded model, 4 for a distilled student)
         default = inspect.signature(pipe.__call__).parameters.get("num_inference_steps")
         steps = default.default if default is not None and isinstance(default.default, int) else 30
-    clip = generate_clip(pipe, args.prompt, steps, args.guidance, args.seed, args.cfg_mode, args.negative_prompt,
+    clip = generate_clip(pipe, args.prompt, steps, guidance, args.seed, args.cfg_mode, args.negative_prompt,
                          image=image, height=args.height, width=args.width, num_frames=args.frames)
     took = time.perf_counter() - start
     write_video(out, clip, fps=args.fps, upscale=args.upscale, force=args.force)
@@ -132,6 +136,30 @@ def run(args) -> int:
         handle.disable()
     print(f"generated in {took:.2f} s ({steps} steps{extra}): {out}")
     return 0
+
+
+def _student_defaults(args) -> dict | None:
+    """For a student folder of ``diffcache distill --model``: its guidance (1), default steps and trained size fill
+    the options left out; a guidance above 1 is applied, with a warning that the teacher's is already in the
+    weights."""
+    from ..distill.pipelines import student_info
+
+    info = student_info(args.model)
+    if info is None:
+        return None
+    for key, option in (("height", "height"), ("width", "width"), ("frames", "frames")):
+        if getattr(args, option) is None and info.get(key):
+            setattr(args, option, int(info[key]))
+    if args.guidance is not None and args.guidance > 1:
+        import warnings
+
+        from ..errors import GuidanceDistilledWarning
+
+        warnings.warn(f"--guidance {args.guidance:g}: this student has the teacher's guidance "
+                      f"({info.get('guidance_scale_distilled')}) distilled into its weights and samples with "
+                      "guidance 1; classifier-free guidance on top of it doubles the guidance.",
+                      GuidanceDistilledWarning, stacklevel=2)
+    return info
 
 
 def _generate_image(args, spec, device: str) -> int:

@@ -2,8 +2,8 @@
 
 Iterative distillation with a data cache distils a few-step video student from a teacher in rounds; each round
 first adds a *data cache* slice, then continues distilling from the previous round's student. This package does
-that for flow-matching teachers (the embedded ``tiny-shapes-t2v``; the pieces that touch the model take any
-``WanTransformer3DModel``).
+that for the embedded ``tiny-shapes-t2v`` (here and in :mod:`.rounds`) and for diffusers text-to-video pipelines
+(:mod:`.pipelines`, :mod:`.teachers`).
 
 Formulation (consistency distillation for flow matching, as latent consistency models do it, with the
 teacher's guided ODE as the target and guidance distilled into the student):
@@ -30,7 +30,7 @@ Departures from the data-cache scheme, stated: there a slice holds real training
 teacher's trajectories (noise → sample) with the prompts' embeddings, which is what consistency *distillation*
 needs and saves the teacher's two guided calls per training pair; the previous round's student outputs are not
 cached (the target network plays their role). Round sizes are scaled to a CPU (about 3–4 minutes a round on
-one thread); GPU-sized runs on real Wan models need an adapter for their text encoder and VAE (not built).
+one thread). Real diffusers pipelines (Wan 2.1, ModelScope, AnimateDiff) are distilled by :mod:`.pipelines`.
 """
 
 from .cache import DataCache, Slice, teacher_trajectory

@@ -6,8 +6,9 @@ A slice (``DIR/cache/slice-07.safetensors``) holds, for ``clips`` prompts:
   encoded once (a real Wan model's T5 is the expensive part; it is never run again for this slice);
 - ``trajectory`` ``(N, P, C, F, h, w)`` float16: the teacher's probability-flow ODE solution from the noise
   ``trajectory[:, 0]`` (σ = 1) to the sample ``trajectory[:, -1]`` (σ = 0), kept at ``P`` points;
-- ``sigmas`` ``(P,)``: the σ of every kept point;
-- metadata: the prompts and seeds (JSON), the teacher, its guidance scale and solver steps.
+- ``sigmas`` ``(P,)``: the σ of every kept point (for a diffusers teacher, :mod:`.pipelines`: the model
+  timestep of every kept point, the clean end last);
+- metadata: the prompts and seeds (JSON), the seconds it took.
 
 The teacher solver is the teacher's own sampler: Euler on ``solver_steps`` uniform σ steps with
 classifier-free guidance (one batched call on ``[uncond, cond]`` per step). Files are written atomically;
@@ -77,8 +78,11 @@ def teacher_trajectory(transformer, prompt_embeds: torch.Tensor, negative_prompt
 class DataCache:
     """The slices of one distillation run, in ``folder``; ``get(index, make)`` loads a slice or builds it once."""
 
-    def __init__(self, folder: str | os.PathLike):
+    def __init__(self, folder: str | os.PathLike, embed_dtype: torch.dtype = torch.float32):
         self.folder = Path(folder)
+        # embeddings are stored in float32, or in bfloat16 / float16 when the text encoder runs in it (a real
+        # Wan's UMT5 output, 512 × 4096 per prompt, is 4 MB in bfloat16)
+        self.embed_dtype = embed_dtype if embed_dtype in (torch.bfloat16, torch.float16) else torch.float32
         self.built: list[int] = []  # slices computed (not loaded) by this process
 
     def path(self, index: int) -> Path:
@@ -101,8 +105,8 @@ class DataCache:
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.path(index)
         tmp = path.with_name(f".{path.name}.tmp")
-        tensors = {"prompt_embeds": data.prompt_embeds.float().contiguous(),
-                   "negative_prompt_embeds": data.negative_prompt_embeds.float().contiguous(),
+        tensors = {"prompt_embeds": data.prompt_embeds.to(self.embed_dtype).contiguous(),
+                   "negative_prompt_embeds": data.negative_prompt_embeds.to(self.embed_dtype).contiguous(),
                    "trajectory": data.trajectory.half().contiguous(), "sigmas": data.sigmas.float().contiguous()}
         meta = {"prompts": json.dumps(data.prompts), "seeds": json.dumps(data.seeds), "slice": str(index),
                 "seconds": f"{seconds:.1f}"}

@@ -43,7 +43,14 @@ def read_run(run: str | os.PathLike) -> dict:
     if (run / "eval" / "round-00.json").exists():
         metrics[0] = json.loads((run / "eval" / "round-00.json").read_text())["metrics"]
     teacher = json.loads((run / "eval" / "teacher.json").read_text())
-    return {"config": config, "rounds": rounds, "metrics": dict(sorted(metrics.items())), "teacher": teacher}
+    prompts_file = run / "eval" / "prompts.json"  # a diffusers pipeline's run: its own prompts, no checker
+    if prompts_file.exists():
+        pairs = [(p["prompt"], p["seed"]) for p in json.loads(prompts_file.read_text())]
+    else:
+        pairs = grammar_prompts(config["eval_prompts"], seeded=True)
+    checked = all("adherence" in m for m in teacher.values())
+    return {"config": config, "rounds": rounds, "metrics": dict(sorted(metrics.items())), "teacher": teacher,
+            "pairs": pairs, "checked": checked}
 
 
 def plot_rounds(info: dict, path: str | os.PathLike, force: bool = False) -> Path:
@@ -58,18 +65,27 @@ def plot_rounds(info: dict, path: str | os.PathLike, force: bool = False) -> Pat
     rounds = list(info["metrics"])
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    checked = info.get("checked", True)  # the embedded model: checker adherence; else the probe loss
     for k, s in enumerate(steps):
         c = colours[k % len(colours)]
-        adherence = [100 * info["metrics"][r][str(s)]["adherence"] for r in rounds]
         quality = [info["metrics"][r][str(s)]["psnr"] for r in rounds]
-        axes[0].plot(rounds, adherence, "o-", color=c, label=f"student, {s} steps")
         axes[1].plot(rounds, quality, "o-", color=c, label=f"student, {s} steps")
-        axes[0].axhline(100 * info["teacher"][str(s)]["adherence"], color=c, ls="--", lw=1,
-                        label=f"teacher (CFG), {s} steps")
         axes[1].axhline(info["teacher"][str(s)]["psnr"], color=c, ls="--", lw=1, label=f"teacher (CFG), {s} steps")
-    axes[0].axhline(100 * info["teacher"][str(ref)]["adherence"], color="black", ls=":", lw=1,
-                    label=f"teacher (CFG), {ref} steps")
-    axes[0].set(xlabel="round (0 = initial student)", ylabel="adherence (%)", title="Prompt adherence (checker)")
+        if checked:
+            adherence = [100 * info["metrics"][r][str(s)]["adherence"] for r in rounds]
+            axes[0].plot(rounds, adherence, "o-", color=c, label=f"student, {s} steps")
+            axes[0].axhline(100 * info["teacher"][str(s)]["adherence"], color=c, ls="--", lw=1,
+                            label=f"teacher (CFG), {s} steps")
+        else:
+            axes[0].plot(rounds, [info["metrics"][r][str(s)]["probe_loss"] for r in rounds], "o-", color=c,
+                         label=f"student, {s} steps")
+    if checked:
+        axes[0].axhline(100 * info["teacher"][str(ref)]["adherence"], color="black", ls=":", lw=1,
+                        label=f"teacher (CFG), {ref} steps")
+        axes[0].set(xlabel="round (0 = initial student)", ylabel="adherence (%)", title="Prompt adherence (checker)")
+    else:
+        axes[0].set(xlabel="round (0 = initial student)", ylabel="probe loss (latent MSE)",
+                    title="Distance to the teacher's ODE solution")
     axes[1].set(xlabel="round (0 = initial student)", ylabel="PSNR (dB)",
                 title=f"PSNR vs the teacher at {ref} steps")
     for ax in axes:
@@ -119,7 +135,8 @@ def write_gallery(run: str | os.PathLike, page: str | os.PathLike, prompts: int 
         raise OutputExistsError(f"{files} already exists; pass --force to overwrite the gallery's files.")
     cfg = info["config"]
     steps = cfg["eval_steps"]
-    pairs = grammar_prompts(cfg["eval_prompts"], seeded=True)
+    pairs = info["pairs"]
+    checked = info["checked"]
     rows = gallery_prompt_rows(len(pairs), prompts)
     columns = _columns(info["rounds"])
     teacher = {k: v.numpy() for k, v in load_file(str(run / "eval" / "teacher.safetensors")).items()}
@@ -137,25 +154,38 @@ def write_gallery(run: str | os.PathLike, page: str | os.PathLike, prompts: int 
                 clip = np.asarray(clip, dtype=np.float32)
                 clip = clip / 255.0 if clip.max() > 1.0 else clip
                 name = f"{row}-data-cache-{'vanilla' if r is None else f'iter{r}'}-step{s}.gif"
-                clips.append(write_video(files / name, clip, upscale=4, force=True))  # 128 px; shown at 192
-                verdict = check(clip, prompt)
-                seen = " ".join(x or "?" for x in (verdict.colour, verdict.shape, verdict.direction))
+                upscale = max(1, 128 // max(clip.shape[1:3]))  # the embedded model's 32 px: 128 px; shown at 192
+                clips.append(write_video(files / name, clip, upscale=upscale, force=True))
                 cells.append(f'<td><img src="{html.escape(files.name)}/{name}" alt="{html.escape(label)}, '
-                             f'Step={s}" width="192" height="192"></td>')
-                captions.append(f'<td class="cap">Step={s}, "{html.escape(prompt)}"<br>'
-                                f'<span class="seen">checker: {html.escape(seen)} '
-                                f'({round(3 * verdict.adherence)}/3)</span></td>')
+                             f'Step={s}" width="192"></td>')
+                seen = ""
+                if checked:
+                    verdict = check(clip, prompt)
+                    found = " ".join(x or "?" for x in (verdict.colour, verdict.shape, verdict.direction))
+                    seen = (f'<br><span class="seen">checker: {html.escape(found)} '
+                            f'({round(3 * verdict.adherence)}/3)</span>')
+                captions.append(f'<td class="cap">Step={s}, "{html.escape(prompt)}"{seen}</td>')
             body.append(f"<tr>{''.join(cells)}</tr>\n<tr class=\"caprow\">{''.join(captions)}</tr>")
     head = "".join(f"<th>{html.escape(label)}</th>" for label, _ in columns)
+    def first(m, s):  # the embedded model: checker adherence; a diffusers pipeline: the probe loss (latent MSE)
+        if checked:
+            return f"{100 * m[str(s)]['adherence']:.1f}%"
+        return f"{m[str(s)]['probe_loss']:.4f}" if "probe_loss" in m[str(s)] else "–"
+
     table_rows = []
     for r, m in info["metrics"].items():
-        cells = "".join(f"<td>{100 * m[str(s)]['adherence']:.1f}%</td><td>{m[str(s)]['psnr']:.2f}</td>" for s in steps)
+        cells = "".join(f"<td>{first(m, s)}</td><td>{m[str(s)]['psnr']:.2f}</td>" for s in steps)
         table_rows.append(f"<tr><td>{r}{' (initial)' if r == 0 else ''}</td>{cells}</tr>")
     t = info["teacher"]
-    teacher_cells = "".join(f"<td>{100 * t[str(s)]['adherence']:.1f}%</td><td>{t[str(s)]['psnr']:.2f}</td>"
-                            for s in steps)
-    metric_head = "".join(f"<th>{s}-step adherence</th><th>{s}-step PSNR (dB)</th>" for s in steps)
+    teacher_cells = "".join(f"<td>{first(t, s)}</td><td>{t[str(s)]['psnr']:.2f}</td>" for s in steps)
+    first_name = "adherence" if checked else "probe loss"
+    metric_head = "".join(f"<th>{s}-step {first_name}</th><th>{s}-step PSNR (dB)</th>" for s in steps)
     ref = cfg["reference_steps"]
+    reference_row = (f'<tr><td>teacher, {ref} steps</td><td colspan="{2 * len(steps)}">adherence '
+                     f'{first(t, ref)}</td></tr>') if checked else ""
+    first_note = (f"Adherence: the analytic checker over {cfg['eval_prompts']} prompts." if checked else
+                  "Probe loss: latent MSE of the student's sample to the teacher's ODE solution from the same noise, "
+                  f"on held-out probe prompts. Clips: {cfg['eval_prompts']} evaluation prompts.")
     text = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>Iterative distillation with a data cache: {html.escape(run.name)}</title>
 <style>
@@ -170,7 +200,7 @@ img {{ image-rendering: pixelated; }}
 <h1>Accelerated sampling: a few-step student by iterative consistency distillation</h1>
 <p>Run <code>{html.escape(str(run))}</code>: teacher <code>{html.escape(cfg['teacher'])}</code> (guidance
 {cfg['guidance_scale']:g}), {len(info['rounds'])} finished round(s). <b>Baseline</b> is the teacher at the same
-number of steps (Euler, classifier-free guidance); <b>Iter=k</b> is the student after k rounds (multistep
+number of steps (its own sampler, classifier-free guidance); <b>Iter=k</b> is the student after k rounds (multistep
 consistency sampling, no guidance). Seeds are the same in every column.</p>
 <table>
 <thead><tr>{head}</tr></thead>
@@ -178,16 +208,14 @@ consistency sampling, no guidance). Seeds are the same in every column.</p>
 {chr(10).join(body)}
 </tbody></table>
 <h2>Per round</h2>
-<p>Adherence: the analytic checker over {cfg['eval_prompts']} prompts; PSNR: against the teacher at {ref}
-steps from the same seed.</p>
+<p>{first_note} PSNR: against the teacher at {ref} steps from the same seed.</p>
 <img src="{html.escape(files.name)}/{plot.name}" alt="adherence and PSNR per round" style="max-width: 100%">
 <table>
 <thead><tr><th>round</th>{metric_head}</tr></thead>
 <tbody>
 {chr(10).join(table_rows)}
 <tr><td>teacher (CFG)</td>{teacher_cells}</tr>
-<tr><td>teacher, {ref} steps</td><td colspan="{2 * len(steps)}">adherence
-{100 * t[str(ref)]['adherence']:.1f}%</td></tr>
+{reference_row}
 </tbody></table>
 </body></html>
 """

@@ -449,8 +449,9 @@ class Distiller:
                 self.round = r
                 trained.append(r)
                 m = metrics
-                steps_txt = ", ".join(f"{s}-step adherence {100 * m[str(s)]['adherence']:.0f}% "
-                                      f"PSNR {m[str(s)]['psnr']:.1f} dB" for s in c.eval_steps)
+                steps_txt = ", ".join(f"{s}-step " + (f"adherence {100 * m[str(s)]['adherence']:.0f}% "
+                                                       if "adherence" in m[str(s)] else "")
+                                      + f"PSNR {m[str(s)]['psnr']:.1f} dB" for s in c.eval_steps)
                 line = (f"round {r}/{c.rounds}: loss {info['loss_last']:.4f}; {steps_txt} "
                         f"[{info['seconds']['total']:.0f} s]")
                 tqdm.write(line) if self.progress else self.log(line)
