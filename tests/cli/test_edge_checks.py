@@ -219,6 +219,26 @@ def test_output_in_a_read_only_folder(tmp_path, capsys, no_loading):
         locked.chmod(0o755)
 
 
+def test_out_of_memory_is_one_line(monkeypatch, capsys):
+    """The host refusing an allocation is one line and exit 2, whichever way it is raised: Python's
+    MemoryError, or the RuntimeError torch's CPU allocator raises; any other RuntimeError is a bug and escapes."""
+    import diffcache.cli.methods
+
+    allocator = ("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you "
+                 "tried to allocate 393216000 bytes. Error code 12 (Cannot allocate memory)")
+    for error in (MemoryError(), RuntimeError(allocator)):
+        def run(args, error=error):
+            raise error
+
+        monkeypatch.setattr(diffcache.cli.methods, "run", run)
+        assert main(["methods"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("diffcache methods: error: out of memory (") and len(err.strip().splitlines()) == 1
+    monkeypatch.setattr(diffcache.cli.methods, "run", lambda args: (_ for _ in ()).throw(RuntimeError("a bug")))
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["methods"])
+
+
 def test_an_interrupted_write_leaves_no_file(tmp_path):
     """Ctrl-C while a clip is being written: the temporary file beside it is removed, the output never appears."""
     from diffcache.files import atomic_path
