@@ -3,7 +3,7 @@ preset file (:mod:`diffcache.tune`)."""
 
 from __future__ import annotations
 
-from ._common import FORMATTER, check_options, one_line_warnings
+from ._common import FORMATTER, check_method_names, check_options, one_line_warnings
 
 EXAMPLES = """examples:
   diffcache tune fbcache --min-psnr 35 --out out/tune-fb        # the fastest threshold keeping 35 dB
@@ -63,6 +63,7 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     import sys
 
+    check_method_names(args.method, "METHOD")  # a misspelt name at once, before torch is imported
     from ..errors import TuneError
     from ..tune import Target, tune
 
