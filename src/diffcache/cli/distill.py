@@ -52,6 +52,9 @@ def run(args) -> int:
                                    "batch_size": args.batch_size, "eval_prompts": args.eval_prompts,
                                    "seed": args.seed}.items() if v is not None}
     positive(rounds=args.rounds, **overrides)  # before anything in --out is touched, and before torch loads
+    from ..validation import check_output_folder
+
+    check_output_folder(args.out)
     from ..distill.rounds import CONFIG_FILE, DistillConfig, Distiller, finished_rounds
     from ..files import LOCK, OutputExistsError, folder_lock
 

@@ -34,7 +34,7 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     from ..validation import check_output
 
-    if args.json:
+    if args.json is not None:
         check_output(args.json, args.force, option="--json")
     check_options(args)  # counts, guidance and the size against the model's range: before it loads
     spec = method_spec(args.method, "evaluate")  # a misspelt name before torch is imported

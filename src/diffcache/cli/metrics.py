@@ -122,11 +122,12 @@ def run(args) -> int:
                   f"lpips={protocol.lpips}\n    {protocol.follows}")
         return 0
     protocols = parse_protocols(args.protocol)  # a bad name fails before any file is read
-    from ..files import check_writable, write_text
+    from ..files import write_text
+    from ..validation import check_output
 
-    for path in (args.json, args.csv):
-        if path:
-            check_writable(path, args.force)
+    for option, path in (("--json", args.json), ("--csv", args.csv)):
+        if path is not None:  # a folder, an existing file without --force, an unwritable place: before any reading
+            check_output(path, args.force, option=option)
     from ..quality.compare import compare, read_prompts
 
     prompts = args.prompt
