@@ -239,8 +239,9 @@ def test_an_empty_output_name_is_refused(argv, option, tmp_path, capsys, monkeyp
 
 
 @pytest.mark.parametrize("name", ["a\x01b", "\t", "run\n", "\x1b[31mred", "x\x85y", "a\u2028b"])
-@pytest.mark.parametrize("argv", [["clips", "--out"], ["bench", "--methods", "none", "--out"], ["train",
-                                  "tiny-shapes-t2v", "--steps", "1", "--out"], ["generate", "--prompt", PROMPT, "--out"]])
+@pytest.mark.parametrize("argv", [["clips", "--out"], ["bench", "--methods", "none", "--out"],
+                                  ["train", "tiny-shapes-t2v", "--steps", "1", "--out"],
+                                  ["generate", "--prompt", PROMPT, "--out"]])
 def test_an_output_name_with_a_control_character_is_refused(argv, name, tmp_path, capsys, monkeypatch, no_loading):
     """A tab, newline, escape sequence or line separator in an output name: refused in one line that shows the name
     escaped (so the terminal shows it, and the line stays one line), before any work."""
@@ -248,6 +249,28 @@ def test_an_output_name_with_a_control_character_is_refused(argv, name, tmp_path
     name = name + ".gif" if argv[0] == "generate" else name
     refused([*argv, name], capsys, tmp_path, f"--out {name!r}: the name holds a control character or line separator "
             "(U+")
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "tiny-shapes-t2v", "--steps", "1", "--out", "afile/run"],
+    ["demo", "--out", "afile/demo"],
+    ["distill", "tiny-shapes-t2v", "--out", "afile/run"],
+    ["tune", "fbcache", "--min-psnr", "30", "--save", "afile/x.json"],
+    ["metrics", "ref.png", "test.png", "--json", "afile/x.json"],
+    ["metrics", "ref.png", "test.png", "--csv", "afile/x.csv"],
+])
+def test_an_output_under_a_file_is_refused_before_any_work(argv, tmp_path, capsys, monkeypatch, no_loading):
+    """The place of every output is checked first, naming its option (was: the system's bare 'afile: File exists'
+    from metrics, and tune --save accepted until the search had run)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("keep me")
+    refused(argv, capsys, tmp_path, f"{argv[-2]} {argv[-1]}: ", "afile is a file, not a folder")
+    assert (tmp_path / "afile").read_text() == "keep me"
+
+
+def test_an_empty_prompts_file_name_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    refused(["metrics", "ref.png", "test.png", "--prompts", ""], capsys, tmp_path, "--prompts '': an empty name")
 
 
 def test_an_output_file_that_is_a_folder_names_its_option(tmp_path, capsys, monkeypatch):

@@ -114,6 +114,9 @@ def run(args) -> int:
         raise ValueError("give REF and TEST (two videos, two images or two folders), or --list-protocols.")
     if args.prompt and args.prompts:
         raise ValueError("give --prompt (one prompt for every video) or --prompts FILE, not both.")
+    if args.prompts is not None and not args.prompts.strip():
+        raise ValueError(f"--prompts {args.prompts!r}: an empty name; give a JSON object of video name → prompt, or "
+                         "a text file of lines NAME<TAB>PROMPT.")
     from ..quality.protocols import PROTOCOLS, parse_protocols
 
     if args.list_protocols:
@@ -131,7 +134,7 @@ def run(args) -> int:
     from ..quality.compare import compare, read_prompts
 
     prompts = args.prompt
-    if args.prompts:
+    if args.prompts is not None:
         try:
             prompts = read_prompts(args.prompts)
         except (OSError, UnicodeDecodeError, ValueError) as error:

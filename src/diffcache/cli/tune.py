@@ -68,10 +68,13 @@ def run(args) -> int:
     from ..tune import Target, tune
 
     target = Target.of(min_psnr=args.min_psnr, speedup=args.speedup)  # a bad target fails before the model loads
-    from ..validation import check_output_folder
+    from ..validation import check_output, check_output_folder
 
     check_options(args)  # counts, guidance, --prompt in an embedded model's grammar, the size: before loading
     check_output_folder(args.out)
+    if args.save is not None:
+        # its place only: whether a preset already there may be replaced is tune's to judge (the same tuning resumes)
+        check_output(args.save, force=True, option="--save")
     try:
         with one_line_warnings("tune"):
             result = tune(args.method, target, model=args.model, out=args.out, prompts=args.prompt,
