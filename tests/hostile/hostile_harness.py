@@ -210,7 +210,8 @@ def run_cli(argv: list[str], folder: Path, forward_limit: int | None = FORWARD_L
     _last["outcome"] = {"rc": outcome.rc, "stopped": outcome.stopped, "forwards": outcome.forwards,
                         "loads": outcome.loads, "seconds": round(outcome.seconds, 2),
                         "error": (outcome.error_lines() or [None])[-1], "exception": outcome.exception,
-                        "leaked": outcome.leaked, "stderr_tail": [line[:300] for line in outcome.stderr.strip().splitlines()[-3:]]}
+                        "leaked": outcome.leaked,
+                        "stderr_tail": [line[:300] for line in outcome.stderr.strip().splitlines()[-3:]]}
     return outcome
 
 
