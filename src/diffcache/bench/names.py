@@ -1,6 +1,6 @@
 """The names ``--methods`` (and ``--method``) accept, in a module with no heavy imports, so that a misspelt name is
 refused at once, before torch and diffusers are imported (they take seconds; the registry of
-:mod:`diffcache.methods` and the peers of :mod:`.peers` import them). ``tests/bench/test_method_names.py`` keeps
+:mod:`diffcache.methods` and the peers of :mod:`.peers` import them). ``tests/bench/test_bench.py`` keeps
 :data:`METHOD_NAMES` equal to the registry's and :data:`PEER_NAMES` to :data:`.peers.PEERS`; presets and options
 are checked by :meth:`.specs.MethodSpec.parse`, which needs the configs."""
 

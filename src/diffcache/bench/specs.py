@@ -12,7 +12,7 @@ from ..errors import UnknownMethodError
 from ..methods.framework import list_methods, method_info
 from .defaults import DEFAULT_METHODS  # noqa: F401 - re-exported: what --methods runs by default
 from .names import (ALL_PEER_CURVES, ALL_PEERS, BASELINE, FEWER_STEPS, OURS, accepted_names,  # noqa: F401 - re-exported
-                    check_names, scan as _scan, top_level as _top_level)
+                    scan as _scan, top_level as _top_level)
 from .peers import PEER_CURVES, PEERS
 
 

@@ -33,9 +33,8 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     from ..demo import run_demo
-    from .bench import run_and_print
-
     from ..validation import check_output_folder
+    from .bench import run_and_print
 
     positive(prompts=args.prompts, steps=args.steps, repeats=args.repeats)
     check_output_folder(args.out)
