@@ -141,10 +141,32 @@ def _writable_folder(folder: Path, option: str, given) -> None:
     os.unlink(probe)
 
 
+#: characters an output name may not hold: control characters (a newline, a tab, an escape sequence that recolours
+#: the terminal) and Unicode's line and paragraph separators. The system allows them, but such a name cannot be
+#: typed or seen in a listing, and it is nearly always a quoting or pasting accident.
+_INVISIBLE = ("Cc", "Zl", "Zp")
+
+
+def _named(path, option: str, what: str) -> None:
+    """Refuse an output name that is empty or blank (``--out ''``, often an unset shell variable: as a path it would
+    mean the current folder) or holds a control character (:data:`_INVISIBLE`)."""
+    import unicodedata
+
+    text = str(path)
+    invisible = sorted({char for char in text if unicodedata.category(char) in _INVISIBLE})
+    if invisible:
+        listed = ", ".join(f"U+{ord(char):04X}" for char in invisible)
+        raise OutputPathError(f"{option} {text!r}: the name holds a control character or line separator ({listed}), "
+                              f"which cannot be typed or seen in a listing; give {what} of visible characters.")
+    if not text.strip():
+        raise OutputPathError(f"{option} {text!r}: {'a blank' if text else 'an empty'} name; give {what}.")
+
+
 def check_output(path, force: bool = False, option: str = "--out") -> Path:
-    """Refuse, before the work that produces it, an output file that cannot be written: a folder of that name, an
-    existing file without ``force`` (:class:`~diffcache.errors.OutputExistsError`), a parent that is a file, a
-    folder that cannot be written in (:class:`~diffcache.errors.OutputPathError`). Returns the path."""
+    """Refuse, before the work that produces it, an output file that cannot be written: an empty name, a folder of
+    that name, an existing file without ``force`` (:class:`~diffcache.errors.OutputExistsError`), a parent that is
+    a file, a folder that cannot be written in (:class:`~diffcache.errors.OutputPathError`). Returns the path."""
+    _named(path, option, "a file name")
     path = Path(path).expanduser()
     if path.is_dir():
         raise OutputPathError(f"{option} {path}: is a folder; give a file name.")
@@ -155,7 +177,9 @@ def check_output(path, force: bool = False, option: str = "--out") -> Path:
 
 
 def check_output_folder(path, option: str = "--out") -> Path:
-    """Refuse an output folder that is a file, lies under a file, or cannot be written in (made if missing)."""
+    """Refuse an output folder with an empty name, that is a file, lies under a file, or cannot be written in (made
+    if missing)."""
+    _named(path, option, "a folder name")
     path = Path(path).expanduser()
     if path.exists() and not path.is_dir():
         raise OutputPathError(f"{option} {path}: is a file, not a folder; give a folder.")

@@ -71,6 +71,37 @@ def test_unknown_method_or_preset_lists_the_valid_ones(text, match):
         parse_methods(text)
 
 
+def test_the_light_name_lists_are_the_registry_and_the_peers():
+    """bench.names holds the names without importing torch: they must be the registry's and the peers' exactly."""
+    from diffcache.bench import names
+
+    assert names.METHOD_NAMES == tuple(info.name for info in list_methods())
+    assert names.PEER_NAMES == tuple(PEERS)
+
+
+@pytest.mark.parametrize("text", ["nope", "none,nope", "adacache:fast,nope:x", "fbcache+nope", "peers,nope[a=1]",
+                                  "ours,adacache[codebook=((0.1,1),(0.2,2))],nope"])
+def test_the_light_name_check_refuses_what_the_parser_refuses(text):
+    from diffcache.bench.names import check_names
+
+    with pytest.raises(UnknownMethodError, match="unknown method 'nope'") as light:
+        check_names(text)
+    with pytest.raises(UnknownMethodError, match="unknown method 'nope'") as full:
+        parse_methods(text)
+    if "+" not in text:  # (a composition's parts are parsed one by one: the same name, a shorter list)
+        assert str(light.value) == str(full.value)
+
+
+@pytest.mark.parametrize("text", ["none,adacache:fast,steps:15,diffusers-pab", "ours,peers", "peer-curves",
+                                  "teacache:tiny-shapes-t2v+cfg-cache:default", "fbcache[threshold=0.1|0.2]",
+                                  "adacache:fast[metric_blocks=(1,2)]", DEFAULT_METHODS])
+def test_the_light_name_check_passes_what_the_parser_takes(text):
+    from diffcache.bench.names import check_names
+
+    parse_methods(text)
+    check_names(text)
+
+
 # -- metrics -------------------------------------------------------------------------------------------------------
 def test_metrics_on_known_tensors():
     rng = np.random.default_rng(0)

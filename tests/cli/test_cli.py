@@ -105,6 +105,27 @@ assert not heavy, heavy
     assert "diffcache bench --out out/bench" in proc.stdout and "calibrated:\n  teacache" in proc.stdout
 
 
+def test_a_misspelt_method_answers_without_loading_torch(tmp_path):
+    """A misspelt method name is an argument error: one line, exit code 2, before torch or diffusers is imported
+    (they take seconds), for every command that takes a method."""
+    code = """
+import sys
+from diffcache.cli import main
+for argv in (["bench", "--methods", "none,adacache:fast,nope", "--out", "b"], ["tune", "nope", "--min-psnr", "30"],
+             ["generate", "--prompt", "a red circle moving left", "--method", "nope", "--out", "c.gif"],
+             ["evaluate", "--method", "nope"], ["clips", "--method", "nope:fast", "--out", "c"]):
+    assert main(argv) == 2, argv
+heavy = sorted(m for m in ("torch", "diffusers") if m in sys.modules)
+assert not heavy, heavy
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 5 and all("error: " in line and "unknown method 'nope'" in line for line in lines), lines
+    assert "--methods: " in lines[0] and "METHOD: " in lines[1] and all("--method: " in line for line in lines[2:])
+    assert not any(tmp_path.iterdir())
+
+
 def test_errors_are_one_line_and_debug_reraises(tmp_path, capsys, monkeypatch):
     missing = tmp_path / "no-such-run"
     assert main(["distill", "gallery", str(missing), "--out", str(tmp_path / "g.html")]) == 2

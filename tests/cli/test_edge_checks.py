@@ -219,6 +219,93 @@ def test_output_in_a_read_only_folder(tmp_path, capsys, no_loading):
         locked.chmod(0o755)
 
 
+@pytest.mark.parametrize("argv,option", [
+    (["bench", "--methods", "none", "--out", ""], "--out"),
+    (["demo", "--out", ""], "--out"),
+    (["clips", "--out", ""], "--out"),
+    (["tune", "fbcache", "--min-psnr", "30", "--out", ""], "--out"),
+    (["train", "tiny-shapes-t2v", "--steps", "1", "--out", ""], "--out"),
+    (["distill", "tiny-shapes-t2v", "--out", ""], "--out"),
+    (["calibrate", "teacache", "--out", ""], "--out"),
+    (["evaluate", "--json", ""], "--json"),
+    (["metrics", "ref.png", "test.png", "--json", ""], "--json"),
+    (["metrics", "ref.png", "test.png", "--csv", " "], "--csv"),
+])
+def test_an_empty_output_name_is_refused(argv, option, tmp_path, capsys, monkeypatch, no_loading):
+    """``--out ''`` (an unset shell variable) names no place; as a path it would be the current folder, so a
+    benchmark or a trained model would land among the user's files. Refused, naming the option."""
+    monkeypatch.chdir(tmp_path)
+    refused(argv, capsys, tmp_path, f"{option} {argv[-1]!r}: ", "empty name" if argv[-1] == "" else "blank name")
+
+
+@pytest.mark.parametrize("name", ["a\x01b", "\t", "run\n", "\x1b[31mred", "x\x85y", "a\u2028b"])
+@pytest.mark.parametrize("argv", [["clips", "--out"], ["bench", "--methods", "none", "--out"],
+                                  ["train", "tiny-shapes-t2v", "--steps", "1", "--out"],
+                                  ["generate", "--prompt", PROMPT, "--out"]])
+def test_an_output_name_with_a_control_character_is_refused(argv, name, tmp_path, capsys, monkeypatch, no_loading):
+    """A tab, newline, escape sequence or line separator in an output name: refused in one line that shows the name
+    escaped (so the terminal shows it, and the line stays one line), before any work."""
+    monkeypatch.chdir(tmp_path)
+    name = name + ".gif" if argv[0] == "generate" else name
+    refused([*argv, name], capsys, tmp_path, f"--out {name!r}: the name holds a control character or line separator "
+            "(U+")
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "tiny-shapes-t2v", "--steps", "1", "--out", "afile/run"],
+    ["demo", "--out", "afile/demo"],
+    ["distill", "tiny-shapes-t2v", "--out", "afile/run"],
+    ["tune", "fbcache", "--min-psnr", "30", "--save", "afile/x.json"],
+    ["metrics", "ref.png", "test.png", "--json", "afile/x.json"],
+    ["metrics", "ref.png", "test.png", "--csv", "afile/x.csv"],
+])
+def test_an_output_under_a_file_is_refused_before_any_work(argv, tmp_path, capsys, monkeypatch, no_loading):
+    """The place of every output is checked first, naming its option (was: the system's bare 'afile: File exists'
+    from metrics, and tune --save accepted until the search had run)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("keep me")
+    refused(argv, capsys, tmp_path, f"{argv[-2]} {argv[-1]}: ", "afile is a file, not a folder")
+    assert (tmp_path / "afile").read_text() == "keep me"
+
+
+def test_an_empty_prompts_file_name_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    refused(["metrics", "ref.png", "test.png", "--prompts", ""], capsys, tmp_path, "--prompts '': an empty name")
+
+
+def test_an_output_file_that_is_a_folder_names_its_option(tmp_path, capsys, monkeypatch):
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("ref.png", "test.png"):
+        Image.new("RGB", (16, 16), (100, 100, 100)).save(name)
+    (tmp_path / "adir").mkdir()
+    for option in ("--json", "--csv"):
+        for folder in (".", "adir"):
+            refused(["metrics", "ref.png", "test.png", "--no-lpips", option, folder], capsys, tmp_path,
+                    f"{option} {folder}: is a folder")
+
+
+def test_out_of_memory_is_one_line(monkeypatch, capsys):
+    """The host refusing an allocation is one line and exit 2, whichever way it is raised: Python's
+    MemoryError, or the RuntimeError torch's CPU allocator raises; any other RuntimeError is a bug and escapes."""
+    import diffcache.cli.methods
+
+    allocator = ("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you "
+                 "tried to allocate 393216000 bytes. Error code 12 (Cannot allocate memory)")
+    for error in (MemoryError(), RuntimeError(allocator)):
+        def run(args, error=error):
+            raise error
+
+        monkeypatch.setattr(diffcache.cli.methods, "run", run)
+        assert main(["methods"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("diffcache methods: error: out of memory (") and len(err.strip().splitlines()) == 1
+    monkeypatch.setattr(diffcache.cli.methods, "run", lambda args: (_ for _ in ()).throw(RuntimeError("a bug")))
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["methods"])
+
+
 def test_an_interrupted_write_leaves_no_file(tmp_path):
     """Ctrl-C while a clip is being written: the temporary file beside it is removed, the output never appears."""
     from diffcache.files import atomic_path

@@ -113,6 +113,15 @@ def test_a_run_refuses_other_settings_in_the_same_folder(tmp_path, small_teacher
         Distiller(replace(SMALL, train_steps=4), tmp_path, teacher=small_teacher, progress=False)
 
 
+def test_a_round_trains_whatever_the_callers_grad_mode(tmp_path, small_teacher):
+    """A distillation round inside ``torch.no_grad()`` (or after something left grad mode off) still trains the
+    student, instead of failing with "element 0 of tensors does not require grad"; the caller's mode is kept."""
+    with torch.no_grad():
+        d, _ = _run(replace(SMALL, rounds=1), tmp_path, small_teacher)
+        assert not torch.is_grad_enabled()
+    assert d.optimizer_steps == SMALL.train_steps and finished_rounds(tmp_path) == [1]
+
+
 def test_two_round_smoke_run_lowers_the_students_two_step_loss(tmp_path, shipped_pipe):
     config = replace(SMALL, slice_clips=2, probe_clips=2, solver_steps=4, train_steps=4, batch_size=4, lr=4e-4,
                      eval_steps=(2,), eval_prompts=1, reference_steps=2)

@@ -1,4 +1,5 @@
 import json
+import math
 from dataclasses import replace
 
 import torch
@@ -88,3 +89,22 @@ def test_sigterm_during_training_saves_the_checkpoint_and_the_next_run_resumes(t
     assert main(args) == 0
     out = capsys.readouterr().out
     assert f"at step {meta['step']}/4" in out and (tmp_path / "model" / "model_index.json").exists()
+
+
+def test_a_step_trains_whatever_the_callers_grad_mode(tmp_path):
+    """Training does not depend on the process's grad mode: inside ``torch.no_grad()`` (a notebook that switched it
+    off, an earlier command of the same process that left it off) a step still has gradients, instead of failing
+    with "element 0 of tensors does not require grad". The seed is the one the hostile suite's slow run failed on."""
+    from diffcache.cli import main
+
+    seed = "11130596220209"
+    with torch.no_grad():
+        assert main(["train", "tiny-shapes-t2v", "--out", str(tmp_path / "run"), "--steps", "1", "--batch-size",
+                     "1", "--seed", seed]) == 0
+        assert not torch.is_grad_enabled()  # the caller's mode is left as it was
+        trainer = Trainer(replace(SMOKE, steps=2, batch_size=1, seed=int(seed)), tmp_path / "direct")
+        before = {k: p.detach().clone() for k, p in trainer.params.items()}
+        trainer.run(progress=False)
+    assert trainer.step == 2 and all(math.isfinite(h["loss"]) for h in trainer.history)
+    assert any(not torch.equal(before[k], p) for k, p in trainer.params.items())  # the weights moved
+    assert (tmp_path / "run" / "model" / "model_index.json").exists()

@@ -108,6 +108,7 @@ class Outcome:
     loads: int = 0  #: pipelines loaded (diffcache.loading.load_pipeline calls)
     changed: list = dataclasses.field(default_factory=list)
     seconds: float = 0.0
+    leaked: str | None = None  #: process-wide state the run changed and left changed (torch's grad mode)
 
     def error_lines(self) -> list[str]:
         return [line for line in self.stderr.splitlines() if re.match(r"^diffcache( [\w.-]+)*: error: ", line)]
@@ -177,6 +178,7 @@ def run_cli(argv: list[str], folder: Path, forward_limit: int | None = FORWARD_L
     previous = signal.signal(signal.SIGALRM, _alarm)
     signal.alarm(TIMEOUT_S)
     _forwards.update(count=0, limit=forward_limit, loads=0)
+    grad_before = _grad_mode()
     start = time.perf_counter()
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -197,12 +199,29 @@ def run_cli(argv: list[str], folder: Path, forward_limit: int | None = FORWARD_L
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
         outcome.forwards, outcome.loads = _forwards["count"], _forwards["loads"]
         _forwards.update(count=0, limit=None, loads=0)
+        grad_after = _grad_mode()
+        if grad_before is not None and grad_after is not None and grad_after != grad_before:
+            outcome.leaked = f"left torch's grad mode {'enabled' if grad_after else 'disabled'}"
+            import torch
+
+            torch.set_grad_enabled(grad_before)  # the next run must not inherit it
     outcome.stdout, outcome.stderr = out.getvalue(), err.getvalue()
     outcome.changed = diff(before, snapshot(folder))
     _last["outcome"] = {"rc": outcome.rc, "stopped": outcome.stopped, "forwards": outcome.forwards,
                         "loads": outcome.loads, "seconds": round(outcome.seconds, 2),
-                        "error": (outcome.error_lines() or [None])[-1], "exception": outcome.exception}
+                        "error": (outcome.error_lines() or [None])[-1], "exception": outcome.exception,
+                        "leaked": outcome.leaked,
+                        "stderr_tail": [line[:300] for line in outcome.stderr.strip().splitlines()[-3:]]}
     return outcome
+
+
+def _grad_mode() -> bool | None:
+    """torch's process-wide grad mode (``None`` before torch is imported): a run in-process must leave it as it
+    found it, or every later caller in the process (a trainer, a user's notebook) inherits it."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    return None if torch is None else torch.is_grad_enabled()
 
 
 def option_words(option: str) -> list[str]:
@@ -221,6 +240,8 @@ def judge(outcome: Outcome, option: str | None, base=None, value: str | None = N
 
 
 def _judge(outcome, option, base, value, numeric, before_loading):
+    if outcome.leaked:
+        return outcome.leaked
     if outcome.exception and outcome.exception.startswith("Hang") and outcome.forwards:
         return None  # accepted: it got as far as the denoiser (a large batch can make one forward outlast the alarm)
     if outcome.exception:

@@ -11,22 +11,9 @@ from dataclasses import dataclass
 from ..errors import UnknownMethodError
 from ..methods.framework import list_methods, method_info
 from .defaults import DEFAULT_METHODS  # noqa: F401 - re-exported: what --methods runs by default
+from .names import (ALL_PEER_CURVES, ALL_PEERS, BASELINE, FEWER_STEPS, OURS, STUDENT, accepted_names,  # noqa: F401 - re-exported
+                    scan as _scan, top_level as _top_level)
 from .peers import PEER_CURVES, PEERS
-
-BASELINE = "none"  #: the uncached run, the reference of every quality metric and of the speedup
-FEWER_STEPS = "steps"  #: "steps:N": the plain pipeline at N steps, the baseline every cache must beat
-OURS = "ours"  #: every registered diffcache method at its default preset
-ALL_PEERS = "peers"  #: every peer with its defaults
-STUDENT = "student"  #: "student:FOLDER[steps=N;method=NAME]": a few-step student of `diffcache distill`, optionally cached
-ALL_PEER_CURVES = "peer-curves"  #: every peer's main knob swept over its preset curve points (peers.PEER_CURVES)
-
-
-def accepted_names() -> str:
-    ours = ", ".join(info.name for info in list_methods())
-    return (f"{BASELINE}; {FEWER_STEPS}:N; diffcache methods: {ours}; peers: {', '.join(PEERS)}; "
-            f"'{OURS}' (every diffcache method at its default preset), '{ALL_PEERS}' (every peer), "
-            f"'{ALL_PEER_CURVES}' (every peer's main knob at its curve points); {STUDENT}:FOLDER[steps=N;method=NAME] "
-            "(a distilled student, against the same uncached reference); sweep an option with NAME[option=a|b|c]")
 
 
 @dataclass(frozen=True)
@@ -159,34 +146,6 @@ def _options(text: str, options: str | None):
         except (ValueError, SyntaxError):
             value = value.strip()
         yield key.strip(), value
-
-
-def _scan(text: str):
-    """``(index, character, depth)`` of each character outside quotes; ``depth`` counts the brackets,
-    parentheses and braces open before it."""
-    depth, quote = 0, None
-    for i, char in enumerate(text):
-        if quote:
-            quote = None if char == quote and text[i - 1] != "\\" else quote
-            continue
-        if char in "'\"":
-            quote = char
-            continue
-        if char in ")]}":
-            depth -= 1
-        yield i, char, depth
-        if char in "([{":
-            depth += 1
-
-
-def _top_level(text: str, separators: str):
-    """``(start, end)`` of the pieces of ``text`` cut at the ``separators`` outside brackets and quotes."""
-    start = 0
-    for i, char, depth in _scan(text):
-        if char in separators and depth == 0:
-            yield start, i
-            start = i + 1
-    yield start, len(text)
 
 
 def _groups(text: str) -> list[tuple[int, int]]:

@@ -47,6 +47,15 @@ def error_message(error: BaseException) -> str:
     return " ".join(line.strip() for line in text.splitlines() if line.strip())  # one line
 
 
+def out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` says memory ran out: Python's ``MemoryError``, torch's ``OutOfMemoryError`` (an
+    accelerator's), or the ``RuntimeError`` torch's CPU allocator raises when the host refuses an allocation
+    (``DefaultCPUAllocator: can't allocate memory``)."""
+    if type(error).__name__ in ("MemoryError", "OutOfMemoryError"):
+        return True
+    return isinstance(error, RuntimeError) and "can't allocate memory" in str(error)
+
+
 @contextlib.contextmanager
 def sigterm_raises_terminated():
     """While a command runs, SIGTERM raises :class:`~diffcache.cli._common.Terminated` where the program is (once: a
@@ -107,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"diffcache {args.command}: error: {error_message(error)}", file=sys.stderr)
             return 2
         except (MemoryError, RuntimeError) as error:  # out of memory: the host's, or torch's on an accelerator
-            if type(error).__name__ not in ("MemoryError", "OutOfMemoryError") or os.environ.get("DIFFCACHE_DEBUG"):
+            if not out_of_memory(error) or os.environ.get("DIFFCACHE_DEBUG"):
                 raise
             detail = " ".join(str(error).split())[:200]
             print(f"diffcache {args.command}: error: out of memory ({detail or 'MemoryError'}); use a smaller size, "

@@ -69,14 +69,34 @@ def check_options(args, counts: tuple[str, ...] = COUNTS, prompts: bool = True) 
                    getattr(args, "frames", None))
 
 
+def check_method_names(text: str | None, option: str = "--method", benchmark: bool = False) -> None:
+    """A misspelt method name in ``text`` refused at once, naming ``option``, before torch and diffusers are
+    imported (:func:`diffcache.bench.names.check_names`; presets and options are checked when the spec is parsed)."""
+    if not text:
+        return
+    from ..bench.names import check_names
+    from ..errors import OptionError, UnknownMethodError
+
+    try:
+        check_names(text, benchmark=benchmark)
+    except UnknownMethodError as error:
+        raise OptionError(f"{option}: {error}") from None
+
+
 def method_spec(text: str | None, command: str):
     """``--method``: a diffcache method as ``NAME[:PRESET][option=value;...]``, or ``None`` (unset or ``none``).
     Parsed before any work, so a bad name fails fast; peers and ``steps:N`` run only in ``diffcache bench``."""
     if not text:
         return None
+    from ..errors import OptionError, UnknownMethodError
+
+    check_method_names(text)  # a misspelt name at once, before torch is imported
     from ..bench.specs import BASELINE, MethodSpec
 
-    spec = MethodSpec.parse(text)
+    try:
+        spec = MethodSpec.parse(text)
+    except UnknownMethodError as error:
+        raise OptionError(f"--method: {error}") from None
     if spec.kind in ("peer", "steps"):
         raise ValueError(f"--method {text}: peers and steps:N run only in 'diffcache bench'; "
                          f"{command} takes a diffcache method (see 'diffcache methods').")

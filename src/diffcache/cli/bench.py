@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from ..bench.defaults import DEFAULT_METHODS
-from ._common import FORMATTER, check_options, interruption, one_line_warnings
+from ._common import FORMATTER, check_method_names, check_options, interruption, one_line_warnings
 
 EXAMPLES = """examples:
   diffcache bench --out out/bench        # uncached, every diffcache method at its default, two diffusers peers
@@ -77,9 +77,12 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
+    from ..errors import DiffcacheError, OptionError
     from ..generation import check_inputs
     from ..loading import EMBEDDED_MODELS, SUPPORTED_IMAGE_TO_VIDEO_PIPELINES, stored_class_name
     from ..validation import check_output_folder
+
+    check_method_names(args.methods, "--methods", benchmark=True)  # at once: before torch and diffusers load
 
     # what the pipeline takes first (an image or not: no import needed), then the values, then whether it takes a
     # prompt (which imports diffusers to look at the pipeline's call); benchmark() checks the images further
@@ -91,10 +94,9 @@ def run(args) -> int:
                  args.model, option="--images", require_prompt=False)
     check_output_folder(args.out)
     from ..bench.specs import parse_methods
-    from ..errors import DiffcacheError, OptionError
 
     try:
-        parse_methods(args.methods)  # a bad name fails here, naming the option, before the pipeline loads
+        parse_methods(args.methods)  # a bad preset or option fails here, naming the option, before the pipeline loads
     except (DiffcacheError, ValueError) as error:
         raise OptionError(f"--methods: {error}") from None
     with one_line_warnings("bench"):  # e.g. a tuned preset benchmarked on its own calibration items

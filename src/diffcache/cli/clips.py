@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..demo import CLIPS_OUT
-from ._common import FORMATTER, check_options
+from ._common import FORMATTER, check_method_names, check_options
 
 EXAMPLES = f"""examples:
   diffcache clips                                   # uncached vs adacache:fast -> {CLIPS_OUT}/index.html
@@ -25,6 +25,7 @@ def run(args) -> int:
     from ..demo import write_clip_page
     from ..validation import check_output_folder
 
+    check_method_names(args.method)  # a misspelt name at once, before torch is imported
     check_options(args)
     check_output_folder(args.out)
     result = write_clip_page(args.method, args.out, steps=args.steps, force=args.force, on_clip=print)

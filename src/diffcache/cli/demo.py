@@ -33,9 +33,11 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     from ..demo import run_demo
+    from ..validation import check_output_folder
     from .bench import run_and_print
 
     positive(prompts=args.prompts, steps=args.steps, repeats=args.repeats)
+    check_output_folder(args.out)
     return run_and_print("demo", lambda: run_demo(out=args.out, force=args.force, progress=not args.no_progress,
                                                   num_prompts=args.prompts, steps=args.steps, repeats=args.repeats),
                          args.out, DEMO["model"], args.steps, DEMO["guidance"], args.repeats)

@@ -107,6 +107,9 @@ def run(args) -> int:
     overrides = {k: get(k) for k in ("slice_clips", "train_steps", "batch_size", "eval_prompts", "seed")
                  if get(k) is not None}
     positive(rounds=get("rounds"), **overrides)  # before anything in --out is touched, and before torch loads
+    from ..validation import check_output_folder
+
+    check_output_folder(get("out"))  # an empty name, a control character, a place that cannot be written
     if model == "tiny-shapes-t2v":
         if prefix:
             _refuse_model_options(args)

@@ -32,15 +32,16 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..files import write_text
-    from ..embedded.evaluate import evaluate_adherence
-    from ..loading import load_pipeline
     from ..validation import check_output
 
-    if args.json:
+    if args.json is not None:
         check_output(args.json, args.force, option="--json")
     check_options(args)  # counts, guidance and the size against the model's range: before it loads
-    spec = method_spec(args.method, "evaluate")
+    spec = method_spec(args.method, "evaluate")  # a misspelt name before torch is imported
+    from ..embedded.evaluate import evaluate_adherence
+    from ..files import write_text
+    from ..loading import load_pipeline
+
     pipe = load_pipeline(args.model)
     if args.steps is None:
         from ..embedded.evaluate import is_image_pipeline

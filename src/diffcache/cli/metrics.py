@@ -114,6 +114,9 @@ def run(args) -> int:
         raise ValueError("give REF and TEST (two videos, two images or two folders), or --list-protocols.")
     if args.prompt and args.prompts:
         raise ValueError("give --prompt (one prompt for every video) or --prompts FILE, not both.")
+    if args.prompts is not None and not args.prompts.strip():
+        raise ValueError(f"--prompts {args.prompts!r}: an empty name; give a JSON object of video name → prompt, or "
+                         "a text file of lines NAME<TAB>PROMPT.")
     from ..quality.protocols import PROTOCOLS, parse_protocols
 
     if args.list_protocols:
@@ -122,15 +125,16 @@ def run(args) -> int:
                   f"lpips={protocol.lpips}\n    {protocol.follows}")
         return 0
     protocols = parse_protocols(args.protocol)  # a bad name fails before any file is read
-    from ..files import check_writable, write_text
+    from ..files import write_text
+    from ..validation import check_output
 
-    for path in (args.json, args.csv):
-        if path:
-            check_writable(path, args.force)
+    for option, path in (("--json", args.json), ("--csv", args.csv)):
+        if path is not None:  # a folder, an existing file without --force, an unwritable place: before any reading
+            check_output(path, args.force, option=option)
     from ..quality.compare import compare, read_prompts
 
     prompts = args.prompt
-    if args.prompts:
+    if args.prompts is not None:
         try:
             prompts = read_prompts(args.prompts)
         except (OSError, UnicodeDecodeError, ValueError) as error:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from ._common import FORMATTER, positive
 
 EXAMPLES = """examples:
@@ -38,10 +36,12 @@ def run(args) -> int:
         from ..validation import check_seed
 
         check_seed(args.seed)
+    from ..validation import check_output_folder
+
+    out = check_output_folder(args.out)  # an empty name, a file, an unwritable place: before torch loads
     from ..files import OutputExistsError, folder_lock
     from ..embedded.t2v.train import Trainer, TrainConfig
 
-    out = Path(args.out)
     with folder_lock(out):  # one trainer per run folder: a second one into it is refused, naming the first
         model_dir = out / "model"
         if args.force and out.exists():

@@ -3,7 +3,7 @@ preset file (:mod:`diffcache.tune`)."""
 
 from __future__ import annotations
 
-from ._common import FORMATTER, check_options, one_line_warnings
+from ._common import FORMATTER, check_method_names, check_options, one_line_warnings
 
 EXAMPLES = """examples:
   diffcache tune fbcache --min-psnr 35 --out out/tune-fb        # the fastest threshold keeping 35 dB
@@ -63,14 +63,18 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     import sys
 
+    check_method_names(args.method, "METHOD")  # a misspelt name at once, before torch is imported
     from ..errors import TuneError
     from ..tune import Target, tune
 
     target = Target.of(min_psnr=args.min_psnr, speedup=args.speedup)  # a bad target fails before the model loads
-    from ..validation import check_output_folder
+    from ..validation import check_output, check_output_folder
 
     check_options(args)  # counts, guidance, --prompt in an embedded model's grammar, the size: before loading
     check_output_folder(args.out)
+    if args.save is not None:
+        # its place only: whether a preset already there may be replaced is tune's to judge (the same tuning resumes)
+        check_output(args.save, force=True, option="--save")
     try:
         with one_line_warnings("tune"):
             result = tune(args.method, target, model=args.model, out=args.out, prompts=args.prompt,

@@ -265,8 +265,9 @@ class Distiller:
             w.append(self.weights[s][k])
         for group in self.optimizer.param_groups:
             group["lr"] = self._lr()
-        loss = self.consistency_loss(torch.stack(x_hi), sigmas[hi], torch.stack(x_lo), sigmas[lo],
-                                     torch.stack(emb).to(self.student.dtype), torch.stack(w))
+        with torch.enable_grad():  # whatever grad mode the caller is in (the loss's targets use no_grad inside)
+            loss = self.consistency_loss(torch.stack(x_hi), sigmas[hi], torch.stack(x_lo), sigmas[lo],
+                                         torch.stack(emb).to(self.student.dtype), torch.stack(w))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(self.params.values()), 1.0)

@@ -175,7 +175,8 @@ class ShapesTrainer(ABC):
         cfg = self.config
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(cfg, self.step)
-        loss, parts = self.compute_loss()
+        with torch.enable_grad():  # whatever grad mode the caller is in (torch.no_grad(), a notebook's global switch)
+            loss, parts = self.compute_loss()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(self.params.values()), 1.0)
