@@ -305,7 +305,7 @@ def test_the_benchmark_puts_teacher_cache_student_and_student_cache_in_one_sweep
 
     out, _ = wan_run
     student = out / "round-02"
-    labels = ["none", "fbcache", f"student:{student}[steps=2]", f"student:{student}[steps=2;method=fbcache]",
+    labels = ["none", "fbcache:default", f"student:{student}[steps=2]", f"student:{student}[steps=2;method=fbcache]",
               f"student:{student}[method=pab]"]
     teacher = load_pipeline(wan_folder)
     teacher.set_progress_bar_config(disable=True)
