@@ -25,6 +25,7 @@ every latent counts the same.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -181,8 +182,9 @@ class PipelineDistiller(Distiller):
         slice_s = c.slice_clips * calls * forward  # one batched [uncond, cond] call per solver step
         train_s = c.train_steps * (c.batch_size / 2) * forward * 4  # forward + backward (≈3×) + target forward
         eval_s = c.eval_prompts * sum(c.eval_steps) * forward / 2
-        return {"bytes_per_clip": per_clip, "slice_bytes": per_clip * c.slice_clips,
-                "cache_bytes": per_clip * (c.slice_clips * c.rounds + c.probe_clips),
+        negative = cond[0].numel() * cond.element_size()  # a slice also holds the one negative-prompt embedding
+        return {"bytes_per_clip": per_clip, "slice_bytes": per_clip * c.slice_clips + negative,
+                "cache_bytes": per_clip * (c.slice_clips * c.rounds + c.probe_clips) + negative * (c.rounds + 1),
                 "forward_seconds": forward, "round_seconds": slice_s + train_s + eval_s,
                 "points": int(kept.sum()), "solver_calls": calls, "latent_shape": list(shape)}
 
@@ -304,7 +306,7 @@ class PipelineDistiller(Distiller):
 
     def _call(self, pipe, steps: int, guidance: float, **kwargs):
         c = self.config
-        with self._autocast() if pipe is not self.teacher else _nullcontext():
+        with self._autocast() if pipe is not self.teacher else contextlib.nullcontext():
             return pipe(num_inference_steps=steps, guidance_scale=guidance, height=c.height, width=c.width,
                         num_frames=c.frames, **kwargs).frames
 
@@ -444,14 +446,6 @@ def student_info(folder: str | os.PathLike) -> dict | None:
     except (OSError, ValueError):
         return None
     return info if isinstance(info, dict) and "pipeline" in info else None
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def describe_estimate(e: dict, rounds: int) -> str:
