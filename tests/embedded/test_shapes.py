@@ -95,3 +95,72 @@ def test_checker_ignores_small_specks():
     noisy = clips[0].numpy().copy()
     noisy[:, 1, 1] = 1.0  # a one-pixel white speck in every frame
     assert check(noisy, "a green square moving down").adherence == 1.0
+    assert check(noisy, "a green square moving down").clean  # a speck of 1 pixel is not an object
+
+
+def test_checker_ground_truth_is_clean():
+    g = torch.Generator().manual_seed(321)
+    specs = shapes.random_specs(200, g)
+    clips, _ = render_clips(specs, g)
+    results = [check(c.numpy(), s.prompt) for c, s in zip(clips, specs)]
+    assert all(r.clean and r.objects == 1 and r.present_every_frame and r.background_uniform for r in results)
+    images = [check(c[0].numpy(), s.prompt.split(" moving")[0]) for c, s in zip(clips[:50], specs[:50])]
+    assert all(r.clean for r in images)
+
+
+def _clean_clip(seed=5, spec=ClipSpec("red", "square", "right")):
+    clips, masks = render_clips([spec], torch.Generator().manual_seed(seed))
+    return clips[0].numpy().copy(), masks[0].numpy()
+
+
+def test_checker_flags_a_duplicate_object():
+    clip, mask = _clean_clip()
+    prompt = "a red square moving right"
+    assert check(clip, prompt).clean
+    colour = clip[mask > 0.99][0]
+    clip[:, 26:30, 2:6] = colour  # a second square of the same colour, away from the first
+    result = check(clip, prompt)
+    assert result.objects == 2 and not result.clean
+    assert result.adherence == 1.0  # still the right colour, shape and motion: the two figures are separate
+
+
+def test_checker_flags_a_fragment_beside_the_object():
+    clip, mask = _clean_clip(spec=ClipSpec("yellow", "square", "up"))
+    colour = clip[mask > 0.99][0]
+    for f in range(len(clip)):  # a small bar of 3 pixels, two pixels to the right of the square in every frame
+        ys, xs = np.nonzero(mask[f] > 0.5)
+        x = min(xs.max() + 3, 31)
+        clip[f, ys.min():ys.min() + 3, x] = colour
+    result = check(clip, "a yellow square moving up")
+    assert result.objects == 2 and not result.clean
+
+
+def test_checker_flags_an_object_that_vanishes():
+    clip, mask = _clean_clip(spec=ClipSpec("white", "circle", "up"))
+    background = clip[0, 0, 0].copy()
+    clip[5:] = background  # gone after frame 5
+    result = check(clip, "a white circle moving up")
+    assert not result.present_every_frame and not result.clean
+    shrinking, mask = _clean_clip(spec=ClipSpec("white", "circle", "up"))
+    for f in range(4, 8):  # shrinks to a third of its area: keep only the middle rows
+        ys, _ = np.nonzero(mask[f] > 0.5)
+        keep = (np.arange(32) >= np.percentile(ys, 35)) & (np.arange(32) <= np.percentile(ys, 65))
+        shrinking[f, ~keep] = background
+    result = check(shrinking, "a white circle moving up")
+    assert result.detail["min_area_ratio"] < 0.5 and not result.present_every_frame and not result.clean
+
+
+@pytest.mark.parametrize("defect", ["bright", "noisy", "drifting"])
+def test_checker_flags_a_wrong_background(defect):
+    clip, mask = _clean_clip(spec=ClipSpec("blue", "triangle", "left"))
+    away = np.broadcast_to((mask < 0.01)[..., None], clip.shape)
+    if defect == "bright":
+        clip = np.where(away, 0.35, clip)
+    elif defect == "noisy":
+        noise = np.random.default_rng(0).normal(0, 0.08, clip.shape).clip(-0.2, 0.2)
+        clip = np.where(away, (clip + noise).clip(0, 1), clip)
+    else:  # the level climbs from 0.02 to 0.15 over the clip
+        level = np.linspace(0.02, 0.15, len(clip))[:, None, None, None]
+        clip = np.where(away, level, clip)
+    result = check(clip.astype(np.float32), "a blue triangle moving left")
+    assert not result.background_uniform and not result.clean

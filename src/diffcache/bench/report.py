@@ -68,6 +68,7 @@ def summarize(records: list[dict], labels: list[str]) -> list[dict]:
             "denoiser_speedup": denoiser_speedup,
             "denoiser_efficiency": None if denoiser_speedup is None else denoiser_speedup / flop_speedup,
             **{key: _mean(row.get(key) for row in rows) for key, _, _ in METRICS},
+            "clean": _mean(row.get("clean") for row in rows),
             "temporal_stability": _mean(row.get("temporal_stability") for row in rows),
             "flicker": _mean(row.get("flicker") for row in rows),
             "flicker_added": _mean(row.get("flicker_added") for row in rows),
@@ -117,7 +118,7 @@ def _fmt(value, kind: str) -> str:
         return "∞" if math.isinf(value) else f"{value:.2f}"
     if kind in ("speedup", "flop_speedup", "cpu_speedup", "denoiser_speedup"):
         return f"{value:.2f}×"
-    if kind == "adherence":
+    if kind in ("adherence", "clean"):
         return f"{100 * value:.1f}%"
     if kind in ("ssim", "overhead_efficiency", "denoiser_efficiency", "temporal_stability", "lpips"):
         return f"{value:.3f}"
@@ -138,7 +139,8 @@ COLUMNS = (("method", "method"), ("speedup", "speedup"), ("cpu_speedup", "CPU-ti
            ("flop_speedup", "FLOP speedup"),
            ("overhead_efficiency", "overhead eff."), ("denoiser_speedup", "denoiser speedup"),
            ("denoiser_efficiency", "denoiser eff."), ("psnr", "PSNR (dB)"), ("ssim", "SSIM"), ("rel_l1", "rel. L1"),
-           ("lpips", "LPIPS"), ("adherence", "adherence"), ("temporal_stability", "temporal stab."),
+           ("lpips", "LPIPS"), ("adherence", "adherence"), ("clean", "clean"),
+           ("temporal_stability", "temporal stab."),
            ("flicker", "flicker"), ("flicker_added", "flicker added"),
            ("clip_text", "CLIP text"), ("clip_frame", "CLIP frame"), ("fvd", "FVD"),
            ("peak_memory_mb", "peak mem (MiB)"), ("cache_memory_mb", "cache (MiB)"), ("computed", "computed steps"))
@@ -197,7 +199,7 @@ def markdown_table(summary: list[dict]) -> str:
 
 def terminal_table(summary: list[dict]) -> str:
     wanted = ("method", "speedup", "cpu_speedup", "flop_speedup", "overhead_efficiency", "denoiser_speedup",
-              "denoiser_efficiency", "psnr", "ssim", "adherence", "flicker", "computed")
+              "denoiser_efficiency", "psnr", "ssim", "adherence", "clean", "flicker", "computed")
     index = [i for i, (key, _) in enumerate(COLUMNS) if key in wanted]
     rows = [[COLUMNS[i][1] for i in index]]
     skipped = []
@@ -216,7 +218,7 @@ def terminal_table(summary: list[dict]) -> str:
 def write_csv(path: Path, summary: list[dict]) -> None:
     keys = ["method", "kind", "speedup", "cpu_speedup", "flop_speedup", "overhead_efficiency", "denoiser_speedup",
             "denoiser_efficiency", "psnr", "ssim", "rel_l1", "lpips", "adherence",
-            "temporal_stability", "flicker", "flicker_added", "clip_text", "clip_frame", "fvd", "protocol",
+            "clean", "temporal_stability", "flicker", "flicker_added", "clip_text", "clip_frame", "fvd", "protocol",
             *[key for key, _ in protocol_columns(summary)],
             "peak_memory_mb", "cache_memory_mb", "gflops_per_video", "computed_min",
             "computed_max", "computed_mean", "videos", "skipped"]

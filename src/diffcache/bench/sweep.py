@@ -65,7 +65,7 @@ def quality(video: np.ndarray, reference: np.ndarray, prompt: str | None = None,
     protocols = protocols or parse_protocols(DEFAULT_PROTOCOL)
     first = protocols[0]
     result = {"protocol": first.name, **score(video, reference, first, lpips=lpips), "adherence": None,
-              "temporal_stability": None}
+              "clean": None, "temporal_stability": None}
     if len(protocols) > 1:
         result["by_protocol"] = {p.name: score(video, reference, p, lpips=lpips) for p in protocols}
     flicker = temporal_flickering(to_frames(video, first.frames))
@@ -77,6 +77,7 @@ def quality(video: np.ndarray, reference: np.ndarray, prompt: str | None = None,
 
         checked = check(video, prompt)
         result["adherence"] = checked.adherence
+        result["clean"] = float(checked.clean)  # one object in every frame, always present, uniform background
         result["temporal_stability"] = checked.temporal_stability if video.shape[0] > 1 else None
     return result
 
