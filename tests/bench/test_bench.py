@@ -324,6 +324,9 @@ def test_every_number_names_its_protocol_and_flicker_is_in_the_table(shipped_pip
     with open(tmp_path / "summary.csv", newline="") as handle:
         first = next(csv.DictReader(handle))
     assert first["protocol"] == "skimage" and "psnr@videosys" in first and first["flicker"]
+    # the checker's clean verdict is its own column beside adherence: per video, then the share of clean videos
+    assert row["clean"] in (0.0, 1.0) and float(first["clean"]) in (0.0, 1.0)
+    assert "| clean |" in markdown and "clean" in reports["table"]
     page = (tmp_path / "index.html").read_text()
     assert "quality protocol skimage (the PSNR, SSIM and LPIPS columns): frames=uint8" in page
     assert "quality protocol videosys: frames=mp4" in page

@@ -52,3 +52,23 @@ def test_clips_writes_side_by_side_clips_and_index(tmp_path, capsys):
 def test_clips_refuses_an_unknown_method_before_any_work(tmp_path, capsys):
     assert main(["clips", "--out", str(tmp_path / "clips"), "--method", "adacache:turbo"]) == 2
     assert "presets: fast" in capsys.readouterr().err and not (tmp_path / "clips").exists()
+
+
+def test_evaluate_writes_a_contact_sheet_and_never_overwrites_it(tmp_path, capsys):
+    import json
+
+    grid, report = tmp_path / "grid.png", tmp_path / "report.json"
+    args = ["evaluate", "--model", "tiny-shapes-t2i", "--prompts", "2", "--steps", "3", "--grid", str(grid),
+            "--json", str(report)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert f"contact sheet: {grid}" in out and "clean" in out
+    assert grid.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    saved = json.loads(report.read_text())
+    assert saved["seed_start"] == 1_000_000 and len(saved["per_prompt"]) == 2  # held-out seeds by default
+    assert {"clean", "objects", "present_every_frame", "background_uniform"} <= set(saved["per_prompt"][0])
+    before = grid.read_bytes()
+    assert main(args) == 2  # both files exist: refused, nothing touched
+    assert "--force" in capsys.readouterr().err and grid.read_bytes() == before
+    assert main([*args, "--force", "--seed-start", "0"]) == 0
+    assert json.loads(report.read_text())["seed_start"] == 0

@@ -181,9 +181,13 @@ def test_shipped_t2i_model_meets_the_adherence_gate():
     from diffcache.embedded.evaluate import evaluate_adherence
 
     pipe = diffcache.load_pipeline("tiny-shapes-t2i")
-    report = evaluate_adherence(pipe, num_prompts=60, num_inference_steps=50, guidance_scale=5.0, progress=False)
-    assert report.images and report.adherence >= 0.90, report.summary()
-    assert min(report.colour, report.shape) >= 0.8, report.summary()
+    # the held-out seeds (1,000,000 …), which no recipe choice or checkpoint was selected on
+    report = evaluate_adherence(pipe, num_prompts=64, num_inference_steps=50, guidance_scale=5.0, progress=False)
+    assert report.images and report.seed_start == 1_000_000
+    assert report.adherence >= 0.95 and min(report.colour, report.shape) >= 0.9, report.summary()
+    assert report.one_object >= 0.9, report.summary()  # one shape, no duplicate or fragment
+    # not asserted: clean (one object on a uniform background) is 53 %, its background grain is documented in
+    # docs/embedded-models.md as the open part of the target
 
 
 def test_bench_measures_deepcache_on_images(scratch, tmp_path):

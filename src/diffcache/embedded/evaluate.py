@@ -120,11 +120,12 @@ def evaluate_adherence(
     return (report, clips) if return_clips else report
 
 
-def save_grid(clips, report: AdherenceReport, path, force: bool = False, columns: int = 3):
+def save_grid(clips, report: AdherenceReport, path, force: bool = False, columns: int | None = None):
     """A PNG contact sheet of scored clips: one cell per prompt, its frames side by side (a still image alone),
     titled with the prompt, the checker's adherence and whether it is clean (and, if not, why).
 
-    ``clips``: ``(N, frames, H, W, 3)`` or ``(N, H, W, 3)`` in [0, 1], in the order of ``report.per_prompt``.
+    ``clips``: ``(N, frames, H, W, 3)`` or ``(N, H, W, 3)`` in [0, 1], in the order of ``report.per_prompt``;
+    ``columns``: cells per row (default: 3 for clips, 6 for images).
     """
     import matplotlib
 
@@ -137,9 +138,11 @@ def save_grid(clips, report: AdherenceReport, path, force: bool = False, columns
     if clips.ndim == 4:
         clips = clips[:, None]
     n, frames, h, w, _ = clips.shape
+    columns = columns or (3 if frames > 1 else 6)
     rows = -(-n // columns)
-    cell_w = 0.42 * frames + 0.3
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * cell_w, rows * 0.78), squeeze=False)
+    cell_w = max(2.1, 0.42 * frames + 0.3)  # inches: wide enough for the two title lines
+    row_h = 0.36 + min(0.9, cell_w * h / (frames * (w + 1)))  # the titles, then the strip at its aspect ratio
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * cell_w, rows * row_h), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for i, (clip, row) in enumerate(zip(clips, report.per_prompt)):
