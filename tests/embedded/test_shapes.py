@@ -164,3 +164,17 @@ def test_checker_flags_a_wrong_background(defect):
         clip = np.where(away, level, clip)
     result = check(clip.astype(np.float32), "a blue triangle moving left")
     assert not result.background_uniform and not result.clean
+
+
+def test_checker_calls_a_bar_elongated_not_a_square():
+    """A tall bar fills its box like a square; its aspect says it is not one (the ground truth's is 0.88–1.14)."""
+    spec = ClipSpec("blue", "square", "right")
+    clip, mask = _clean_clip(spec=spec)
+    assert check(clip, spec.prompt).shape == "square"
+    colour, background = clip[mask > 0.99][0], clip[0, 0, 0].copy()
+    bar = np.broadcast_to(background, clip.shape).copy()
+    for f in range(clip.shape[0]):
+        bar[f, 4:28, 6 + 2 * f:12 + 2 * f] = colour  # 6 px wide, 24 px tall, moving right
+    result = check(bar, spec.prompt)
+    assert result.shape == "elongated" and result.adherence == pytest.approx(2 / 3)
+    assert result.clean  # one object on a uniform background: the shape is adherence's business

@@ -6,7 +6,9 @@ This is the reference-free quality metric for the embedded models (what VBench i
    from it exceeds ``FOREGROUND_THRESHOLD``; only the largest connected component counts (specks are noise).
 2. Colour = nearest palette colour to the mean foreground colour (pixels well inside the shape).
 3. Shape = from the *extent* (area ÷ bounding-box area, median over frames): a square fills its box (≈ 1),
-   a circle fills π/4 ≈ 0.79, an apex-up triangle ½.
+   a circle fills π/4 ≈ 0.79, an apex-up triangle ½; and from the box's *aspect* (width ÷ height, median over
+   frames), 1 for a circle or square and 2/√3 ≈ 1.15 for the triangle: outside ``ASPECT_RANGES`` the shape is
+   "elongated" (a bar prompted as a square, a stretched circle), which matches no prompt.
 4. Direction = sign of the dominant axis of the least-squares slope of the centroid track; slopes under
    ``MIN_SPEED`` pixels per frame count as "still".
 5. Temporal stability = 1 − coefficient of variation of the foreground area over frames (1 = constant size).
@@ -47,6 +49,9 @@ SQUARE_MIN_EXTENT = 0.89
 CIRCLE_MIN_EXTENT = 0.645
 MIN_OBJECT_AREA = 3  # pixels; the smallest shape covers about 50 (radius 4), a speck of 1-2 pixels is noise
 MIN_AREA_RATIO = 0.5  # of the main object's median area, in every frame
+# width ÷ height of the shape's box: the ground truth spans 0.88–1.14 (circle, square) and 1.0–1.33 (triangle)
+# after antialiasing; the ranges leave a quarter beyond those extremes
+ASPECT_RANGES = {"circle": (0.7, 1.43), "square": (0.7, 1.43), "triangle": (0.8, 1.67)}
 BACKGROUND_MAX_STD = 0.04  # about 10 / 255
 BACKGROUND_MAX_LEVEL = 0.2  # the data's background is at most 0.1
 BACKGROUND_MAX_DRIFT = 0.04
@@ -131,12 +136,16 @@ def background_stats(frames: np.ndarray, background: np.ndarray) -> dict:
     }
 
 
-def classify_shape(extent: float) -> str:
-    if extent >= SQUARE_MIN_EXTENT:
-        return "square"
-    if extent >= CIRCLE_MIN_EXTENT:
-        return "circle"
-    return "triangle"
+def classify_shape(extent: float, aspect: float | None = None) -> str:
+    """The shape named by the extent (area ÷ box area) and, when given, the box's aspect (width ÷ height):
+    ``"square"``, ``"circle"``, ``"triangle"``, or ``"elongated"`` when the aspect is outside that shape's
+    ``ASPECT_RANGES``."""
+    shape = "square" if extent >= SQUARE_MIN_EXTENT else "circle" if extent >= CIRCLE_MIN_EXTENT else "triangle"
+    if aspect is not None:
+        low, high = ASPECT_RANGES[shape]
+        if not low <= aspect <= high:
+            return "elongated"
+    return shape
 
 
 def analyse(clip) -> dict:
@@ -153,7 +162,7 @@ def analyse(clip) -> dict:
                and bg["background_drift"] <= BACKGROUND_MAX_DRIFT)
     every = bool(present.all() and min_ratio >= MIN_AREA_RATIO)
     out = {"colour": None, "shape": None, "direction": None, "temporal_stability": 0.0,
-           "extent": float("nan"), "speed": float("nan"), "present_fraction": float(present.mean()),
+           "extent": float("nan"), "aspect": float("nan"), "speed": float("nan"), "present_fraction": float(present.mean()),
            "objects": int(counts.max()), "one_object_fraction": float((counts == 1).mean()),
            "min_area_ratio": min_ratio, "present_every_frame": every, "background_uniform": bool(uniform),
            "clean": bool(every and uniform and (counts == 1).all()), **bg}
@@ -170,14 +179,17 @@ def analyse(clip) -> dict:
     out["colour"] = names[int(np.argmin(dists))]
     # shape: median extent over frames
     extents = []
+    aspects = []
     centroids = []
     for m in masks[present]:
         ys, xs = np.nonzero(m)
-        box = (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)
-        extents.append(m.sum() / box)
+        width, height = xs.max() - xs.min() + 1, ys.max() - ys.min() + 1
+        extents.append(m.sum() / (width * height))
+        aspects.append(width / height)
         centroids.append((xs.mean(), ys.mean()))
     out["extent"] = float(np.median(extents))
-    out["shape"] = classify_shape(out["extent"])
+    out["aspect"] = float(np.median(aspects))
+    out["shape"] = classify_shape(out["extent"], out["aspect"])
     # direction: least-squares slope of the centroid track over the frames where the shape is present
     t = np.nonzero(present)[0].astype(np.float64)
     if len(t) >= 2:
@@ -210,7 +222,7 @@ def check(clip, prompt: str) -> CheckResult:
     matches = {"colour": seen["colour"] == spec.colour, "shape": seen["shape"] == spec.shape}
     if spec.direction is not None and frames.shape[0] > 1:
         matches["direction"] = seen["direction"] == spec.direction
-    detail = {k: seen[k] for k in ("extent", "speed", "present_fraction", "one_object_fraction", "min_area_ratio",
+    detail = {k: seen[k] for k in ("extent", "aspect", "speed", "present_fraction", "one_object_fraction", "min_area_ratio",
                                    "background_std", "background_level", "background_drift")}
     return CheckResult(
         prompt=prompt,
