@@ -45,13 +45,12 @@ def run(args) -> int:
         check_output(args.json, args.force, option="--json")
     if args.grid is not None:
         check_output(args.grid, args.force, option="--grid")
+    check_options(args)  # counts, guidance and the size against the model's range: before it loads
     if args.seed_start is not None:
-        from ..validation import SEED_MAX, check_seed
+        from ..validation import check_seed
 
         check_seed(args.seed_start, option="--seed-start")
-        if args.seed_start + args.prompts - 1 > SEED_MAX:
-            check_seed(args.seed_start + args.prompts - 1, option="the last seed, --seed-start + --prompts - 1,")
-    check_options(args)  # counts, guidance and the size against the model's range: before it loads
+        check_seed(args.seed_start + max(args.prompts - 1, 0), option="the last seed, --seed-start + --prompts - 1,")
     spec = method_spec(args.method, "evaluate")  # a misspelt name before torch is imported
     from ..embedded.evaluate import HELD_OUT_SEED, evaluate_adherence, save_grid
     from ..files import write_text

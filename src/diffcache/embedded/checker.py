@@ -90,29 +90,37 @@ def _as_frames(clip) -> np.ndarray:
     return arr
 
 
-def foreground_masks(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Largest connected foreground component per frame, and the per-frame background colour."""
+def _background_and_foreground(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-frame background colour (median of the border pixels) and every foreground pixel (largest channel
+    difference from it above ``FOREGROUND_THRESHOLD``), before any connected-component step."""
     border = np.concatenate(
         [frames[:, 0], frames[:, -1], frames[:, 1:-1, 0], frames[:, 1:-1, -1]], axis=1
     )  # (F, n_border, 3)
     background = np.median(border, axis=1)  # (F, 3)
-    diff = np.abs(frames - background[:, None, None, :]).max(-1)
-    masks = np.zeros(diff.shape, dtype=bool)
-    for i, m in enumerate(diff > FOREGROUND_THRESHOLD):
+    return background, np.abs(frames - background[:, None, None, :]).max(-1) > FOREGROUND_THRESHOLD
+
+
+def _largest_components(foreground: np.ndarray) -> np.ndarray:
+    masks = np.zeros(foreground.shape, dtype=bool)
+    for i, m in enumerate(foreground):
         labels, n = ndimage.label(m)
         if n:
             sizes = ndimage.sum(m, labels, index=np.arange(1, n + 1))
             masks[i] = labels == (1 + int(np.argmax(sizes)))
-    return masks, background
+    return masks
 
 
-def object_counts(frames: np.ndarray, background: np.ndarray | None = None) -> np.ndarray:
-    """Number of objects per frame: 8-connected foreground components of at least ``MIN_OBJECT_AREA`` pixels."""
-    if background is None:
-        _, background = foreground_masks(frames)
-    diff = np.abs(frames - background[:, None, None, :]).max(-1)
-    counts = np.zeros(len(frames), dtype=int)
-    for i, m in enumerate(diff > FOREGROUND_THRESHOLD):
+def foreground_masks(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Largest connected foreground component per frame, and the per-frame background colour."""
+    background, foreground = _background_and_foreground(frames)
+    return _largest_components(foreground), background
+
+
+def object_counts(foreground: np.ndarray) -> np.ndarray:
+    """Number of objects per frame of a foreground mask ``(frames, H, W)``: 8-connected components of at least
+    ``MIN_OBJECT_AREA`` pixels."""
+    counts = np.zeros(len(foreground), dtype=int)
+    for i, m in enumerate(foreground):
         labels, n = ndimage.label(m, structure=_EIGHT)
         if n:
             sizes = ndimage.sum(m, labels, index=np.arange(1, n + 1))
@@ -120,10 +128,9 @@ def object_counts(frames: np.ndarray, background: np.ndarray | None = None) -> n
     return counts
 
 
-def background_stats(frames: np.ndarray, background: np.ndarray) -> dict:
+def background_stats(frames: np.ndarray, foreground: np.ndarray, background: np.ndarray) -> dict:
     """Standard deviation, level and frame-to-frame drift of the pixels two pixels away from any foreground."""
-    diff = np.abs(frames - background[:, None, None, :]).max(-1)
-    near = np.stack([ndimage.binary_dilation(m, structure=_EIGHT, iterations=2) for m in diff > FOREGROUND_THRESHOLD])
+    near = np.stack([ndimage.binary_dilation(m, structure=_EIGHT, iterations=2) for m in foreground])
     away = frames[~near]  # (n, 3)
     if len(away) < 16:
         return {"background_std": float("inf"), "background_level": float("inf"), "background_drift": float("inf")}
@@ -151,18 +158,20 @@ def classify_shape(extent: float, aspect: float | None = None) -> str:
 def analyse(clip) -> dict:
     """Colour, shape, direction and the features behind them, without reference to a prompt."""
     frames = _as_frames(clip)
-    masks, background = foreground_masks(frames)
+    background, foreground = _background_and_foreground(frames)
+    masks = _largest_components(foreground)
     areas = masks.sum(axis=(1, 2)).astype(np.float64)
     present = areas >= 4
-    counts = object_counts(frames, background)
-    bg = background_stats(frames, background)
+    counts = object_counts(foreground)
+    bg = background_stats(frames, foreground, background)
     median_area = float(np.median(areas))
     min_ratio = float(areas.min() / median_area) if median_area > 0 else 0.0
     uniform = (bg["background_std"] <= BACKGROUND_MAX_STD and bg["background_level"] <= BACKGROUND_MAX_LEVEL
                and bg["background_drift"] <= BACKGROUND_MAX_DRIFT)
     every = bool(present.all() and min_ratio >= MIN_AREA_RATIO)
     out = {"colour": None, "shape": None, "direction": None, "temporal_stability": 0.0,
-           "extent": float("nan"), "aspect": float("nan"), "speed": float("nan"), "present_fraction": float(present.mean()),
+           "extent": float("nan"), "aspect": float("nan"), "speed": float("nan"),
+           "present_fraction": float(present.mean()),
            "objects": int(counts.max()), "one_object_fraction": float((counts == 1).mean()),
            "min_area_ratio": min_ratio, "present_every_frame": every, "background_uniform": bool(uniform),
            "clean": bool(every and uniform and (counts == 1).all()), **bg}
@@ -222,8 +231,8 @@ def check(clip, prompt: str) -> CheckResult:
     matches = {"colour": seen["colour"] == spec.colour, "shape": seen["shape"] == spec.shape}
     if spec.direction is not None and frames.shape[0] > 1:
         matches["direction"] = seen["direction"] == spec.direction
-    detail = {k: seen[k] for k in ("extent", "aspect", "speed", "present_fraction", "one_object_fraction", "min_area_ratio",
-                                   "background_std", "background_level", "background_drift")}
+    detail = {k: seen[k] for k in ("extent", "aspect", "speed", "present_fraction", "one_object_fraction",
+                                   "min_area_ratio", "background_std", "background_level", "background_drift")}
     return CheckResult(
         prompt=prompt,
         colour=seen["colour"],

@@ -79,7 +79,7 @@ def score_clips(clips, prompts: list[str], seed_start: int = HELD_OUT_SEED) -> A
         per_prompt=per,
         images=images,
         clean=rate("clean"),
-        one_object=float(np.mean([r.objects == 1 and r.detail["one_object_fraction"] == 1 for r in results])),
+        one_object=float(np.mean([r.detail["one_object_fraction"] == 1 for r in results])),
         present=rate("present_every_frame"),
         uniform_background=rate("background_uniform"),
         seed_start=seed_start,
@@ -92,8 +92,8 @@ def evaluate_adherence(
     width: int | None = None, seed_start: int = HELD_OUT_SEED,
 ):
     """Generate the gate's prompt set with fixed seeds (``shapes.prompts(num_prompts, seeded=True)``, still-image
-    prompts for a text-to-image pipeline; prompt ``i`` gets seed ``seed_start + i``) and score it. Returns an :class:`AdherenceReport`
-    (and the clips — images for a text-to-image pipeline — with ``return_clips=True``). ``height`` / ``width``:
+    prompts for a text-to-image pipeline; prompt ``i`` gets seed ``seed_start + i``) and score it. Returns an
+    :class:`AdherenceReport` (and the clips — images for a text-to-image pipeline — with ``return_clips=True``). ``height`` / ``width``:
     the frame size in pixels (default: the pipeline's own)."""
     size = {key: value for key, value in (("height", height), ("width", width)) if value is not None}
     image = is_image_pipeline(pipe)
@@ -152,7 +152,7 @@ def save_grid(clips, report: AdherenceReport, path, force: bool = False, columns
             strip[:, f * (w + 1):f * (w + 1) + w] = clip[f]
         why = []
         if not row["clean"]:
-            if row["objects"] != 1 or row["detail"].get("one_object_fraction", 1.0) < 1.0:
+            if row["objects"] > 1:  # a frame with none is the "vanishes" below
                 why.append(f"{row['objects']} objects")
             if not row["present_every_frame"]:
                 why.append("vanishes")
