@@ -108,3 +108,51 @@ def test_a_step_trains_whatever_the_callers_grad_mode(tmp_path):
     assert trainer.step == 2 and all(math.isfinite(h["loss"]) for h in trainer.history)
     assert any(not torch.equal(before[k], p) for k, p in trainer.params.items())  # the weights moved
     assert (tmp_path / "run" / "model" / "model_index.json").exists()
+
+
+def test_bf16_mixed_precision_trains_float32_weights_close_to_fp32(tmp_path):
+    """``precision="bf16"`` runs the loss under autocast, but the weights, their EMA and the optimiser state stay
+    float32 (what ships and what a resume reads), and a step lands near the fp32 one."""
+    config = replace(SMOKE, steps=2, batch_size=2)
+    fp32, bf16 = Trainer(config, tmp_path / "a"), Trainer(replace(config, precision="bf16"), tmp_path / "b")
+    for trainer in (fp32, bf16):
+        trainer.run(progress=False)
+    assert all(p.dtype == torch.float32 for p in bf16.params.values())
+    assert all(v.dtype == torch.float32 for v in bf16.ema.values())
+    a, b = fp32.history[-1]["loss"], bf16.history[-1]["loss"]
+    assert math.isfinite(b) and abs(a - b) < 0.05 * a, (a, b)
+    moved = [(bf16.params[k] - p).abs().max().item() for k, p in fp32.params.items()]
+    assert max(moved) < 0.05  # two AdamW steps of lr ≤ 1e-3 from the same init: close, though not equal
+
+
+def test_an_unknown_precision_is_refused_with_the_accepted_ones():
+    import pytest
+
+    with pytest.raises(ValueError, match="fp32, bf16.*'fp16'"):
+        replace(SMOKE, precision="fp16")
+
+
+def test_a_checkpoint_from_before_a_config_field_existed_still_resumes(tmp_path):
+    """A field added to the recipe's config later (``precision``, ``compile``) takes its default for a checkpoint
+    written without it, so an older run folder resumes instead of being refused as 'a different config'."""
+    config = replace(SMOKE, steps=2, batch_size=2, checkpoint_every=1)
+    Trainer(config, tmp_path).run(progress=False, until=1)
+    meta_path = tmp_path / "checkpoint" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["config"]["precision"], meta["config"]["compile"]
+    meta_path.write_text(json.dumps(meta))
+    resumed = Trainer(config, tmp_path)
+    assert resumed.load_checkpoint() and resumed.step == 1
+
+
+def test_a_run_resumes_with_compile_switched_on_but_not_with_another_precision(tmp_path):
+    """Whether the denoiser is compiled is how the recipe runs, not what it computes: a run started without
+    ``compile`` resumes with it. A different precision changes the arithmetic of every later step and is refused."""
+    import pytest
+
+    config = replace(SMOKE, steps=2, batch_size=2, checkpoint_every=1)
+    Trainer(config, tmp_path).run(progress=False, until=1)
+    compiled = Trainer(replace(config, compile=True), tmp_path)
+    assert compiled.load_checkpoint() and compiled.step == 1
+    with pytest.raises(ValueError, match="different training config"):
+        Trainer(replace(config, precision="bf16"), tmp_path).load_checkpoint()

@@ -42,6 +42,21 @@ class BaseTrainConfig:
     ema_decay: float = 0.999
     seed: int = 0
     checkpoint_every: int = 250
+    #: "fp32", or "bf16": the loss's forward and backward under ``torch.autocast`` in bfloat16 (weights, EMA,
+    #: optimiser state and gradients stay float32: mixed precision as Micikevicius et al., arXiv:1710.03740)
+    precision: str = "fp32"
+    #: run the denoiser through ``torch.compile`` (compiled in place: parameter names and checkpoints unchanged)
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}.")
+
+
+#: the training precisions a recipe accepts
+PRECISIONS = ("fp32", "bf16")
+#: config fields a resumed run may change
+RUNTIME_FIELDS = ("checkpoint_every", "compile")
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
@@ -125,7 +140,10 @@ class ShapesTrainer(ABC):
         if not (d / "meta.json").exists():
             return False
         meta = json.loads((d / "meta.json").read_text())
-        same = lambda c: {k: v for k, v in c.items() if k != "checkpoint_every"}  # noqa: E731
+        # fields added to the config since a checkpoint was written take their defaults; how often to checkpoint
+        # and whether to compile are how the recipe runs, not what it computes, and may change on resume
+        defaults = asdict(type(self.config)())
+        same = lambda c: {k: v for k, v in {**defaults, **c}.items() if k not in RUNTIME_FIELDS}  # noqa: E731
         if same(meta["config"]) != same(asdict(self.config)):
             raise ValueError(
                 f"the checkpoint in {d} was made with a different training config ({meta['config']}); "
@@ -175,7 +193,8 @@ class ShapesTrainer(ABC):
         cfg = self.config
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(cfg, self.step)
-        with torch.enable_grad():  # whatever grad mode the caller is in (torch.no_grad(), a notebook's global switch)
+        # enable_grad: whatever grad mode the caller is in (torch.no_grad(), a notebook's global switch)
+        with torch.enable_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
             loss, parts = self.compute_loss()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -191,6 +210,8 @@ class ShapesTrainer(ABC):
     def run(self, progress: bool = True, until: int | None = None) -> None:
         """Train to ``config.steps`` (or to ``until``), checkpointing every ``checkpoint_every`` steps."""
         self.denoiser.train()
+        if self.config.compile and not getattr(self.denoiser, "_compiled_call_impl", None):
+            self.denoiser.compile()  # in place: the module, its parameters and their names stay the same
         end = min(self.config.steps, until) if until is not None else self.config.steps
         bar = tqdm(total=self.config.steps, initial=self.step, disable=not progress, desc="training",
                    unit="step", dynamic_ncols=True)
