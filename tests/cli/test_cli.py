@@ -158,4 +158,7 @@ def test_bad_numbers_are_refused_before_any_work(tmp_path, capsys):
     assert "--fps must be at least 1" in capsys.readouterr().err
     assert main(["train", "tiny-shapes-t2v", "--out", str(tmp_path / "run"), "--steps", "0"]) == 2
     assert "--steps must be at least 1" in capsys.readouterr().err
+    # train --steps counts optimiser steps: far more than the 10,000 sampling steps, but still bounded
+    assert main(["train", "tiny-shapes-t2v", "--out", str(tmp_path / "run"), "--steps", "10000001"]) == 2
+    assert "--steps must be at most 10,000,000, got 10,000,001" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())

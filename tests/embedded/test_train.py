@@ -2,6 +2,7 @@ import json
 import math
 from dataclasses import replace
 
+import pytest
 import torch
 
 from diffcache.embedded.t2v.train import Trainer, TrainConfig, make_batch
@@ -40,8 +41,6 @@ def test_resume_continues_exactly(tmp_path):
 
 
 def test_resume_refuses_a_different_config(tmp_path):
-    import pytest
-
     config = replace(SMOKE, steps=2, batch_size=2, checkpoint_every=1)
     Trainer(config, tmp_path).run(progress=False)
     with pytest.raises(ValueError, match="different training config"):
@@ -126,8 +125,6 @@ def test_bf16_mixed_precision_trains_float32_weights_close_to_fp32(tmp_path):
 
 
 def test_an_unknown_precision_is_refused_with_the_accepted_ones():
-    import pytest
-
     with pytest.raises(ValueError, match="fp32, bf16.*'fp16'"):
         replace(SMOKE, precision="fp16")
 
@@ -148,8 +145,6 @@ def test_a_checkpoint_from_before_a_config_field_existed_still_resumes(tmp_path)
 def test_a_run_resumes_with_compile_switched_on_but_not_with_another_precision(tmp_path):
     """Whether the denoiser is compiled is how the recipe runs, not what it computes: a run started without
     ``compile`` resumes with it. A different precision changes the arithmetic of every later step and is refused."""
-    import pytest
-
     config = replace(SMOKE, steps=2, batch_size=2, checkpoint_every=1)
     Trainer(config, tmp_path).run(progress=False, until=1)
     compiled = Trainer(replace(config, compile=True), tmp_path)

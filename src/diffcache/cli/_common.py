@@ -29,14 +29,15 @@ MAXIMA = {"steps": 10_000, "fps": 240, "upscale": 64, "prompts": 100_000, "seeds
           "eval_prompts": 100_000, "batch_size": 65_536, "checkpoint_every": 10_000_000}
 
 
-def positive(**values) -> None:
+def positive(maxima: dict[str, int] | None = None, **values) -> None:
     """Validate integer options: each must be at least 1 (``seed``: at least 0) and at most its :data:`MAXIMA`
-    entry; ``None`` means unset."""
+    entry, or its entry in ``maxima`` where a command bounds an option differently (``train --steps`` counts
+    optimiser steps, not sampling steps); ``None`` means unset."""
     from ..errors import OptionError
 
     for name, value in values.items():
         low = 0 if name == "seed" else 1
-        high = MAXIMA.get(name)
+        high = (maxima or {}).get(name, MAXIMA.get(name))
         option = f"--{name.replace('_', '-')}"
         if value is not None and value < low:
             raise OptionError(f"{option} must be at least {low}, got {value}.")

@@ -43,14 +43,8 @@ def run(args) -> int:
     overrides = {k: v for k, v in {"steps": args.steps, "batch_size": args.batch_size, "seed": args.seed,
                                    "checkpoint_every": args.checkpoint_every}.items() if v is not None}
     recipe = {k: v for k, v in {"precision": args.precision, "compile": args.compile}.items() if v is not None}
-    # before anything in --out is touched, and before torch loads; --steps here counts optimiser steps, whose
-    # bound is the training one (a sampling --steps elsewhere stops at 10,000)
-    positive(**{k: v for k, v in overrides.items() if k != "steps"})
-    if args.steps is not None:
-        from ..errors import OptionError
-
-        if not 1 <= args.steps <= MAXIMA["train_steps"]:
-            raise OptionError(f"--steps must be between 1 and {MAXIMA['train_steps']:,} optimiser steps, got {args.steps:,}.")
+    # before anything in --out is touched, and before torch loads; --steps counts optimiser steps here
+    positive(maxima={"steps": MAXIMA["train_steps"]}, **overrides)
     if args.seed is not None:
         from ..validation import check_seed
 
