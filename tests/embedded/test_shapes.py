@@ -178,3 +178,20 @@ def test_checker_calls_a_bar_elongated_not_a_square():
     result = check(bar, spec.prompt)
     assert result.shape == "elongated" and result.adherence == pytest.approx(2 / 3)
     assert result.clean  # one object on a uniform background: the shape is adherence's business
+
+
+def test_a_recipe_can_render_larger_shapes_that_the_checker_still_reads():
+    specs = shapes.random_specs(120, torch.Generator().manual_seed(5))
+    _, small = render_clips(specs, torch.Generator().manual_seed(9))
+    clips, large = render_clips(specs, torch.Generator().manual_seed(9), radius_range=(5.0, 7.0))
+    # same draws, larger radius: every shape covers more pixels, and the ground truth stays readable and clean
+    assert (large.sum((2, 3)) > small.sum((2, 3))).all()
+    results = [check(c.numpy(), s.prompt) for c, s in zip(clips, specs)]
+    assert np.mean([r.adherence for r in results]) >= 0.99
+    assert np.mean([r.clean for r in results]) >= 0.99
+
+
+@pytest.mark.parametrize("radius_range", [(0.0, 5.0), (6.0, 5.0), (-1.0, 2.0)])
+def test_a_bad_radius_range_is_refused(radius_range):
+    with pytest.raises(ValueError, match="radius_range"):
+        render_clips([ClipSpec("red", "circle", "left")], radius_range=radius_range)

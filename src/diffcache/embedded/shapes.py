@@ -167,16 +167,22 @@ def render_clips(
     num_frames: int = NUM_FRAMES,
     height: int = HEIGHT,
     width: int = WIDTH,
+    radius_range: tuple[float, float] = RADIUS_RANGE,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Render one clip per spec.
 
     Returns ``(clips, masks)``: clips of shape ``(B, frames, H, W, 3)`` with values in [0, 1], and the shape's
     coverage ``(B, frames, H, W)``. Radius, speed, start position and background level are drawn from
-    ``generator``; a spec without a direction gives a still shape (the same frame repeated).
+    ``generator``; a spec without a direction gives a still shape (the same frame repeated). The circle's radius
+    is uniform in ``radius_range`` pixels (the other shapes have the circle's area); a recipe may train on larger
+    shapes than the default :data:`RADIUS_RANGE`.
     """
+    low, high = radius_range
+    if not 0 < low <= high:
+        raise ValueError(f"radius_range must be (low, high) with 0 < low <= high, got {radius_range!r}.")
     n = len(specs)
     u = torch.rand(n, 5, generator=generator)
-    radius = RADIUS_RANGE[0] + (RADIUS_RANGE[1] - RADIUS_RANGE[0]) * u[:, 0]
+    radius = low + (high - low) * u[:, 0]
     background = 0.1 * u[:, 4]
     ys = torch.arange(height, dtype=torch.float32).view(1, height, 1) + 0.5
     xs = torch.arange(width, dtype=torch.float32).view(1, 1, width) + 0.5
