@@ -102,7 +102,7 @@ class DeepCacheConfig(MethodConfig):
           Stable Diffusion 1.5 at 50 steps).
         - ``nonuniform-early``: the same with ``center=5``: the full steps packed into the first, noisiest steps,
           chosen for tiny-shapes-t2i by a sweep of ``center`` over 5..30, where its deep features change most early
-          (+4 dB over ``center=15`` at N = 5; docs/results/deepcache.md).
+          (+5 dB over ``center=15`` at N = 5; docs/results/deepcache.md).
 
         Every field a preset does not name keeps its default.
     """
