@@ -3,7 +3,8 @@
 Flow matching (rectified flow, the convention of diffusers' ``FlowMatchEulerDiscreteScheduler``):
 ``x_σ = (1 − σ)·x0 + σ·ε``, the denoiser predicts ``v = ε − x0`` at ``timestep = 1000·σ``.
 
-What makes shapes and motion learnable in about 1.5 hours on two CPU cores (0.75–0.95 s per step):
+What makes shapes and motion learnable in about 1.5 hours on two CPU cores (0.75–0.95 s per step on the machine
+it was tuned on; 1.32 s on a 2-core AMD EPYC without AMX, docs/embedded-models.md):
 
 - **256 tokens per clip**: pixel-unshuffle 2 then a ``(2, 2, 2)`` patch, so the transformer can be 192 wide.
 - **Foreground-weighted loss**: the shape covers under a tenth of the pixels; its pixels (dilated by one
