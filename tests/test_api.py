@@ -71,3 +71,12 @@ def test_a_failed_replace_keeps_the_method_it_was_to_replace(random_pipe):
         assert first.enabled and random_pipe.transformer._diffcache_handle is first
         assert torch.equal(run(), cached)
         assert [c.num_steps for c in first.report().calls] == [6, 6]
+
+
+def test_a_cli_style_method_name_in_python_says_how_to_pass_the_preset(random_pipe):
+    with pytest.raises(errors.UnknownMethodError) as info:
+        diffcache.enable(random_pipe, "deepcache:uniform-3")
+    assert "enable(pipe, 'deepcache', 'uniform-3')" in str(info.value)
+    with pytest.raises(errors.UnknownMethodError) as info:
+        diffcache.enable(random_pipe, "nope:fast")
+    assert "enable(pipe" not in str(info.value) and "unknown method 'nope:fast'" in str(info.value)
