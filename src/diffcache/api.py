@@ -22,10 +22,10 @@ import torch
 from .adapters.base import find_adapter
 from .context import StepTracker, TrackerGroup, install_tracker, remove_tracker
 from .distributed import arrange_hooks
-from .errors import ConfigError, MethodAlreadyEnabledError, UnsupportedModelError
+from .errors import ConfigError, MethodAlreadyEnabledError, UnknownMethodError, UnsupportedModelError
 from .experts import experts_of, phase_function
-from .methods.framework import (MethodConfig, MethodInfo, Runtime, check_cache_device, info_for_config, method_info,
-                                missing_capabilities)
+from .methods.framework import (MethodConfig, MethodInfo, Runtime, check_cache_device, info_for_config, list_methods,
+                                method_info, missing_capabilities)
 from .report import CallReport, Report
 from .stacking import refuse_foreign_caches
 
@@ -257,7 +257,14 @@ def enable(target, method: str | MethodConfig, preset: str | None = None, *, rep
             type(method).check_options(overrides)
         config = dataclasses.replace(method, **overrides) if overrides else method
     else:
-        info = method_info(method)
+        try:
+            info = method_info(method)
+        except UnknownMethodError as error:  # the CLI's "name:preset", passed to Python as one string
+            base, _, named_preset = method.partition(":")
+            if named_preset and preset is None and base in {i.name for i in list_methods()}:
+                raise UnknownMethodError(f"{error} To pick a preset from Python, pass it apart: "
+                                         f"enable(pipe, {base!r}, {named_preset!r}).") from None
+            raise
         config = info.config_class.from_preset(preset, **overrides)
     if composition is None:
         members = [(info, config)]

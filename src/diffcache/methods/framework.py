@@ -259,10 +259,7 @@ def list_methods() -> list[MethodInfo]:
 def method_info(name: str) -> MethodInfo:
     list_methods()
     if name not in _METHODS:
-        base, _, preset = name.partition(":") if isinstance(name, str) else (name, "", "")
-        hint = (f" To pick a preset from Python, pass it apart: enable(pipe, {base!r}, {preset!r}) (the CLI's "
-                f"{name!r} form is for --method / --methods)." if preset and base in _METHODS else "")
-        raise UnknownMethodError(f"unknown method {name!r}; methods: {', '.join(sorted(_METHODS))}.{hint}")
+        raise UnknownMethodError(f"unknown method {name!r}; methods: {', '.join(sorted(_METHODS))}.")
     return _METHODS[name]
 
 
